@@ -1,0 +1,210 @@
+"""The img2img denoising run, in the stages a reader expects: encode the prompt, plan the steps, encode the
+source, and for each seed prepare the noised latent, denoise it and decode it.
+
+It works on the components of a loaded diffusers pipeline (UNet, VAE, text encoders) and reuses the pipeline's
+own prompt encoding and image processor, so it matches ``StableDiffusion(XL)Img2ImgPipeline`` step for step;
+what it adds is the strength contract of ``img2img.engine.strength``, per-image seeds and progress reporting.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from img2img.engine.samplers import build_scheduler
+from img2img.engine.seeds import cpu_generator
+from img2img.engine.strength import StepPlan, plan_steps
+
+# on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
+StepCallback = Callable[[int, int, int], None]
+
+
+@dataclass(frozen=True)
+class DiffusionJob:
+    """A request with every default filled in, ready to run."""
+
+    prompt: str
+    negative_prompt: str
+    strength: float  # strictly above 0: strength 0 never reaches the sampler
+    guidance_scale: float
+    steps: int
+    sampler: str
+    seeds: tuple[int, ...]
+    steps_mode: str = "diffusers"
+
+
+@dataclass(frozen=True)
+class DiffusionOutput:
+    images: np.ndarray  # float32, (N, H, W, 3) in [0, 1], at the working size
+    steps_run: int
+    start_sigma: float
+
+
+@dataclass(frozen=True)
+class TextConditioning:
+    embeddings: torch.Tensor  # (2, 77, C) as [negative, positive] when guided, else (1, 77, C)
+    added: dict[str, torch.Tensor] | None  # SDXL's pooled text embedding and size conditioning
+    timestep_cond: torch.Tensor | None  # LCM's guidance embedding
+
+
+@torch.inference_mode()
+def run_diffusion(
+    pipeline: Any, job: DiffusionJob, source: Image.Image, on_step: StepCallback | None = None
+) -> DiffusionOutput:
+    """Run ``job`` on ``source`` (already at the working size, multiples of 8) with ``pipeline``'s components."""
+    unet, vae = pipeline.unet, pipeline.vae
+    device, dtype = unet.device, unet.dtype
+    width, height = source.size
+
+    # 1. Guidance and prompt.
+    guided = job.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+    text = encode_text(pipeline, job, guided, (height, width))
+
+    # 2. Steps: where strength becomes timesteps.
+    train_steps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
+    plan = plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
+
+    # 3. The source's latent distribution, encoded once for every seed.
+    latent_dist = None
+    if not plan.from_pure_noise:
+        pixels = pipeline.image_processor.preprocess(source).to(device=device, dtype=vae.dtype)
+        latent_dist = vae.encode(pixels).latent_dist
+
+    images, steps_run, start_sigma = [], 0, 0.0
+    for index, seed in enumerate(job.seeds):
+        generator = cpu_generator(seed)
+        scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
+        timesteps = set_timesteps(scheduler, plan, device)
+        start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
+        steps_run = plan.steps_to_run
+
+        # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
+        latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
+
+        # 5. Denoise.
+        latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator,
+                          lambda done, total, i=index: on_step(i, done, total) if on_step else None)
+
+        # 6. Decode.
+        images.append(decode(pipeline, latents))
+    return DiffusionOutput(np.concatenate(images), steps_run, start_sigma)
+
+
+def encode_text(pipeline: Any, job: DiffusionJob, guided: bool, size: tuple[int, int]) -> TextConditioning:
+    """Prompt embeddings through the pipeline's own encoder (tokenisation, clip skip and SDXL's two encoders)."""
+    device, dtype = pipeline.unet.device, pipeline.unet.dtype
+    negative = job.negative_prompt or None  # None lets SDXL use zeros for an empty negative prompt, as it was trained
+    added = None
+    if hasattr(pipeline, "text_encoder_2"):
+        positive, negative_embeds, pooled, negative_pooled = pipeline.encode_prompt(
+            prompt=job.prompt, device=device, num_images_per_prompt=1,
+            do_classifier_free_guidance=guided, negative_prompt=negative,
+        )
+        time_ids = torch.tensor([[*size, 0, 0, *size]], device=device, dtype=dtype)  # original, crop, target
+        if guided:
+            pooled = torch.cat([negative_pooled, pooled])
+            time_ids = time_ids.repeat(2, 1)
+        added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
+    else:
+        positive, negative_embeds = pipeline.encode_prompt(
+            job.prompt, device, 1, guided, negative_prompt=negative
+        )
+    embeddings = torch.cat([negative_embeds, positive]) if guided else positive
+    timestep_cond = None
+    if pipeline.unet.config.time_cond_proj_dim is not None:
+        scale = torch.tensor([job.guidance_scale - 1.0])
+        timestep_cond = pipeline.get_guidance_scale_embedding(
+            scale, embedding_dim=pipeline.unet.config.time_cond_proj_dim
+        ).to(device=device, dtype=dtype)
+    return TextConditioning(embeddings, added, timestep_cond)
+
+
+def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device) -> torch.Tensor:
+    """Build the schedule of ``plan.schedule_steps`` and keep the part that runs."""
+    scheduler.set_timesteps(plan.schedule_steps, device=device)
+    first = plan.start_index * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(first)
+    return scheduler.timesteps[first:]
+
+
+def sigma_at(scheduler: Any, index: int, timestep: torch.Tensor) -> float:
+    """The noise level (sigma, in the variance-exploding convention) where the run starts."""
+    sigmas = getattr(scheduler, "sigmas", None)
+    if sigmas is not None and len(sigmas) > index:
+        return float(sigmas[index])
+    alpha = float(scheduler.alphas_cumprod[int(timestep)])
+    return ((1 - alpha) / alpha) ** 0.5
+
+
+def prepare_latents(
+    pipeline: Any, scheduler: Any, latent_dist: Any, first_timestep: torch.Tensor,
+    generator: torch.Generator, size: tuple[int, int],
+) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    unet, vae = pipeline.unet, pipeline.vae
+    device, dtype = unet.device, unet.dtype
+    if latent_dist is None:
+        shape = (1, unet.config.in_channels, size[0] // pipeline.vae_scale_factor, size[1] // pipeline.vae_scale_factor)
+        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return noise * scheduler.init_noise_sigma
+    latents = latent_dist.sample(generator=generator)  # same draw order as diffusers: posterior sample, then noise
+    mean, std = _latent_stats(vae, latents)
+    latents = ((latents - mean) * vae.config.scaling_factor / std).to(dtype)
+    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+    return scheduler.add_noise(latents, noise, first_timestep.reshape(1))
+
+
+def denoise(
+    pipeline: Any, scheduler: Any, timesteps: torch.Tensor, latents: torch.Tensor, text: TextConditioning,
+    guidance_scale: float, guided: bool, generator: torch.Generator, on_step: Callable[[int, int], None],
+) -> torch.Tensor:
+    step_options = _step_options(scheduler, generator)
+    for done, timestep in enumerate(timesteps, start=1):
+        model_input = torch.cat([latents] * 2) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, timestep)
+        noise_pred = pipeline.unet(
+            model_input, timestep, encoder_hidden_states=text.embeddings, timestep_cond=text.timestep_cond,
+            added_cond_kwargs=text.added, return_dict=False,
+        )[0]
+        if guided:
+            unconditional, conditional = noise_pred.chunk(2)
+            noise_pred = unconditional + guidance_scale * (conditional - unconditional)
+        latents = scheduler.step(noise_pred, timestep, latents, **step_options, return_dict=False)[0]
+        on_step(done, len(timesteps))
+    return latents
+
+
+def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
+    vae = pipeline.vae
+    mean, std = _latent_stats(vae, latents)
+    latents = (latents * std / vae.config.scaling_factor + mean).to(vae.dtype)
+    pixels = vae.decode(latents, return_dict=False)[0]
+    return pipeline.image_processor.postprocess(pixels, output_type="np")
+
+
+def _latent_stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+    """Per-channel latent mean and std for VAEs that declare them, else the identity (0, 1)."""
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is None or std is None:
+        return 0.0, 1.0
+    shape = (1, len(mean), 1, 1)
+    return (torch.tensor(mean).view(shape).to(like.device, like.dtype),
+            torch.tensor(std).view(shape).to(like.device, like.dtype))
+
+
+def _step_options(scheduler: Any, generator: torch.Generator) -> dict[str, Any]:
+    accepted = inspect.signature(scheduler.step).parameters
+    options: dict[str, Any] = {}
+    if "generator" in accepted:
+        options["generator"] = generator
+    if "eta" in accepted:
+        options["eta"] = 0.0  # DDIM's deterministic form, as A1111 and diffusers default to
+    return options

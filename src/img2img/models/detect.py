@@ -1,0 +1,177 @@
+"""Recognise what a model reference points at, from its files alone, before any weight is loaded."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from img2img.errors import ModelNotFound, PickleRefused, UnknownModelFormat
+from img2img.models.families import Family, Prediction, base_from_cross_attention_dim, distillation_from_name
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Tensors whose presence tells the original (CompVis/Stability) key layout apart, family by family.
+SDXL_TEXT_KEY = "conditioner.embedders.1.model.ln_final.weight"
+SD2_TEXT_KEY = "cond_stage_model.model.ln_final.weight"
+SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
+UNET_PREFIX = "model.diffusion_model."
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model on disk, recognised."""
+
+    name: str
+    path: Path
+    layout: Literal["diffusers", "single_file"]
+    family: Family
+    pickled: bool  # weights are pickles (needs the explicit opt-in)
+
+
+def find_hf_cache_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of ``repo_id`` in the Hugging Face cache, without touching the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
+
+
+def inspect_model(
+    path: Path, *, name: str | None = None, allow_pickle: bool = False, prediction: Prediction | None = None
+) -> ModelFiles:
+    """Recognise the model at ``path`` (a diffusers folder or a single checkpoint file)."""
+    if not path.exists():
+        raise ModelNotFound(f"model path should exist, but {path} does not")
+    name = name or path.stem
+    if path.is_dir():
+        return _inspect_folder(path, name, allow_pickle, prediction)
+    return _inspect_file(path, name, allow_pickle, prediction)
+
+
+def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Prediction | None) -> ModelFiles:
+    index_path = path / "model_index.json"
+    if not index_path.is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        raise UnknownModelFormat(
+            f"model folder should be a diffusers pipeline with a model_index.json, but {path} holds: {found}"
+        )
+    index = _read_json(index_path)
+    pipeline_class = str(index.get("_class_name", ""))
+    unet = _read_json(path / "unet" / "config.json")
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
+    if "XL" in pipeline_class:
+        base = "sdxl"
+    elif pipeline_class.startswith(("StableDiffusion", "LatentConsistencyModel")):
+        text_encoder = _read_json(path / "text_encoder" / "config.json")
+        base = base_from_cross_attention_dim(int(unet.get("cross_attention_dim", 0))) or (
+            "sd2" if text_encoder.get("hidden_act") == "gelu" else "sd1"
+        )
+    else:
+        raise UnknownModelFormat(
+            f"model should be a Stable Diffusion 1.x, 2.x or SDXL pipeline, but {path} is a "
+            f"{pipeline_class or 'pipeline of unknown class'}"
+        )
+    if base == "sdxl" and index.get("text_encoder_2") in (None, [None, None]):
+        raise UnknownModelFormat(f"model should have two text encoders, but {path} looks like an SDXL refiner")
+    lcm = scheduler.get("_class_name") == "LCMScheduler" or unet.get("time_cond_proj_dim") is not None
+    distillation = "lcm" if lcm else distillation_from_name(name, str(path))
+    family = Family(
+        base=base,  # type: ignore[arg-type]
+        prediction=prediction or scheduler.get("prediction_type", "epsilon"),
+        distillation=distillation,
+    )
+    weights = list((path / "unet").glob("*.safetensors"))
+    pickled = not weights
+    if pickled and not allow_pickle:
+        raise PickleRefused(
+            f"model weights should be .safetensors, but {path / 'unet'} has only pickled weights; "
+            "pickles can run code when loaded: pass --allow-pickle only if you trust the file"
+        )
+    return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=pickled)
+
+
+def _inspect_file(path: Path, name: str, allow_pickle: bool, prediction: Prediction | None) -> ModelFiles:
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise PickleRefused(
+                f"checkpoint should be a .safetensors file, but {path.name} is a pickle ({suffix}), which can "
+                "run code when loaded: pass --allow-pickle only if you trust the file"
+            )
+        shapes, metadata = _pickle_shapes(path), {}
+    elif suffix == ".safetensors":
+        shapes, metadata = _safetensors_shapes(path)
+    else:
+        raise UnknownModelFormat(
+            f"model file should be .safetensors (or a pickle with --allow-pickle), but got {path.name}"
+        )
+    family = _family_from_keys(path, shapes, metadata, prediction, name)
+    return ModelFiles(name=name, path=path, layout="single_file", family=family, pickled=suffix != ".safetensors")
+
+
+def _family_from_keys(
+    path: Path, shapes: dict[str, list[int]], metadata: dict[str, str], prediction: Prediction | None, name: str
+) -> Family:
+    if SDXL_TEXT_KEY in shapes:
+        base = "sdxl"
+    elif SD2_TEXT_KEY in shapes:
+        base = "sd2"
+    elif SD1_TEXT_KEY in shapes:
+        base = "sd1"
+    else:
+        cross = [s[-1] for k, s in shapes.items() if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight")]
+        base = base_from_cross_attention_dim(cross[0]) if cross else None
+        if base is None:
+            unet_keys = sum(k.startswith(UNET_PREFIX) for k in shapes)
+            raise UnknownModelFormat(
+                f"checkpoint should hold a Stable Diffusion UNet and text encoder in the original key layout, but "
+                f"{path.name} has {len(shapes)} tensors, {unet_keys} of them UNet weights, and no text encoder "
+                f"of SD 1.x, 2.x or SDXL (first keys: {', '.join(sorted(shapes)[:3]) or 'none'})"
+            )
+    declared = metadata.get("modelspec.prediction_type", "").lower()
+    if prediction is None:
+        if declared in ("v", "v_prediction"):
+            prediction = "v_prediction"
+        elif declared in ("epsilon", "eps") or base != "sd2" or "base" in name.lower():
+            prediction = "epsilon"
+        else:
+            prediction = "v_prediction"  # most SD 2.x checkpoints are the 768-px v-prediction kind
+    title = " ".join(metadata.get(k, "") for k in ("modelspec.title", "modelspec.architecture"))
+    return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title))  # type: ignore[arg-type]
+
+
+def _safetensors_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+            return shapes, dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises its own untyped errors for damaged headers
+        raise UnknownModelFormat(f"checkpoint should be a readable .safetensors file, but {path.name}: {exc}") from exc
+
+
+def _pickle_shapes(path: Path) -> dict[str, list[int]]:
+    import torch
+
+    # weights_only keeps the unpickler from running arbitrary code even after the user opted in.
+    state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return {k: list(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UnknownModelFormat(f"{path} should be a JSON config, but it could not be read: {exc}") from exc
+    return data if isinstance(data, dict) else {}

@@ -1,0 +1,127 @@
+"""Turn recognised model files into a loaded pipeline on a device, fully offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from img2img.errors import ModelError
+from img2img.models.detect import ModelFiles
+from img2img.models.device import Placement
+from img2img.models.families import Family
+from img2img.models.paths import cache_dir
+from img2img.models.vocab import write_tokenizer_files
+
+CONFIG_SET_VERSION = "1"  # bump when a shipped config changes so prepared copies are rebuilt
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline's components on a device, with what we know about them."""
+
+    name: str
+    family: Family
+    sha256: str
+    pipeline: Any  # a diffusers StableDiffusion(XL)Img2ImgPipeline; its components are what the engine uses
+    placement: Placement
+
+    @property
+    def short_hash(self) -> str:
+        """A1111's "Model hash": the first 10 hex digits of the checkpoint's SHA-256."""
+        return self.sha256[:10]
+
+    @property
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.pipeline.scheduler.config)
+
+
+def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None = None) -> LoadedModel:
+    """Load ``files`` in ``placement``'s dtype onto its device.
+
+    ``config_dir`` is a diffusers-format folder of component configs for a single-file checkpoint whose
+    architecture differs from the family's standard one; by default the shipped config of the family is used.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never reaches the network, whatever it is given
+    pipeline_class = _pipeline_class(files.family)
+    options: dict[str, Any] = {"torch_dtype": placement.dtype, "local_files_only": True}
+    if files.family.base != "sdxl":
+        options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    try:
+        if files.layout == "diffusers":
+            pipeline = pipeline_class.from_pretrained(
+                str(files.path), use_safetensors=None if files.pickled else True, **options
+            )
+        else:
+            configs = config_dir or prepared_config_dir(files.family)
+            pipeline = pipeline_class.from_single_file(str(files.path), config=str(configs), **options)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"model {files.name} ({files.family.label}) could not be loaded from {files.path}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    if pipeline.scheduler.config.get("prediction_type") != files.family.prediction:
+        pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.to(placement.device)
+    return LoadedModel(
+        name=files.name, family=files.family, sha256=weights_sha256(files.path), pipeline=pipeline,
+        placement=placement,
+    )
+
+
+def _pipeline_class(family: Family) -> Any:
+    import diffusers
+
+    if family.base == "sdxl":
+        return diffusers.StableDiffusionXLImg2ImgPipeline
+    return diffusers.StableDiffusionImg2ImgPipeline
+
+
+def prepared_config_dir(family: Family) -> Path:
+    """The shipped configs of ``family`` plus generated tokenizer files, prepared once in the user cache."""
+    target = cache_dir() / "configs" / f"{family.config_name}-v{CONFIG_SET_VERSION}"
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    try:
+        shipped = resources.files("img2img.models") / "configs" / family.config_name
+        with resources.as_file(shipped) as source:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        for tokenizer in staging.glob("tokenizer*"):
+            write_tokenizer_files(tokenizer)
+        staging.rename(target)  # atomic: a reader sees a complete folder or none
+    except FileExistsError:
+        pass  # another process prepared it first
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a checkpoint file, or of a folder's weight files; cached by path, size and mtime."""
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt")) \
+        if path.is_dir() else [path]
+    stamp = json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+    key = hashlib.sha256(stamp.encode()).hexdigest()
+    cache_file = cache_dir() / "hashes" / key
+    if cache_file.is_file():
+        return cache_file.read_text().strip()
+    digests = [_file_sha256(p) for p in files]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    cache_file.write_text(digest)
+    return digest
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()

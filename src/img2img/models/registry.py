@@ -1,0 +1,108 @@
+"""The user's model registry: short names for model paths, and which one is the default.
+
+Stored as ``models.json`` in the user's config directory (``$IMG2IMG_CONFIG_DIR`` overrides it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from img2img.errors import InvalidArgument, ModelError, ModelNotFound
+from img2img.models.detect import inspect_model
+from img2img.models.families import Family, Prediction
+from img2img.models.paths import config_dir
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    path: str
+    config: str | None = None  # a diffusers-format config folder for a non-standard single file
+    allow_pickle: bool = False
+    prediction: Prediction | None = None
+
+
+class ModelRegistry:
+    """Reads and writes ``models.json``; every write replaces the file atomically."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.file = (folder or config_dir()) / "models.json"
+
+    def entries(self) -> list[ModelEntry]:
+        return [ModelEntry(**entry) for entry in self._load()["models"].values()]
+
+    def default_name(self) -> str | None:
+        return self._load().get("default")
+
+    def get(self, name: str) -> ModelEntry | None:
+        entry = self._load()["models"].get(name)
+        return ModelEntry(**entry) if entry else None
+
+    def add(self, entry: ModelEntry) -> Family:
+        """Register ``entry`` after checking that its path is a model we can run; returns its family.
+
+        The first model added becomes the default.
+        """
+        if not NAME_PATTERN.match(entry.name):
+            raise InvalidArgument("name", "letters, digits, '.', '_' or '-' (at most 64)", entry.name)
+        path = Path(entry.path).expanduser().resolve()
+        if entry.config is not None and not (Path(entry.config) / "model_index.json").is_file():
+            raise ModelNotFound(f"config should be a folder with a model_index.json, but got {entry.config}")
+        files = inspect_model(path, name=entry.name, allow_pickle=entry.allow_pickle, prediction=entry.prediction)
+        data = self._load()
+        config = str(Path(entry.config).resolve()) if entry.config else None
+        data["models"][entry.name] = asdict(
+            ModelEntry(entry.name, str(path), config, entry.allow_pickle, entry.prediction)
+        )
+        data.setdefault("default", None)
+        if data["default"] is None:
+            data["default"] = entry.name
+        self._save(data)
+        return files.family
+
+    def remove(self, name: str) -> None:
+        data = self._load()
+        if data["models"].pop(name, None) is None:
+            raise ModelNotFound(f"model name should be one of {self._names(data)}, but got {name!r}")
+        if data.get("default") == name:
+            data["default"] = None
+        self._save(data)
+
+    def set_default(self, name: str) -> None:
+        data = self._load()
+        if name not in data["models"]:
+            raise ModelNotFound(f"model name should be one of {self._names(data)}, but got {name!r}")
+        data["default"] = name
+        self._save(data)
+
+    @staticmethod
+    def _names(data: dict) -> str:
+        return ", ".join(sorted(data["models"])) or "(none registered: use 'img2img models add NAME PATH')"
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"default": None, "models": {}}
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"model registry {self.file} should be valid JSON, but: {exc}") from exc
+        data.setdefault("models", {})
+        return data
+
+    def _save(self, data: dict) -> None:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.file.parent, prefix=".models-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(data, out, indent=2)
+            Path(temporary).replace(self.file)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,86 @@
+"""Tiny random-weight Stable Diffusion and SDXL pipelines, built in code with the real CLIP vocabulary.
+
+Speed and correctness checks need real architectures, not real weights: these follow the shapes diffusers'
+own fast tests use, small enough that a denoising step takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from img2img.models.vocab import write_tokenizer_files
+
+SCHEDULER = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
+             "clip_sample": False, "set_alpha_to_one": False, "timestep_spacing": "leading"}
+
+
+def _tokenizer(pad: str):
+    from transformers import CLIPTokenizer
+
+    folder = Path(tempfile.mkdtemp(prefix="clip-vocab-"))
+    write_tokenizer_files(folder)
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77, pad_token=pad)
+
+
+def _text_config(**extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                          layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
+                          hidden_act="quick_gelu", projection_dim=32, **extra)
+
+
+def _vae(scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+                         sample_size=64, scaling_factor=scaling_factor)
+
+
+def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", prediction: str = "epsilon") -> Path:
+    """Save a tiny SD 1.x-shaped pipeline as a diffusers folder at ``folder``."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
+    vae = _vae(0.18215)
+    text_encoder = CLIPTextModel(_text_config())
+    scheduler = getattr(diffusers, scheduler_class).from_config(
+        {**SCHEDULER, "prediction_type": prediction, "skip_prk_steps": True})
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer("<|endoftext|>"),
+                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_sdxl(folder: Path) -> Path:
+    """Save a tiny SDXL-shaped pipeline (two text encoders, size conditioning) at ``folder``."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                use_linear_projection=True, addition_embed_type="text_time",
+                                addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                                projection_class_embeddings_input_dim=80, cross_attention_dim=64)
+    vae = _vae(0.13025)
+    text_encoder = CLIPTextModel(_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=_tokenizer("<|endoftext|>"), tokenizer_2=_tokenizer("!"),
+        unet=unet, scheduler=EulerDiscreteScheduler.from_config(SCHEDULER), force_zeros_for_empty_prompt=True,
+    )
+    pipeline.save_pretrained(folder)
+    return folder
