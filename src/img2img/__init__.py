@@ -8,21 +8,49 @@
 Nothing heavy happens at import: models load on first use and stay loaded in the Engine.
 """
 
-from img2img.api import Engine
-from img2img.engine.request import GenerationRequest
-from img2img.engine.result import GenerationRecord, GenerationResult
-from img2img.engine.samplers import DEFAULT_SAMPLER, sampler_names
-from img2img.errors import (
-    Img2ImgError,
-    InvalidArgument,
-    ModelError,
-    ModelNotFound,
-    OutputPathError,
-    PickleRefused,
-    SourceImageError,
-    UnknownModelFormat,
-)
-from img2img.models.registry import ModelEntry, ModelRegistry
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# Public name -> the module that defines it. Importing img2img stays cheap (no torch); each name is imported
+# on first use.
+_EXPORTS = {
+    "Engine": "img2img.api",
+    "GenerationRequest": "img2img.engine.request",
+    "GenerationRecord": "img2img.engine.result",
+    "GenerationResult": "img2img.engine.result",
+    "DEFAULT_SAMPLER": "img2img.engine.samplers",
+    "sampler_names": "img2img.engine.samplers",
+    "ModelEntry": "img2img.models.registry",
+    "ModelRegistry": "img2img.models.registry",
+    **{name: "img2img.errors" for name in (
+        "Img2ImgError", "InvalidArgument", "ModelError", "ModelNotFound", "OutputPathError", "PickleRefused",
+        "SourceImageError", "UnknownModelFormat",
+    )},
+}
+
+if TYPE_CHECKING:
+    from img2img.api import Engine
+    from img2img.engine.request import GenerationRequest
+    from img2img.engine.result import GenerationRecord, GenerationResult
+    from img2img.engine.samplers import DEFAULT_SAMPLER, sampler_names
+    from img2img.errors import (
+        Img2ImgError,
+        InvalidArgument,
+        ModelError,
+        ModelNotFound,
+        OutputPathError,
+        PickleRefused,
+        SourceImageError,
+        UnknownModelFormat,
+    )
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'img2img' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_SAMPLER",

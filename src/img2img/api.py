@@ -87,7 +87,8 @@ class Engine:
         images = [_to_source_size(array, source.size) for array in output.images]
         record = self._record(request, job, source, (width, height), model.name, family, model.sha256,
                               output.steps_run, output.start_sigma)
-        return GenerationResult(images, GenerationResult.per_seed(record, seeds), time.perf_counter() - started)
+        records = GenerationResult.per_seed(record, seeds)
+        return GenerationResult(images, records, time.perf_counter() - started, list(output.seconds))
 
     def _unchanged(
         self, request: GenerationRequest, source: Image.Image, seeds: list[int], started: float
@@ -106,7 +107,8 @@ class Engine:
         record = self._record(request, job, source, source.size, files.name, files.family,
                               weights_sha256(files.path), steps_run=0, start_sigma=0.0)
         images = [source.copy() for _ in seeds]
-        return GenerationResult(images, GenerationResult.per_seed(record, seeds), time.perf_counter() - started)
+        records = GenerationResult.per_seed(record, seeds)
+        return GenerationResult(images, records, time.perf_counter() - started, [0.0] * len(seeds))
 
     def _record(
         self, request: GenerationRequest, job: DiffusionJob, source: Image.Image, working: tuple[int, int],

@@ -9,6 +9,7 @@ what it adds is the strength contract of ``img2img.engine.strength``, per-image 
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class DiffusionOutput:
     images: np.ndarray  # float32, (N, H, W, 3) in [0, 1], at the working size
     steps_run: int
     start_sigma: float
+    seconds: tuple[float, ...]  # per image; the first includes encoding the prompt and the source
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ def run_diffusion(
     pipeline: Any, job: DiffusionJob, source: Image.Image, on_step: StepCallback | None = None
 ) -> DiffusionOutput:
     """Run ``job`` on ``source`` (already at the working size, multiples of 8) with ``pipeline``'s components."""
+    started = time.perf_counter()
     unet, vae = pipeline.unet, pipeline.vae
-    device, dtype = unet.device, unet.dtype
+    device = unet.device
     width, height = source.size
 
     # 1. Guidance and prompt.
@@ -76,7 +79,7 @@ def run_diffusion(
         pixels = pipeline.image_processor.preprocess(source).to(device=device, dtype=vae.dtype)
         latent_dist = vae.encode(pixels).latent_dist
 
-    images, steps_run, start_sigma = [], 0, 0.0
+    images, seconds, steps_run, start_sigma = [], [], 0, 0.0
     for index, seed in enumerate(job.seeds):
         generator = cpu_generator(seed)
         scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
@@ -88,12 +91,14 @@ def run_diffusion(
         latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
 
         # 5. Denoise.
-        latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator,
-                          lambda done, total, i=index: on_step(i, done, total) if on_step else None)
+        report = (lambda done, total, i=index: on_step(i, done, total)) if on_step else (lambda done, total: None)
+        latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator, report)
 
         # 6. Decode.
         images.append(decode(pipeline, latents))
-    return DiffusionOutput(np.concatenate(images), steps_run, start_sigma)
+        seconds.append(time.perf_counter() - started)
+        started = time.perf_counter()
+    return DiffusionOutput(np.concatenate(images), steps_run, start_sigma, tuple(seconds))
 
 
 def encode_text(pipeline: Any, job: DiffusionJob, guided: bool, size: tuple[int, int]) -> TextConditioning:

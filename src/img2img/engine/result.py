@@ -63,6 +63,7 @@ class GenerationResult:
     images: list[Image.Image]
     records: list[GenerationRecord]  # one per image; they differ only in the seed
     seconds: float  # wall time of the call, model loading included
+    image_seconds: list[float] = field(default_factory=list)  # per image, without model loading
 
     @property
     def seeds(self) -> list[int]:

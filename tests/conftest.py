@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random-weight models built once per session, a real photo, and isolated user dirs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny_sd, build_tiny_sdxl  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read or write the real user's registry, caches or Hugging Face cache."""
+    monkeypatch.setenv("IMG2IMG_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("IMG2IMG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-image's astronaut, a real photograph, shrunk to 64x48 so that tiny models run in milliseconds."""
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((64, 48), Image.LANCZOS).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def other_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(data.coffee()).resize((64, 48), Image.LANCZOS).save(path)
+    return path
