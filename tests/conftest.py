@@ -10,7 +10,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import build_tiny_sd, build_tiny_sdxl  # noqa: E402
+from tiny_models import build_tiny_sd, build_tiny_sdxl
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,9 @@ def unet_key(key: str, config: dict[str, Any]) -> str:
     if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = block * per_block + layer + 1
-        return f"input_blocks.{index}.0.{_rename_resnet(rest)}" if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+        if kind == "resnets":
+            return f"input_blocks.{index}.0.{_rename_resnet(rest)}"
+        return f"input_blocks.{index}.1.{rest}"
     if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
         return f"input_blocks.{(int(m[1]) + 1) * per_block}.0.op.{m[2]}"
     if m := re.match(r"mid_block\.resnets\.(\d)\.(.+)", key):
@@ -42,7 +44,9 @@ def unet_key(key: str, config: dict[str, Any]) -> str:
     if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
         block, kind, layer, rest = int(m[1]), m[2], int(m[3]), m[4]
         index = block * per_block + layer
-        return f"output_blocks.{index}.0.{_rename_resnet(rest)}" if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+        if kind == "resnets":
+            return f"output_blocks.{index}.0.{_rename_resnet(rest)}"
+        return f"output_blocks.{index}.1.{rest}"
     if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
         block = int(m[1])
         slot = 2 if config["up_block_types"][block].startswith("CrossAttn") else 1
@@ -80,5 +84,7 @@ def sd1_state_dict(pipeline: Any) -> dict[str, torch.Tensor]:
             value = value[:, :, None, None]  # the original VAE attention uses 1x1 convolutions
         out["first_stage_model." + name] = value
     for key, value in pipeline.text_encoder.state_dict().items():
+        # Original checkpoints name the CLIP text model's weights as transformers 4 did: under "text_model.".
+        key = key if key.startswith("text_model.") else "text_model." + key
         out["cond_stage_model.transformer." + key] = value
     return {k: v.contiguous() for k, v in out.items()}

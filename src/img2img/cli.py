@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+
+# Typer parses with its own vendored click; its usage errors are these classes, not the click package's.
+from typer import Abort
+from typer._click.exceptions import BadParameter, NoArgsIsHelpError, UsageError
 
 from img2img.errors import Img2ImgError, InvalidArgument, OutputPathError
 
@@ -64,24 +68,27 @@ def main() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+    def fail(message: str) -> int:
+        err.print(f"[red]error:[/red] {escape(message)}")
+        return 2
+
     try:
         status = app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+    except NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         status = 0
-    except click.UsageError as exc:
-        err.print(f"[red]error:[/red] {exc.format_message()}", markup=True, highlight=False, soft_wrap=True)
-        status = 2
+    except BadParameter as exc:
+        status = fail(_bad_parameter_message(exc))
+    except UsageError as exc:
+        status = fail(exc.format_message())
     except InvalidArgument as exc:
         flag = FLAGS.get(exc.argument, f"--{exc.argument.replace('_', '-')}")
-        err.print(f"[red]error:[/red] {flag} should be {exc.expected}, but got {exc.received!r}",
-                  highlight=False, soft_wrap=True)
-        status = 2
+        status = fail(f"{flag} should be {exc.expected}, but got {exc.received!r}")
     except Img2ImgError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True, markup=False)
-        status = 2
-    except (KeyboardInterrupt, click.exceptions.Abort):
+        status = fail(str(exc))
+    except (KeyboardInterrupt, Abort):
         err.print("interrupted")
         status = 130
     sys.exit(status if isinstance(status, int) else 0)
@@ -110,6 +117,9 @@ def run(
     from img2img.api import Engine
     from img2img.engine.request import GenerationRequest
     from img2img.imageio.output import save_png
+    from img2img.imageio.source import load_source
+
+    _quiet_libraries()
 
     request = GenerationRequest(
         source=source, prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg,
@@ -119,6 +129,7 @@ def run(
     engine = Engine(device=device, dtype=dtype, max_images=_max_images(), allow_pickle=allow_pickle)
     request = request.validated(engine.max_images)
     targets = _output_paths(output, count)  # checked before any work is done
+    load_source(source)  # a bad source is reported before a model is loaded
     console = Console()
     if strength > 0:
         with console.status("Loading model…"):
@@ -154,7 +165,7 @@ def samplers() -> None:
 def models_add(
     name: Annotated[str, typer.Argument(help="A short name for the model.")],
     path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint.")],
-    config: Annotated[Path | None, typer.Option(help="Diffusers-format config folder for an unusual checkpoint.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Diffusers config folder for an unusual checkpoint.")] = None,
     prediction: Annotated[str | None, typer.Option(help="epsilon or v_prediction, if detection is wrong.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
     default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
@@ -212,6 +223,29 @@ def models_remove(name: Annotated[str, typer.Argument(help="A registered model n
     typer.echo(f"removed {name}")
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bar replaces the libraries' loading bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _bad_parameter_message(exc: BadParameter) -> str:
+    """Typer's message names the option and the expected type; add what the user typed."""
+    message = exc.format_message()
+    options = getattr(exc.param, "opts", []) if exc.param is not None else []
+    arguments = sys.argv[1:]
+    for index, word in enumerate(arguments):
+        for option in options:
+            if word == option and index + 1 < len(arguments):
+                return f"{message} (got {arguments[index + 1]!r})"
+            if word.startswith(option + "="):
+                return f"{message} (got {word.partition('=')[2]!r})"
+    return message
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
     if not match:
@@ -231,11 +265,11 @@ def _max_images() -> int:
 def _output_paths(output: Path | None, count: int):  # type: ignore[no-untyped-def]
     """A function (index, seed) -> path, after checking that ``output`` can be written as asked."""
     if output is None:
-        folder = Path("outputs")
-        folder.mkdir(exist_ok=True)
-        return lambda index, seed: folder / f"{_next_number(folder) + index:05d}-{seed}.png"
+        output = Path("outputs")
+        output.mkdir(exist_ok=True)
     if output.is_dir():
-        return lambda index, seed: output / f"{_next_number(output) + index:05d}-{seed}.png"
+        first = _next_number(output)  # numbered like A1111: 00001-SEED.png, 00002-SEED.png, ...
+        return lambda index, seed: output / f"{first + index:05d}-{seed}.png"
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         raise OutputPathError(f"-o should be a .png file or an existing folder, but got {output}")
     if not output.parent.is_dir():
@@ -251,7 +285,14 @@ def _next_number(folder: Path) -> int:
 
 
 def _progress(console: Console):  # type: ignore[no-untyped-def]
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                     TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console, transient=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,10 @@ def find_hf_cache_snapshot(repo_id: str) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    # Read at call time: huggingface_hub reads HF_HUB_CACHE once, when it is first imported.
+    cache = os.environ.get("HF_HUB_CACHE") or None
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache))
     except (LocalEntryNotFoundError, ValueError, OSError):
         return None
 
@@ -48,7 +51,7 @@ def inspect_model(
 ) -> ModelFiles:
     """Recognise the model at ``path`` (a diffusers folder or a single checkpoint file)."""
     if not path.exists():
-        raise ModelNotFound(f"model path should exist, but {path} does not")
+        raise ModelNotFound(f"model path should exist, but {path} does not exist")
     name = name or path.stem
     if path.is_dir():
         return _inspect_folder(path, name, allow_pickle, prediction)

@@ -50,17 +50,19 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never reaches the network, whatever it is given
     pipeline_class = _pipeline_class(files.family)
-    options: dict[str, Any] = {"torch_dtype": placement.dtype, "local_files_only": True}
+    options: dict[str, Any] = {"local_files_only": True}
     if files.family.base != "sdxl":
         options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         if files.layout == "diffusers":
             pipeline = pipeline_class.from_pretrained(
-                str(files.path), use_safetensors=None if files.pickled else True, **options
+                str(files.path), dtype=placement.dtype, use_safetensors=None if files.pickled else True, **options
             )
         else:
             configs = config_dir or prepared_config_dir(files.family)
-            pipeline = pipeline_class.from_single_file(str(files.path), config=str(configs), **options)
+            pipeline = pipeline_class.from_single_file(
+                str(files.path), config=str(configs), torch_dtype=placement.dtype, **options
+            )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"model {files.name} ({files.family.label}) could not be loaded from {files.path}: "
                          f"{str(exc).splitlines()[0]}") from exc
