@@ -117,7 +117,9 @@ def weights_sha256(path: Path) -> str:
     digests = [_file_sha256(p) for p in files]
     digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(digest)
+    partial = cache_file.with_name(f".{key}.{os.getpid()}")
+    partial.write_text(digest)
+    partial.replace(cache_file)  # atomic: a concurrent reader never sees half a digest
     return digest
 
 
