@@ -1,13 +1,15 @@
-"""The library's one entry point: ``Engine().generate(request)``.
+"""The library's entry point: ``Engine().generate(request)`` and ``Engine().sweep(request, axes)``.
 
-An Engine holds the loaded models (reused across calls) and the device policy; it resolves the request's
-model, fills the family's defaults, runs the diffusion stages and returns the images with their records.
+An Engine holds the loaded models (reused across calls) and the device policy. For each call it reads the
+source, plans the output and working sizes, fits the source to the working size, runs the diffusion stages
+(several times for loopback), finishes each image (colour match, size, alpha) and returns it with its record.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
@@ -15,22 +17,33 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image
 
-from img2img.engine.diffusion import DiffusionJob, run_diffusion
+from img2img.engine.diffusion import DiffusionJob, DiffusionSession
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationRecord, GenerationResult
-from img2img.engine.seeds import batch_seeds, resolve_seed
-from img2img.engine.sizing import fit_working_size
-from img2img.imageio.source import load_source, pixels_sha256
+from img2img.engine.seeds import MAX_SEED, batch_seeds, resolve_seed
+from img2img.engine.sizing import plan_sizes
+from img2img.engine.strength import plan_steps
+from img2img.imageio.color import match_colors
+from img2img.imageio.resize import fit_to_size
+from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import inspect_model
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.registry import ModelRegistry
+from img2img.sweep import Axis, SweepResult, sweep_cells
 
 # on_progress(image_index, step_done, steps_total)
 ProgressCallback = Callable[[int, int, int], None]
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _ModelInfo:
+    name: str
+    family: Family
+    sha256: str
 
 
 class Engine:
@@ -40,19 +53,22 @@ class Engine:
         device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps".
         dtype: "auto" (fp16 on GPUs, fp32 on the CPU), "float32", "float16" or "bfloat16".
         registry: the model registry; defaults to the user's (``img2img models ...``).
-        max_images: the most images one request may ask for.
+        max_images: the most images one request may ask for (a sweep may have up to 100 cells).
         allow_pickle: allow pickled checkpoints given by path (they can run code when loaded).
         cache_capacity: how many models stay loaded at once.
+        max_source_pixels: the largest source accepted, in pixels; larger files are refused before decoding.
     """
 
     def __init__(
         self, *, device: str = "auto", dtype: str = "auto", registry: ModelRegistry | None = None,
         max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False, cache_capacity: int = 1,
+        max_source_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.placement: Placement = choose_placement(device, dtype)
         self.registry = registry or ModelRegistry()
         self.max_images = max_images
         self.allow_pickle = allow_pickle
+        self.max_source_pixels = max_source_pixels
         self._models = ModelCache(cache_capacity)
 
     def load(self, model: str | None = None) -> LoadedModel:
@@ -60,78 +76,139 @@ class Engine:
         entry = resolve_reference(model, self.registry, self.allow_pickle)
         return self._models.get(entry, self.placement)
 
+    def read_source(self, request: GenerationRequest) -> SourceImage:
+        """Decode and check the request's source with this engine's limits."""
+        return read_source(request.source, max_pixels=self.max_source_pixels, background=request.background)
+
     def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None) -> GenerationResult:
-        """Run ``request``; the result holds one image per seed, each at the source's size, with its record."""
-        started = time.perf_counter()
+        """Run ``request``: one image per seed (seed, seed+1, ...), each with the record that reproduces it."""
         request = request.validated(self.max_images)
-        source = load_source(request.source)
         seeds = batch_seeds(resolve_seed(request.seed), request.num_images)
-        if request.strength == 0:
-            return self._unchanged(request, source, seeds, started)
+        cells = [replace(request, seed=seed, num_images=1) for seed in seeds]
+        return self._run(cells, self.read_source(request), on_progress)
 
-        model = self.load(request.model)
-        family = model.family
-        width, height = request.size or fit_working_size(*source.size, family.native_side)
-        job = DiffusionJob(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            strength=request.strength,
-            guidance_scale=_default(request.guidance_scale, family.default_guidance),
-            steps=_default(request.steps, family.default_steps),
-            sampler=_default(request.sampler, family.default_sampler),
-            seeds=tuple(seeds),
-            steps_mode=request.steps_mode,
-        )
-        working = source if source.size == (width, height) else source.resize((width, height), Image.LANCZOS)
-        output = run_diffusion(model.pipeline, job, working, on_progress)
-        images = [_to_source_size(array, source.size) for array in output.images]
-        record = self._record(request, job, source, (width, height), model.name, family, model.sha256,
-                              output.steps_run, output.start_sigma)
-        records = GenerationResult.per_seed(record, seeds)
-        return GenerationResult(images, records, time.perf_counter() - started, list(output.seconds))
+    def sweep(
+        self, request: GenerationRequest, axes: Sequence[Axis], on_progress: ProgressCallback | None = None
+    ) -> SweepResult:
+        """Run every combination of the ``axes`` values with the rest of ``request`` fixed (an X/Y plot).
 
-    def _unchanged(
-        self, request: GenerationRequest, source: Image.Image, seeds: list[int], started: float
+        The source is encoded once and each distinct prompt once for the whole sweep.
+        """
+        request = request.validated(self.max_images)
+        cells = sweep_cells(replace(request, seed=resolve_seed(request.seed), num_images=1), axes)
+        source = self.read_source(request)
+        return SweepResult(tuple(axes), self._run(cells, source, on_progress), source.rgb)
+
+    def _run(
+        self, cells: list[GenerationRequest], source: SourceImage, on_progress: ProgressCallback | None,
     ) -> GenerationResult:
-        """Strength 0: the source itself, with no model run and no VAE round trip."""
-        entry = resolve_reference(request.model, self.registry, self.allow_pickle)
+        started = time.perf_counter()
+        first = cells[0]  # cells differ only in fields that do not change the model or the sizes
+        loaded = self.load(first.model) if any(cell.strength > 0 for cell in cells) else None
+        model = _ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else self._model_info(first.model)
+        output_size, working_size = plan_sizes(source.rgb.size, model.family.native_side, first.size, first.max_side)
+        working = fit_to_size(source.rgb, working_size, first.resize_mode)
+        session = DiffusionSession(loaded.pipeline, working) if loaded else None
+        images, records, seconds = [], [], []
+        for index, cell in enumerate(cells):
+            cell_started = time.perf_counter()
+            report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
+            if session is None or cell.strength == 0:
+                # Strength 0: the source itself, with no model run and no VAE round trip.
+                keeps_size = cell.size is None and cell.max_side is None
+                picture = (source.rgb if keeps_size else working).copy()
+                record = self._record(cell, _job(cell, model.family, 0.0), source, working.size, model, 0, 0.0)
+            else:
+                picture, record = self._loop(cell, model, session, source, report)
+            images.append(self._finish(cell, picture, output_size, source))
+            records.append(replace(record, width=output_size[0], height=output_size[1]))
+            seconds.append(time.perf_counter() - cell_started)
+        return GenerationResult(images, records, time.perf_counter() - started, seconds, list(source.notes))
+
+    def _loop(
+        self, cell: GenerationRequest, model: _ModelInfo, session: DiffusionSession, source: SourceImage,
+        report: Callable[[int, int], None] | None,
+    ) -> tuple[Image.Image, GenerationRecord]:
+        """Run the cell, feeding each result back as the next source for ``loops`` passes (seed+k on pass k).
+
+        The record describes the whole chain: the first pass's strength, seed, steps and starting sigma.
+        """
+        strengths = [cell.strength * cell.loop_decay**loop for loop in range(cell.loops)]
+        job = _job(cell, model.family)
+        train_steps = int(session.pipeline.scheduler.config.get("num_train_timesteps", 1000))
+        totals = [plan_steps(job.steps, s, job.steps_mode, train_steps).steps_to_run for s in strengths]  # type: ignore[arg-type]
+        reference, record, picture = session.source, None, session.source
+        for loop, strength in enumerate(strengths):
+            base = sum(totals[:loop])
+            on_step = (lambda _i, done, _t, base=base: report(base + done, sum(totals))) if report else None
+            pass_job = replace(job, strength=strength, seeds=((job.seeds[0] + loop) % (MAX_SEED + 1),))
+            output = session.run(pass_job, on_step)
+            picture = _to_image(output.images[0])
+            if cell.color_match:
+                picture = match_colors(picture, reference)
+            if record is None:
+                record = self._record(cell, job, source, session.source.size, model, output.steps_run,
+                                      output.start_sigma)
+            if loop + 1 < cell.loops:
+                session = DiffusionSession(session.pipeline, picture)
+        assert record is not None
+        return picture, record
+
+    def _finish(
+        self, cell: GenerationRequest, picture: Image.Image, output_size: tuple[int, int], source: SourceImage,
+    ) -> Image.Image:
+        """Bring the result to the output size and put the source's transparency back when asked."""
+        if picture.size != output_size:
+            picture = picture.resize(output_size, Image.LANCZOS)
+        if cell.keep_alpha and source.alpha is not None:
+            alpha = source.alpha if source.alpha.size == output_size else fit_to_size(
+                source.alpha, output_size, cell.resize_mode)
+            picture = picture.convert("RGBA")
+            picture.putalpha(alpha)
+        return picture
+
+    def _model_info(self, reference: str | None) -> _ModelInfo:
+        """Name, family and hash of a model without loading it (for strength 0)."""
+        entry = resolve_reference(reference, self.registry, self.allow_pickle)
         files = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
                               prediction=entry.prediction)
-        job = DiffusionJob(
-            prompt=request.prompt, negative_prompt=request.negative_prompt, strength=0.0,
-            guidance_scale=_default(request.guidance_scale, files.family.default_guidance),
-            steps=_default(request.steps, files.family.default_steps),
-            sampler=_default(request.sampler, files.family.default_sampler),
-            seeds=tuple(seeds), steps_mode=request.steps_mode,
-        )
-        record = self._record(request, job, source, source.size, files.name, files.family,
-                              weights_sha256(files.path), steps_run=0, start_sigma=0.0)
-        images = [source.copy() for _ in seeds]
-        records = GenerationResult.per_seed(record, seeds)
-        return GenerationResult(images, records, time.perf_counter() - started, [0.0] * len(seeds))
+        return _ModelInfo(files.name, files.family, weights_sha256(files.path))
 
     def _record(
-        self, request: GenerationRequest, job: DiffusionJob, source: Image.Image, working: tuple[int, int],
-        model_name: str, family: Family, model_sha256: str, steps_run: int, start_sigma: float,
+        self, cell: GenerationRequest, job: DiffusionJob, source: SourceImage, working: tuple[int, int],
+        model: _ModelInfo, steps_run: int, start_sigma: float,
     ) -> GenerationRecord:
         return GenerationRecord(
             engine="diffusion", prompt=job.prompt, negative_prompt=job.negative_prompt, strength=job.strength,
             steps=job.steps, steps_mode=job.steps_mode, steps_run=steps_run, start_sigma=round(start_sigma, 6),
             guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0],
-            width=source.width, height=source.height, working_width=working[0], working_height=working[1],
-            model=model_name, model_family=family.label, model_hash=model_sha256,
-            source_sha256=pixels_sha256(source), device=self.placement.device, dtype=self.placement.dtype_name,
-            versions=library_versions(),
+            width=working[0], height=working[1], working_width=working[0], working_height=working[1],
+            model=model.name, model_family=model.family.label, model_hash=model.sha256,
+            source_sha256=source.sha256, device=self.placement.device, dtype=self.placement.dtype_name,
+            versions=library_versions(), size=cell.size, max_side=cell.max_side, resize_mode=cell.resize_mode,
+            background=cell.background, keep_alpha=cell.keep_alpha, color_match=cell.color_match,
+            loops=cell.loops, loop_decay=cell.loop_decay,
         )
+
+
+def _job(cell: GenerationRequest, family: Family, strength: float | None = None) -> DiffusionJob:
+    """The cell with the family's defaults filled in (its seed is resolved by now)."""
+    assert cell.seed is not None
+    return DiffusionJob(
+        prompt=cell.prompt, negative_prompt=cell.negative_prompt,
+        strength=cell.strength if strength is None else strength,
+        guidance_scale=_default(cell.guidance_scale, family.default_guidance),
+        steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
+        seeds=(cell.seed,), steps_mode=cell.steps_mode,
+    )
 
 
 def _default(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
-def _to_source_size(array: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    image = Image.fromarray((array * 255).round().astype("uint8"))
-    return image if image.size == size else image.resize(size, Image.LANCZOS)
+def _to_image(array: np.ndarray) -> Image.Image:
+    return Image.fromarray((array * 255).round().astype("uint8"))
 
 
 def library_versions() -> dict[str, str]:

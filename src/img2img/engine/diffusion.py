@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -55,60 +55,91 @@ class TextConditioning:
     timestep_cond: torch.Tensor | None  # LCM's guidance embedding
 
 
-@torch.inference_mode()
+class DiffusionSession:
+    """One source at its working size on one pipeline, for any number of jobs.
+
+    The source's VAE encoding and each distinct prompt's text encoding are computed once and reused by every job
+    of the session: a sweep over strengths, guidance scales, seeds, steps or samplers encodes nothing twice.
+    """
+
+    def __init__(self, pipeline: Any, source: Image.Image) -> None:
+        self.pipeline = pipeline
+        self.source = source  # already at the working size, multiples of 8
+        self._latent_dist: Any = None
+        self._texts: dict[tuple[str, str, bool], TextConditioning] = {}
+
+    @torch.inference_mode()
+    def run(self, job: DiffusionJob, on_step: StepCallback | None = None) -> DiffusionOutput:
+        """Run ``job``: one image per seed, each from its own CPU generator."""
+        started = time.perf_counter()
+        pipeline = self.pipeline
+        device = pipeline.unet.device
+        width, height = self.source.size
+
+        # 1. Guidance and prompt.
+        guided = job.guidance_scale > 1 and pipeline.unet.config.time_cond_proj_dim is None
+        text = self.text(job.prompt, job.negative_prompt, guided, job.guidance_scale)
+
+        # 2. Steps: where strength becomes timesteps.
+        train_steps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
+        plan = plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
+
+        # 3. The source's latent distribution, encoded once per session.
+        latent_dist = None if plan.from_pure_noise else self.latent_dist()
+
+        images, seconds, steps_run, start_sigma = [], [], 0, 0.0
+        for index, seed in enumerate(job.seeds):
+            generator = cpu_generator(seed)
+            scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
+            timesteps = set_timesteps(scheduler, plan, device)
+            start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
+            steps_run = plan.steps_to_run
+
+            # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
+            latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
+
+            # 5. Denoise.
+            report = (lambda done, total, i=index: on_step(i, done, total)) if on_step else (lambda done, total: None)
+            latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator,
+                              report)
+
+            # 6. Decode.
+            images.append(decode(pipeline, latents))
+            seconds.append(time.perf_counter() - started)
+            started = time.perf_counter()
+        return DiffusionOutput(np.concatenate(images), steps_run, start_sigma, tuple(seconds))
+
+    def latent_dist(self) -> Any:
+        if self._latent_dist is None:
+            pipeline = self.pipeline
+            pixels = pipeline.image_processor.preprocess(self.source)
+            self._latent_dist = pipeline.vae.encode(pixels.to(pipeline.vae.device, pipeline.vae.dtype)).latent_dist
+        return self._latent_dist
+
+    def text(self, prompt: str, negative_prompt: str, guided: bool, guidance_scale: float) -> TextConditioning:
+        key = (prompt, negative_prompt, guided)
+        if key not in self._texts:
+            self._texts[key] = encode_text(self.pipeline, prompt, negative_prompt, guided, self.source.size[::-1])
+        return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, guidance_scale))
+
+
 def run_diffusion(
     pipeline: Any, job: DiffusionJob, source: Image.Image, on_step: StepCallback | None = None
 ) -> DiffusionOutput:
     """Run ``job`` on ``source`` (already at the working size, multiples of 8) with ``pipeline``'s components."""
-    started = time.perf_counter()
-    unet, vae = pipeline.unet, pipeline.vae
-    device = unet.device
-    width, height = source.size
-
-    # 1. Guidance and prompt.
-    guided = job.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
-    text = encode_text(pipeline, job, guided, (height, width))
-
-    # 2. Steps: where strength becomes timesteps.
-    train_steps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
-    plan = plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
-
-    # 3. The source's latent distribution, encoded once for every seed.
-    latent_dist = None
-    if not plan.from_pure_noise:
-        pixels = pipeline.image_processor.preprocess(source).to(device=device, dtype=vae.dtype)
-        latent_dist = vae.encode(pixels).latent_dist
-
-    images, seconds, steps_run, start_sigma = [], [], 0, 0.0
-    for index, seed in enumerate(job.seeds):
-        generator = cpu_generator(seed)
-        scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
-        timesteps = set_timesteps(scheduler, plan, device)
-        start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
-        steps_run = plan.steps_to_run
-
-        # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
-        latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
-
-        # 5. Denoise.
-        report = (lambda done, total, i=index: on_step(i, done, total)) if on_step else (lambda done, total: None)
-        latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator, report)
-
-        # 6. Decode.
-        images.append(decode(pipeline, latents))
-        seconds.append(time.perf_counter() - started)
-        started = time.perf_counter()
-    return DiffusionOutput(np.concatenate(images), steps_run, start_sigma, tuple(seconds))
+    return DiffusionSession(pipeline, source).run(job, on_step)
 
 
-def encode_text(pipeline: Any, job: DiffusionJob, guided: bool, size: tuple[int, int]) -> TextConditioning:
+def encode_text(
+    pipeline: Any, prompt: str, negative_prompt: str, guided: bool, size: tuple[int, int]
+) -> TextConditioning:
     """Prompt embeddings through the pipeline's own encoder (tokenisation, clip skip and SDXL's two encoders)."""
     device, dtype = pipeline.unet.device, pipeline.unet.dtype
-    negative = job.negative_prompt or None  # None lets SDXL use zeros for an empty negative prompt, as it was trained
+    negative = negative_prompt or None  # None lets SDXL use zeros for an empty negative prompt, as it was trained
     added = None
     if hasattr(pipeline, "text_encoder_2"):
         positive, negative_embeds, pooled, negative_pooled = pipeline.encode_prompt(
-            prompt=job.prompt, device=device, num_images_per_prompt=1,
+            prompt=prompt, device=device, num_images_per_prompt=1,
             do_classifier_free_guidance=guided, negative_prompt=negative,
         )
         time_ids = torch.tensor([[*size, 0, 0, *size]], device=device, dtype=dtype)  # original, crop, target
@@ -117,17 +148,19 @@ def encode_text(pipeline: Any, job: DiffusionJob, guided: bool, size: tuple[int,
             time_ids = time_ids.repeat(2, 1)
         added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
     else:
-        positive, negative_embeds = pipeline.encode_prompt(
-            job.prompt, device, 1, guided, negative_prompt=negative
-        )
+        positive, negative_embeds = pipeline.encode_prompt(prompt, device, 1, guided, negative_prompt=negative)
     embeddings = torch.cat([negative_embeds, positive]) if guided else positive
-    timestep_cond = None
-    if pipeline.unet.config.time_cond_proj_dim is not None:
-        scale = torch.tensor([job.guidance_scale - 1.0])
-        timestep_cond = pipeline.get_guidance_scale_embedding(
-            scale, embedding_dim=pipeline.unet.config.time_cond_proj_dim
-        ).to(device=device, dtype=dtype)
-    return TextConditioning(embeddings, added, timestep_cond)
+    return TextConditioning(embeddings, added, None)
+
+
+def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:
+    """LCM's guidance-scale embedding for UNets distilled with one (``time_cond_proj_dim``), else None."""
+    dimension = pipeline.unet.config.time_cond_proj_dim
+    if dimension is None:
+        return None
+    scale = torch.tensor([guidance_scale - 1.0])
+    embedding = pipeline.get_guidance_scale_embedding(scale, embedding_dim=dimension)
+    return embedding.to(device=pipeline.unet.device, dtype=pipeline.unet.dtype)
 
 
 def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device) -> torch.Tensor:

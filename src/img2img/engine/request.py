@@ -7,10 +7,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from PIL import Image
+from PIL import Image, ImageColor
 
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
+from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
 from img2img.errors import InvalidArgument
 
 StepsMode = Literal["diffusers", "exact"]
@@ -20,7 +21,7 @@ MAX_STEPS = 150  # A1111's slider limit; more steps only cost time
 MAX_GUIDANCE = 30.0  # beyond this every sampler saturates
 DEFAULT_MAX_IMAGES = 16  # per request; the server and CLI can lower it
 MAX_PROMPT_CHARS = 4000  # CLIP reads 77 tokens; this only stops absurd payloads
-MAX_SIDE = 4096  # working size limit in pixels per side
+MAX_LOOPS = 32  # loopback passes per image
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,16 @@ class GenerationRequest:
         steps_mode: "diffusers" runs the last int(steps * strength) steps of a ``steps`` schedule; "exact" runs
             exactly ``steps`` steps starting from the strength's noise level (as ComfyUI does).
         model: a registry name, a path or a Hugging Face repo id; None takes the registry's default.
-        size: the working size (width, height) in pixels, multiples of 8; None fits the model (see
-            ``img2img.engine.sizing``). The result is always returned at the source's size.
+        size: the output and working size (width, height) in pixels, multiples of 8; None keeps the source's size
+            and fits the working size to the model (see ``img2img.engine.sizing``).
+        max_side: instead of ``size``, scale the source so that its long side is this many pixels (multiple of 8).
+        resize_mode: how the source fills ``size`` when the aspect ratios differ: "just" (stretch), "crop" (cover
+            and centre-crop) or "fill" (fit and extend the edges), as A1111's resize modes.
+        background: the colour that transparent areas of the source are composited onto (a name or #rrggbb).
+        keep_alpha: put the source's transparency back on the result (PNG and WebP outputs only).
+        color_match: match the result's colours to the source's in CIELAB (against drift over loops).
+        loops: loopback: feed each result back as the next source this many times in all; loop k uses seed+k.
+        loop_decay: multiply the strength by this after each loop, 0 < decay <= 1.
     """
 
     source: Image.Image | Path | str
@@ -58,6 +67,13 @@ class GenerationRequest:
     steps_mode: StepsMode = "diffusers"
     model: str | None = None
     size: tuple[int, int] | None = field(default=None)
+    max_side: int | None = None
+    resize_mode: ResizeMode = "just"
+    background: str = "white"
+    keep_alpha: bool = False
+    color_match: bool = False
+    loops: int = 1
+    loop_decay: float = 1.0
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -81,6 +97,21 @@ class GenerationRequest:
             raise InvalidArgument("steps_mode", f"one of {', '.join(STEPS_MODES)}", self.steps_mode)
         if self.size is not None:
             _check_size(self.size)
+        if self.max_side is not None:
+            if self.size is not None:
+                raise InvalidArgument("max_side", "left out when size is given", self.max_side)
+            _check_int("max_side", self.max_side, MIN_SIDE, MAX_SIDE)
+            if self.max_side % LATENT_MULTIPLE:
+                raise InvalidArgument("max_side", f"a multiple of {LATENT_MULTIPLE}", self.max_side)
+        if self.resize_mode not in RESIZE_MODES:
+            raise InvalidArgument("resize_mode", f"one of {', '.join(RESIZE_MODES)}", self.resize_mode)
+        _check_colour("background", self.background)
+        _check_flag("keep_alpha", self.keep_alpha)
+        _check_flag("color_match", self.color_match)
+        _check_int("loops", self.loops, 1, MAX_LOOPS)
+        _check_number("loop_decay", self.loop_decay, 0.0, 1.0)
+        if self.loop_decay == 0:
+            raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
         return replace(self, sampler=sampler)
 
@@ -106,11 +137,24 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise InvalidArgument(name, f"in [{low}, {high}]", value)
 
 
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidArgument(name, "true or false", value)
+
+
+def _check_colour(name: str, value: object) -> None:
+    try:
+        ImageColor.getrgb(value)  # type: ignore[arg-type]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InvalidArgument(name, "a colour name or #rrggbb", value) from exc
+
+
 def _check_size(size: object) -> None:
     ok = (
         isinstance(size, tuple)
         and len(size) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) for v in size)
     )
-    if not ok or not all(64 <= v <= MAX_SIDE and v % 8 == 0 for v in size):  # type: ignore[union-attr]
-        raise InvalidArgument("size", f"(width, height) multiples of 8 in [64, {MAX_SIDE}]", size)
+    if not ok or not all(MIN_SIDE <= v <= MAX_SIDE and v % LATENT_MULTIPLE == 0 for v in size):  # type: ignore[union-attr]
+        raise InvalidArgument("size", f"(width, height) multiples of {LATENT_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]",
+                              size)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from PIL import Image
+
+from img2img.engine.request import GenerationRequest
+from img2img.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,7 @@ class GenerationRecord:
     guidance_scale: float
     sampler: str
     seed: int
-    width: int  # of the output, which is the source's size
+    width: int  # of the output
     height: int
     working_width: int  # the size the model ran at
     working_height: int
@@ -35,9 +40,41 @@ class GenerationRecord:
     device: str
     dtype: str
     versions: dict[str, str] = field(default_factory=dict)
+    # How the source was fitted and the result finished; see GenerationRequest for each.
+    size: tuple[int, int] | None = None  # as requested
+    max_side: int | None = None
+    resize_mode: str = "just"
+    background: str = "white"
+    keep_alpha: bool = False
+    color_match: bool = False
+    loops: int = 1
+    loop_decay: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRecord:
+        """Read a record written by ``to_json``; fields added by later versions are ignored."""
+        try:
+            data = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            values: dict[str, Any] = {key: value for key, value in data.items() if key in known}
+            if values.get("size") is not None:
+                values["size"] = tuple(values["size"])
+            return cls(**values)
+        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
+            raise InvalidArgument("record", "an img2img JSON record", text[:80]) from exc
+
+    def to_request(self, source: Image.Image | Path | str) -> GenerationRequest:
+        """The request that produced this image, to run again on ``source`` (``img2img reproduce``)."""
+        return GenerationRequest(
+            source=source, prompt=self.prompt, negative_prompt=self.negative_prompt, strength=self.strength,
+            guidance_scale=self.guidance_scale, steps=self.steps, sampler=self.sampler, seed=self.seed,
+            steps_mode=self.steps_mode, model=self.model, size=self.size, max_side=self.max_side,  # type: ignore[arg-type]
+            resize_mode=self.resize_mode, background=self.background, keep_alpha=self.keep_alpha,  # type: ignore[arg-type]
+            color_match=self.color_match, loops=self.loops, loop_decay=self.loop_decay,
+        )
 
     def to_parameters_text(self) -> str:
         """A1111's "parameters" text, which the ecosystem's tools read."""
@@ -60,10 +97,11 @@ def _number(value: float) -> str:
 
 @dataclass
 class GenerationResult:
-    images: list[Image.Image]
-    records: list[GenerationRecord]  # one per image; they differ only in the seed
+    images: list[Image.Image]  # RGB, or RGBA with keep_alpha and a transparent source
+    records: list[GenerationRecord]  # one per image; each describes its image completely
     seconds: float  # wall time of the call, model loading included
     image_seconds: list[float] = field(default_factory=list)  # per image, without model loading
+    notes: list[str] = field(default_factory=list)  # warnings for the user (a soft source, a GIF's frames)
 
     @property
     def seeds(self) -> list[int]:
@@ -73,7 +111,3 @@ class GenerationResult:
     def record(self) -> GenerationRecord:
         """The first image's record."""
         return self.records[0]
-
-    @staticmethod
-    def per_seed(record: GenerationRecord, seeds: list[int]) -> list[GenerationRecord]:
-        return [replace(record, seed=seed) for seed in seeds]

@@ -1,22 +1,53 @@
-"""Size rules: the working size the model runs at, given the source and the model's native resolution."""
+"""Size rules: the output size and the working size the model runs at, from the source and the request.
+
+- Neither ``size`` nor ``max_side``: the output keeps the source's size; the model works at the source's aspect
+  ratio shrunk to its native pixel budget (512² for SD 1.x, 1024² for SDXL), in multiples of 8, and the result
+  is resized back.
+- ``size=(w, h)``: the output is exactly w x h and the model works at that size; a different aspect ratio is
+  handled by the resize mode (``img2img.imageio.resize``).
+- ``max_side=n``: the output keeps the source's aspect ratio with its long side n, in multiples of 8, and the model
+  works at that size (upscaling small sources, unlike the default).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
+ResizeMode = Literal["just", "crop", "fill"]
+RESIZE_MODES: tuple[str, ...] = ("just", "crop", "fill")
 LATENT_MULTIPLE = 8  # the VAE downsamples by 8
 MIN_SIDE = 64
+MAX_SIDE = 4096  # the largest working side we accept
+
+
+def plan_sizes(
+    source: tuple[int, int], native_side: int, size: tuple[int, int] | None = None, max_side: int | None = None,
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Return ``(output_size, working_size)`` as (width, height) pairs."""
+    if size is not None:
+        return size, size
+    if max_side is not None:
+        scaled = fit_long_side(*source, max_side)
+        return scaled, scaled
+    return source, fit_working_size(*source, native_side)
 
 
 def fit_working_size(width: int, height: int, native_side: int) -> tuple[int, int]:
-    """Keep the source's aspect ratio, shrink it to at most ``native_side``² pixels, round down to multiples of 8.
-
-    Sources already within the model's pixel budget keep their size (only rounded): upscaling small sources is
-    a choice left to the caller's explicit size.
-    """
+    """Keep the aspect ratio, shrink to at most ``native_side``² pixels, round down to multiples of 8."""
     scale = min(1.0, math.sqrt(native_side * native_side / (width * height)))
     return (_fit_side(width * scale), _fit_side(height * scale))
 
 
+def fit_long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """Scale so that the long side is ``long_side`` (a multiple of 8); round the short side to a multiple of 8."""
+    scale = long_side / max(width, height)
+    return (_round_side(width * scale), _round_side(height * scale))
+
+
 def _fit_side(side: float) -> int:
     return max(MIN_SIDE, int(side) // LATENT_MULTIPLE * LATENT_MULTIPLE)
+
+
+def _round_side(side: float) -> int:
+    return max(MIN_SIDE, round(side / LATENT_MULTIPLE) * LATENT_MULTIPLE)

@@ -1,6 +1,7 @@
-"""Reading source images and writing results with their generation metadata."""
+"""Reading source images, fitting them to a size, and writing results with their generation metadata."""
 
-from img2img.imageio.output import save_png
-from img2img.imageio.source import load_source, pixels_sha256
+from img2img.imageio.metadata import Metadata, read_metadata
+from img2img.imageio.output import save_image
+from img2img.imageio.source import SourceImage, read_source
 
-__all__ = ["load_source", "pixels_sha256", "save_png"]
+__all__ = ["Metadata", "SourceImage", "read_metadata", "read_source", "save_image"]

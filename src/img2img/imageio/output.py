@@ -1,4 +1,4 @@
-"""Writing results: PNG with the generation record, atomically, never overwriting by accident."""
+"""Writing results atomically: the file appears complete or not at all, and never replaces one by accident."""
 
 from __future__ import annotations
 
@@ -6,36 +6,59 @@ import os
 import tempfile
 from pathlib import Path
 
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
-from img2img.engine.result import GenerationRecord
 from img2img.errors import OutputPathError
+from img2img.imageio.metadata import Metadata, format_of, save_options
 
 MAX_NUMBERED = 100_000
+DEFAULT_QUALITY = 90  # JPEG and WebP; WebP at 100 is lossless
 
 
-def save_png(image: Image.Image, path: Path, record: GenerationRecord, overwrite: bool = False) -> Path:
-    """Write ``image`` to ``path`` with A1111's "parameters" text and our JSON record as PNG text chunks.
+def save_image(
+    image: Image.Image, path: Path, metadata: Metadata, *, quality: int = DEFAULT_QUALITY, overwrite: bool = False,
+) -> Path:
+    """Write ``image`` with ``metadata`` in the format ``path``'s suffix names (.png, .jpg/.jpeg, .webp).
 
-    The file appears complete or not at all. When ``path`` exists and ``overwrite`` is False, the next free
-    numbered name (``name-1.png``, ``name-2.png``, ...) is used. Returns the path written.
+    The data goes to a temporary file in the same folder first, so that an interrupted write leaves nothing
+    behind. When ``path`` exists and ``overwrite`` is False, the next free numbered name (``name-1.png``,
+    ``name-2.png``, ...) is used. JPEG has no transparency: an RGBA image is flattened onto white. Returns the
+    path written.
     """
+    format_ = format_of(path)
     folder = path.parent
     if not folder.is_dir():
         raise OutputPathError(f"output folder should exist, but {folder} does not")
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", record.to_parameters_text())
-    info.add_itxt("img2img", record.to_json())
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".png")
+    if format_ == "jpeg" and image.mode != "RGB":
+        image = _flatten(image)
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=path.suffix)
+    except OSError as exc:
+        raise OutputPathError(f"output folder should be writable, but {folder} is not ({exc.strerror})") from exc
     try:
         with os.fdopen(handle, "wb") as out:
-            image.save(out, format="PNG", pnginfo=info)
+            image.save(out, **save_options(format_, metadata, quality))
         if overwrite:
             Path(temporary).replace(path)
             return path
         return _link_to_free_name(Path(temporary), path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work is done when results could not be written into ``folder``."""
+    if not folder.is_dir():
+        raise OutputPathError(f"output folder should exist, but {folder} does not")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputPathError(f"output folder should be writable, but {folder} is not")
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, "white")
+    flat.alpha_composite(rgba)
+    return flat.convert("RGB")
 
 
 def _link_to_free_name(temporary: Path, wanted: Path) -> Path:

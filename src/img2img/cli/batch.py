@@ -1,0 +1,122 @@
+"""``img2img batch``: restyle every image in a folder, resumably, carrying on past bad files."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from img2img.cli import common as c
+from img2img.cli.app import app
+from img2img.cli.generate import _make_folder, announce_model, prepare, save
+from img2img.errors import InvalidArgument, SourceImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+BATCH_HELP = """Run PROMPT on every image in IN_DIR and write the results to OUT_DIR under the same names.
+
+[bold]Examples[/bold]
+
+  img2img batch holiday/ "watercolor painting" -o watercolors/ --strength 0.5 --seed 42
+  img2img batch scans/ "clean line art" -o clean/ --format webp --quality 95
+
+Every image uses the same seed (given, or one picked at random), so the folder gets a consistent look. Results \
+that already exist are skipped, so an interrupted batch resumes where it stopped; --overwrite redoes them. \
+A file that cannot be read is reported at the end and does not stop the others; the exit status is then 1.
+"""
+
+
+@app.command(help=BATCH_HELP)
+def batch(
+    in_dir: Annotated[Path, typer.Argument(help="A folder of source images.")],
+    prompt: Annotated[str, typer.Argument(help="What the results should look like.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The folder for the results (made if missing).")],
+    negative: c.Negative = "",
+    strength: Annotated[float, typer.Option(help="0..1: how much of each source is replaced.")] = 0.6,
+    seed: c.Seed = -1,
+    steps: c.Steps = None,
+    cfg: c.Cfg = None,
+    sampler: c.Sampler = None,
+    model: c.Model = None,
+    format_: c.Format = None,
+    quality: c.Quality = 90,
+    size: c.Size = None,
+    max_side: c.MaxSide = None,
+    resize: c.Resize = "just",
+    background: c.Background = "white",
+    keep_alpha: c.KeepAlpha = False,
+    color_match: c.ColorMatch = False,
+    loops: c.Loops = 1,
+    loop_decay: c.LoopDecay = 1.0,
+    steps_mode: c.StepsMode = "diffusers",
+    device: c.Device = "auto",
+    dtype: c.Dtype = "auto",
+    allow_pickle: c.AllowPickle = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    from img2img.engine.request import GenerationRequest
+    from img2img.engine.seeds import resolve_seed
+    from img2img.imageio.metadata import SUFFIXES
+
+    if not in_dir.is_dir():
+        raise InvalidArgument("IN_DIR", "a folder of images", str(in_dir))
+    sources = sorted(p for p in in_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                     and not p.name.startswith("."))
+    if not sources:
+        raise InvalidArgument("IN_DIR", f"a folder with images ({', '.join(IMAGE_SUFFIXES)})", str(in_dir))
+    _make_folder(output)
+    request = GenerationRequest(
+        source=sources[0], prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg,
+        steps=steps, sampler=sampler, seed=resolve_seed(seed), steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
+        size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
+        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay,
+    )
+    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle)
+    targets = _target_names(sources, output, SUFFIXES[format_name])
+    console = Console()
+    announce_model(console, engine, request)
+    done, skipped, failed = [], [], []
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("batch", total=len(sources))
+        for source, target in zip(sources, targets, strict=True):
+            progress.update(task, description=escape(source.name))
+            if target.exists() and not overwrite:
+                skipped.append(source)
+            else:
+                try:
+                    result = engine.generate(replace(request, source=source))
+                except SourceImageError as exc:
+                    failed.append((source, str(exc)))
+                else:
+                    c.print_notes(result.notes)
+                    path = save(result.images[0], target, result.record, quality, overwrite)
+                    done.append(source)
+                    console.print(f"{path}  {result.image_seconds[0]:.1f} s", highlight=False)
+            progress.advance(task)
+    console.print(f"done {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)}", highlight=False)
+    for source, reason in failed:
+        console.print(f"  failed {escape(source.name)}: {escape(reason)}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _target_names(sources: list[Path], folder: Path, suffix: str) -> list[Path]:
+    """Each result takes its source's name; sources that share a stem (a.png, a.jpg) keep their extension too."""
+    stems = [source.stem for source in sources]
+    return [folder / (f"{source.stem}{suffix}" if stems.count(source.stem) == 1 else
+                      f"{source.stem}-{source.suffix.lstrip('.').lower()}{suffix}") for source in sources]

@@ -1,0 +1,160 @@
+"""What the commands share: option types, parsing of sizes and lists, output paths, progress and printing."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from img2img.errors import InvalidArgument, OutputPathError
+
+# Options shared by run, sweep, batch and reproduce.
+Negative = Annotated[str, typer.Option("--negative", help="What the result should not look like.")]
+Seed = Annotated[int, typer.Option(help="-1 picks one at random.")]
+Steps = Annotated[int | None, typer.Option(help="1..150 [default: the model's, 25 for SD]")]
+Cfg = Annotated[float | None, typer.Option("--cfg", help="Guidance 0..30 [default: the model's, 7 for SD]")]
+Sampler = Annotated[str | None, typer.Option(help="An A1111 sampler name [default: DPM++ 2M Karras]")]
+Model = Annotated[str | None, typer.Option(help="Registry name, path or cached repo id.")]
+StepsMode = Annotated[str, typer.Option(help="diffusers or exact")]
+Size = Annotated[str | None, typer.Option(help="Output size WxH, multiples of 8 [default: the source's size]")]
+MaxSide = Annotated[int | None, typer.Option(help="Scale so the long side is N px (multiple of 8).")]
+Resize = Annotated[str, typer.Option(help="For another aspect ratio: just (stretch), crop or fill.")]
+Background = Annotated[str, typer.Option(help="Colour behind transparent areas of the source.")]
+KeepAlpha = Annotated[bool, typer.Option(help="Put the source's transparency back on the result.")]
+ColorMatch = Annotated[bool, typer.Option(help="Match the result's colours to the source (LAB).")]
+Loops = Annotated[int, typer.Option(help="Loopback: feed each result back in, N passes in all.")]
+LoopDecay = Annotated[float, typer.Option(help="Multiply the strength by this after each loop.")]
+Format = Annotated[str | None, typer.Option("--format", help="png, jpeg or webp [default: png or -o's suffix]")]
+Quality = Annotated[int, typer.Option(help="JPEG/WebP quality 1..100 (WebP 100 is lossless).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+Dtype = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")]
+AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
+Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+
+FLAGS = {"guidance_scale": "--cfg", "num_images": "-n", "negative_prompt": "--negative", "steps_mode": "--steps-mode",
+         "prompt": "PROMPT", "source": "SOURCE", "resize_mode": "--resize", "axis": "sweep axis"}
+NUMBERED = re.compile(r"^(\d{5})-")
+
+
+def flag_for(argument: str) -> str:
+    return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
+    if not match:
+        raise InvalidArgument("size", "WIDTHxHEIGHT such as 768x512", text)
+    return int(match[1]), int(match[2])
+
+
+def parse_list(name: str, text: str, kind: type) -> list:
+    """``"0.4, 0.55,0.7"`` as a list of ``kind``; empty lists and unreadable items are errors naming ``name``."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise InvalidArgument(name, "a non-empty list separated by commas", text)
+    try:
+        return [kind(item) for item in items]
+    except ValueError as exc:
+        example = "0.4,0.55,0.7" if kind is float else "1,2,3"
+        raise InvalidArgument(name, f"{kind.__name__}s separated by commas such as {example}", text) from exc
+
+
+def limit_from_env(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidArgument(name, "a whole number of at least 1", text)
+    return int(text)
+
+
+def output_format(output: Path | None, format_: str | None) -> str:
+    """The format of the files to write: from --format, else from -o's suffix, else PNG."""
+    from img2img.imageio.metadata import OUTPUT_FORMATS, format_name
+
+    chosen = format_name(format_) if format_ is not None else None
+    suffix = output.suffix.lower() if output is not None and not output.is_dir() else ""
+    if suffix:
+        from_suffix = OUTPUT_FORMATS.get(suffix)
+        if from_suffix is None:
+            raise OutputPathError(f"-o should end in .png, .jpg, .jpeg or .webp or be a folder, but got {output}")
+        if chosen is not None and chosen != from_suffix:
+            raise InvalidArgument("format", f"{from_suffix} to match -o {output.name}", format_)  # type: ignore[union-attr]
+        return from_suffix
+    return chosen or "png"
+
+
+def output_paths(output: Path | None, count: int, format_: str) -> Callable[[int, int], Path]:
+    """A function (index, seed) -> path, after checking that ``output`` can be written as asked.
+
+    A folder gets A1111-style numbered names (00001-SEED.png, ...); a file name gets -SEED added for batches.
+    """
+    from img2img.imageio.metadata import SUFFIXES
+    from img2img.imageio.output import check_writable
+
+    suffix = SUFFIXES[format_]
+    if output is None:
+        output = Path("outputs")
+        try:
+            output.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise OutputPathError(f"-o should be a writable folder, but ./outputs cannot be made ({exc})") from exc
+    if output.is_dir():
+        check_writable(output)
+        first = next_number(output)
+        return lambda index, seed: output / f"{first + index:05d}-{seed}{suffix}"
+    if not output.parent.is_dir():
+        raise OutputPathError(f"-o should be in an existing folder, but {output.parent} does not exist")
+    check_writable(output.parent)
+    if count == 1:
+        return lambda index, seed: output
+    return lambda index, seed: output.with_name(f"{output.stem}-{seed}{output.suffix}")
+
+
+def next_number(folder: Path) -> int:
+    numbers = [int(match[1]) for path in folder.iterdir() if (match := NUMBERED.match(path.name))]
+    return max(numbers, default=0) + 1
+
+
+def print_notes(notes: list[str]) -> None:
+    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    for note in notes:
+        err.print(f"[yellow]warning:[/yellow] {note}", markup=True)
+
+
+@contextmanager
+def step_progress(console: Console, label: str = "denoising") -> Iterator[Callable[[int, int, int, int], None]]:
+    """A progress bar over all images' steps; yields update(image, images, done, total)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(label, total=None)
+
+        def update(image: int, images: int, done: int, total: int) -> None:
+            progress.update(task, total=total * images, completed=image * total + done)
+
+        yield update
+
+
+def quiet_libraries() -> None:
+    """Our own progress bar replaces the libraries' loading bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

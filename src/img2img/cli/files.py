@@ -1,0 +1,144 @@
+"""Commands on result files: ``info`` (what made it), ``convert`` (another format, same metadata) and
+``reproduce`` (make it again, byte for byte)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from img2img.cli import common as c
+from img2img.cli.app import app
+from img2img.errors import InvalidArgument, SourceImageError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from img2img.imageio.metadata import Metadata
+
+File = Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP made by img2img (or A1111).")]
+
+
+@app.command()
+def info(
+    file: File,
+    as_json: Annotated[bool, typer.Option("--json", help="Print our full JSON record instead.")] = False,
+) -> None:
+    """Print the generation parameters stored in FILE (A1111's text, or our JSON record with --json).
+
+    [bold]Examples[/bold]
+
+      img2img info outputs/00001-42.png
+      img2img info result.jpg --json
+    """
+    metadata = _metadata(file)
+    if as_json:
+        if metadata.record is None:
+            raise SourceImageError(f"FILE should hold an img2img record, but {file} has only A1111 parameters")
+        typer.echo(json.dumps(json.loads(metadata.record), indent=2, sort_keys=True, ensure_ascii=False))
+    elif metadata.parameters is not None:
+        typer.echo(metadata.parameters)
+    else:
+        typer.echo(metadata.record)
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="The image to convert.")],
+    target: Annotated[Path, typer.Argument(help="The new file: .png, .jpg/.jpeg or .webp.")],
+    quality: c.Quality = 90,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Write SOURCE in the format TARGET's suffix names, keeping its generation parameters.
+
+    [bold]Examples[/bold]
+
+      img2img convert outputs/00001-42.png share.jpg --quality 85
+      img2img convert outputs/00001-42.png small.webp
+
+    JPEG has no transparency: transparent areas become white.
+    """
+    from img2img.imageio.metadata import format_of, read_metadata
+    from img2img.imageio.output import save_image
+    from img2img.imageio.source import read_source
+
+    if not 1 <= quality <= 100:
+        raise InvalidArgument("quality", "a whole number in [1, 100]", quality)
+    format_of(target)
+    picture = read_source(source)
+    metadata = read_metadata(source)
+    image = picture.rgb if picture.alpha is None else _with_alpha(picture.rgb, picture.alpha)
+    written = save_image(image, target, metadata, quality=quality, overwrite=overwrite)
+    kept = "with its parameters" if metadata else "(it had no generation parameters)"
+    typer.echo(f"{written} {kept}")
+
+
+@app.command()
+def reproduce(
+    file: File,
+    source: Annotated[Path, typer.Option("--source", help="The source image FILE was made from.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or a folder.")] = None,
+    model: c.Model = None,
+    quality: c.Quality = 90,
+    device: c.Device = "auto",
+    dtype: c.Dtype = "auto",
+    allow_pickle: c.AllowPickle = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Run the request recorded in FILE again on SOURCE and write the result in FILE's format.
+
+    [bold]Examples[/bold]
+
+      img2img reproduce outputs/00001-42.png --source photo.jpg
+      img2img reproduce painting.png --source photo.jpg --model ~/models/sd15.safetensors -o again.png
+
+    The same source, model, settings and machine give an identical file.
+    """
+    from img2img.cli.generate import announce_model, prepare, save
+    from img2img.engine.result import GenerationRecord
+    from img2img.imageio.metadata import format_of
+
+    metadata = _metadata(file)
+    if metadata.record is None:
+        raise SourceImageError(f"FILE should hold an img2img record, but {file} has none (only A1111 parameters)")
+    record = GenerationRecord.from_json(metadata.record)
+    request = record.to_request(source)
+    if model is not None:
+        request = replace(request, model=model)
+    format_name = format_of(file)
+    engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle)
+    source_sha = engine.read_source(request).sha256
+    if source_sha != record.source_sha256:
+        raise InvalidArgument("source", f"the image FILE was made from (SHA-256 {record.source_sha256[:12]}…)",
+                              f"{source} (SHA-256 {source_sha[:12]}…)")
+    targets = c.output_paths(output, 1, format_name)
+    console = Console()
+    announce_model(console, engine, request)
+    if request.strength > 0 and engine.load(request.model).sha256 != record.model_hash:
+        c.print_notes([f"the model's weights differ from those that made {file.name}; the result will too"])
+    with c.step_progress(console) as update:
+        result = engine.generate(request, lambda image, done, total: update(image, 1, done, total))
+    path = save(result.images[0], targets(0, record.seed), result.record, quality, overwrite)
+    same = path.read_bytes() == file.read_bytes()
+    console.print(f"{path}  {'identical to' if same else 'differs from'} {file}", highlight=False)
+
+
+def _metadata(file: Path) -> Metadata:
+    from img2img.imageio.metadata import read_metadata
+
+    if not file.is_file():
+        raise SourceImageError(f"FILE should be an image file, but {file} does not exist")
+    metadata = read_metadata(file)
+    if not metadata:
+        raise SourceImageError(f"FILE should hold generation parameters, but {file} has none")
+    return metadata
+
+
+def _with_alpha(rgb: Image.Image, alpha: Image.Image) -> Image.Image:
+    image = rgb.convert("RGBA")
+    image.putalpha(alpha)
+    return image

@@ -1,0 +1,232 @@
+"""``img2img run`` (with variations, grids and loopback) and ``img2img sweep`` (the X/Y comparison)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+
+from img2img.cli import common as c
+from img2img.cli.app import app
+from img2img.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from img2img.api import Engine
+    from img2img.engine.request import GenerationRequest
+    from img2img.engine.result import GenerationRecord
+
+RUN_HELP = """Generate images from SOURCE guided by PROMPT.
+
+[bold]Examples[/bold]
+
+  img2img run photo.jpg "oil painting" --strength 0.5 --seed 42 -o painting.png
+  img2img run photo.jpg "night, neon signs" -n 4 --grid --sampler "Euler a" -o outputs/
+  img2img run photo.jpg "portrait, studio light" --size 512x768 --resize crop --format webp
+  img2img run sketch.png "finished fantasy illustration" --strength 0.6 --loops 3 --loop-decay 0.8 --color-match
+
+Strength 0 returns the source unchanged; strength 1 ignores it (plain text-to-image). \
+By default the last int(steps x strength) steps of a STEPS schedule run (diffusers' rule, at least one); \
+--steps-mode exact runs exactly STEPS steps from the strength's noise level. Image k of a batch uses seed+k. \
+The output keeps the source's size unless --size or --max-side is given.
+"""
+
+SWEEP_HELP = """Run PROMPT on SOURCE over every combination of the listed values and compare them in one grid.
+
+[bold]Examples[/bold]
+
+  img2img sweep photo.jpg "watercolor" --strength 0.4,0.55,0.7 --seed 42
+  img2img sweep photo.jpg "watercolor" --strength 0.3,0.6 --cfg 5,7.5 --seeds 1,2
+  img2img sweep photo.jpg "oil painting" --prompt "charcoal drawing" --prompt "pop art" --strength 0.5,0.7
+
+Axes: --strength, --cfg, --steps, --sampler, --seeds and --prompt (repeat it; PROMPT comes first). \
+The first axis given in that order runs along the columns, the others along the rows; the source is shown first \
+in each row. Each image is saved with its own parameters, then the grid. The source and each prompt are encoded \
+once for the whole sweep.
+"""
+
+
+@app.command(help=RUN_HELP)
+def run(
+    source: Annotated[Path, typer.Argument(help="The source image.")],
+    prompt: Annotated[str, typer.Argument(help="What the result should look like.")],
+    negative: c.Negative = "",
+    strength: Annotated[float, typer.Option(help="0..1: how much of the source is replaced.")] = 0.6,
+    seed: c.Seed = -1,
+    steps: c.Steps = None,
+    cfg: c.Cfg = None,
+    sampler: c.Sampler = None,
+    model: c.Model = None,
+    count: Annotated[int, typer.Option("-n", "--count", help="How many images (seeds seed..seed+n-1).")] = 1,
+    grid: Annotated[bool, typer.Option(help="Also write a contact sheet of the images.")] = False,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or an existing folder.")] = None,
+    format_: c.Format = None,
+    quality: c.Quality = 90,
+    size: c.Size = None,
+    max_side: c.MaxSide = None,
+    resize: c.Resize = "just",
+    background: c.Background = "white",
+    keep_alpha: c.KeepAlpha = False,
+    color_match: c.ColorMatch = False,
+    loops: c.Loops = 1,
+    loop_decay: c.LoopDecay = 1.0,
+    steps_mode: c.StepsMode = "diffusers",
+    device: c.Device = "auto",
+    dtype: c.Dtype = "auto",
+    allow_pickle: c.AllowPickle = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    from img2img.engine.request import GenerationRequest
+
+    request = GenerationRequest(
+        source=source, prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg, steps=steps,
+        sampler=sampler, seed=seed, num_images=count, steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
+        size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
+        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay,
+    )
+    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle)
+    targets = c.output_paths(output, count, format_name)
+    c.print_notes(list(engine.read_source(request).notes))  # a bad source is reported before a model loads
+    console = Console()
+    announce_model(console, engine, request)
+    with c.step_progress(console) as update:
+        result = engine.generate(request, lambda image, done, total: update(image, count, done, total))
+    first = result.record
+    console.print(f"{first.steps_run} of {first.steps} steps from sigma {first.start_sigma:.3g}, {first.sampler}, "
+                  f"cfg {first.guidance_scale:g}, {first.working_width}x{first.working_height}"
+                  f"{f', {first.loops} loops' if first.loops > 1 else ''}", highlight=False)
+    paths = []
+    for index, (image, record) in enumerate(zip(result.images, result.records, strict=True)):
+        paths.append(save(image, targets(index, record.seed), record, quality, overwrite))
+        console.print(f"{paths[-1]}  seed {record.seed}  {result.image_seconds[index]:.1f} s", highlight=False)
+    if grid:
+        from img2img.imageio.grid import contact_sheet
+
+        sheet = contact_sheet(result.images, [f"seed {record.seed}" for record in result.records])
+        grid_path = save(sheet, paths[0].with_name(f"{paths[0].stem}-grid{paths[0].suffix}"), first, quality,
+                         overwrite)
+        console.print(f"{grid_path}  grid of {len(paths)}", highlight=False)
+
+
+@app.command(help=SWEEP_HELP)
+def sweep(
+    source: Annotated[Path, typer.Argument(help="The source image.")],
+    prompt: Annotated[str, typer.Argument(help="The (first) prompt.")],
+    strength: Annotated[str, typer.Option(help="Strengths, comma-separated.")] = "0.6",
+    cfg: Annotated[str | None, typer.Option("--cfg", help="Guidance scales, comma-separated.")] = None,
+    steps: Annotated[str | None, typer.Option(help="Step counts, comma-separated.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler names, comma-separated.")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated.")] = None,
+    prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
+    seed: c.Seed = -1,
+    negative: c.Negative = "",
+    model: c.Model = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="A folder [default: ./outputs]")] = None,
+    format_: c.Format = None,
+    quality: c.Quality = 90,
+    size: c.Size = None,
+    max_side: c.MaxSide = None,
+    resize: c.Resize = "just",
+    background: c.Background = "white",
+    steps_mode: c.StepsMode = "diffusers",
+    device: c.Device = "auto",
+    dtype: c.Dtype = "auto",
+    allow_pickle: c.AllowPickle = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    from img2img.engine.request import GenerationRequest
+    from img2img.sweep import make_axis
+
+    given = [("strength", c.parse_list("strength", strength, float)),
+             ("cfg", c.parse_list("cfg", cfg, float) if cfg is not None else None),
+             ("steps", c.parse_list("steps", steps, int) if steps is not None else None),
+             ("sampler", c.parse_list("sampler", sampler, str) if sampler is not None else None),
+             ("seed", c.parse_list("seeds", seeds, int) if seeds is not None else None),
+             ("prompt", [prompt, *prompts] if prompts else None)]
+    axes = [make_axis(name, values) for name, values in given if values is not None and len(values) > 1]
+    fixed = {name: values[0] for name, values in given if values is not None and len(values) == 1}
+    if not axes:
+        axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
+    request = GenerationRequest(
+        source=source, prompt=prompt, negative_prompt=negative, strength=fixed.get("strength", 0.6),  # type: ignore[arg-type]
+        guidance_scale=fixed.get("cfg"), steps=fixed.get("steps"), sampler=fixed.get("sampler"),  # type: ignore[arg-type]
+        seed=fixed.get("seed", seed), steps_mode=steps_mode, model=model, size=c.parse_size(size),  # type: ignore[arg-type]
+        max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
+    )
+    folder = output or Path("outputs")
+    if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
+        raise InvalidArgument("output", "a folder (a sweep writes several images and a grid)", str(folder))
+    _make_folder(folder)
+    engine, request, format_name = prepare(request, folder, format_, quality, device, dtype, allow_pickle)
+    from img2img.sweep import sweep_cells
+
+    cells = len(sweep_cells(request, axes))  # checks every axis value before any work
+    targets = c.output_paths(folder, cells, format_name)
+    c.print_notes(list(engine.read_source(request).notes))
+    console = Console()
+    announce_model(console, engine, request)
+    with c.step_progress(console) as update:
+        swept = engine.sweep(request, axes, lambda image, done, total: update(image, cells, done, total))
+    labels = [f"{column} · {row}" if row else column for row in swept.row_labels() for column in
+              swept.column_labels()]
+    for index, (image, record) in enumerate(zip(swept.result.images, swept.result.records, strict=True)):
+        path = save(image, targets(index, record.seed), record, quality, overwrite)
+        console.print(f"{path}  {labels[index]}  seed {record.seed}  {swept.result.image_seconds[index]:.1f} s",
+                      highlight=False)
+    from img2img.imageio.grid import labelled_grid
+
+    rows = [[swept.source, *row] for row in swept.rows()]
+    sheet = labelled_grid(rows, ["source", *swept.column_labels()], swept.row_labels())
+    grid_path = targets(cells, swept.result.records[0].seed)
+    grid_path = save(sheet, grid_path.with_name(f"{grid_path.stem.split('-')[0]}-sweep{grid_path.suffix}"),
+                     swept.result.record, quality, overwrite)
+    console.print(f"{grid_path}  grid of {cells}", highlight=False)
+
+
+def prepare(
+    request: GenerationRequest, output: Path | None, format_: str | None, quality: int, device: str, dtype: str,
+    allow_pickle: bool,
+) -> tuple[Engine, GenerationRequest, str]:
+    """Check everything the user typed before a model is loaded."""
+    from img2img.api import Engine
+    from img2img.engine.request import DEFAULT_MAX_IMAGES
+    from img2img.imageio.source import DEFAULT_MAX_PIXELS
+
+    c.quiet_libraries()
+    engine = Engine(device=device, dtype=dtype, allow_pickle=allow_pickle,
+                    max_images=c.limit_from_env("IMG2IMG_MAX_IMAGES", DEFAULT_MAX_IMAGES),
+                    max_source_pixels=c.limit_from_env("IMG2IMG_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+    request = request.validated(engine.max_images)
+    if not 1 <= quality <= 100:
+        raise InvalidArgument("quality", "a whole number in [1, 100]", quality)
+    format_name = c.output_format(output, format_)
+    if request.keep_alpha and format_name == "jpeg":
+        raise InvalidArgument("format", "png or webp with --keep-alpha (JPEG has no transparency)", format_name)
+    return engine, request, format_name
+
+
+def announce_model(console: Console, engine: Engine, request: GenerationRequest) -> None:
+    if request.strength == 0:
+        return
+    with console.status("Loading model…"):
+        loaded = engine.load(request.model)
+    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.family.label}) on {engine.placement.device}, "
+                  f"{engine.placement.dtype_name}", highlight=False)
+
+
+def save(image: object, path: Path, record: GenerationRecord, quality: int, overwrite: bool) -> Path:
+    from img2img.imageio.metadata import Metadata
+    from img2img.imageio.output import save_image
+
+    metadata = Metadata(record.to_parameters_text(), record.to_json())
+    return save_image(image, path, metadata, quality=quality, overwrite=overwrite)  # type: ignore[arg-type]
+
+
+def _make_folder(folder: Path) -> None:
+    from img2img.errors import OutputPathError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"-o should be a folder that can be made, but {folder} cannot ({exc.strerror})") from exc

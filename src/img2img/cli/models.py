@@ -1,0 +1,82 @@
+"""Model registry commands and the sampler list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from img2img.cli.app import app, models_app
+from img2img.errors import Img2ImgError, InvalidArgument
+
+
+@app.command()
+def samplers() -> None:
+    """List the sampler names --sampler accepts (the default is marked)."""
+    from img2img.engine.samplers import DEFAULT_SAMPLER, sampler_names
+
+    for name in sampler_names():
+        typer.echo(f"{name}{'  (default)' if name == DEFAULT_SAMPLER else ''}")
+
+
+@models_app.command("add")
+def models_add(
+    name: Annotated[str, typer.Argument(help="A short name for the model.")],
+    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint.")],
+    config: Annotated[Path | None, typer.Option(help="Diffusers config folder for an unusual checkpoint.")] = None,
+    prediction: Annotated[str | None, typer.Option(help="epsilon or v_prediction, if detection is wrong.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
+) -> None:
+    """Register a model under NAME after checking what it is."""
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+    if prediction not in (None, "epsilon", "v_prediction"):
+        raise InvalidArgument("prediction", "epsilon or v_prediction", prediction)
+    registry = ModelRegistry()
+    entry = ModelEntry(name, str(path), str(config) if config else None, allow_pickle, prediction)  # type: ignore[arg-type]
+    family = registry.add(entry)
+    if default:
+        registry.set_default(name)
+    marker = " (default)" if registry.default_name() == name else ""
+    typer.echo(f"added {name}: {family.label} at {Path(path).resolve()}{marker}")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List registered models, their families and paths."""
+    from img2img.models.detect import inspect_model
+    from img2img.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    entries = registry.entries()
+    if not entries:
+        typer.echo("no models registered: add one with 'img2img models add NAME PATH'")
+        return
+    for entry in entries:
+        try:
+            label = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
+                                  prediction=entry.prediction).family.label
+        except Img2ImgError as exc:
+            label = f"unusable: {exc}"
+        marker = "*" if entry.name == registry.default_name() else " "
+        typer.echo(f"{marker} {entry.name}\t{label}\t{entry.path}")
+
+
+@models_app.command("default")
+def models_default(name: Annotated[str, typer.Argument(help="A registered model name.")]) -> None:
+    """Make NAME the model used when --model is not given."""
+    from img2img.models.registry import ModelRegistry
+
+    ModelRegistry().set_default(name)
+    typer.echo(f"default model: {name}")
+
+
+@models_app.command("remove")
+def models_remove(name: Annotated[str, typer.Argument(help="A registered model name.")]) -> None:
+    """Forget NAME (its files are left alone)."""
+    from img2img.models.registry import ModelRegistry
+
+    ModelRegistry().remove(name)
+    typer.echo(f"removed {name}")

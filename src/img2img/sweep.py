@@ -1,0 +1,92 @@
+"""Sweeps: the same request over every combination of a few axes (A1111's X/Y plot), compared in one grid.
+
+The first axis runs along the columns, the others along the rows (their values joined in each row's label).
+Every cell is an ordinary request, so each image's record reproduces it alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from PIL import Image
+
+from img2img.engine.request import GenerationRequest
+from img2img.engine.result import GenerationResult
+from img2img.errors import InvalidArgument
+
+MAX_SWEEP_CELLS = 100
+# axis name -> the request field it varies
+AXES: dict[str, str] = {
+    "strength": "strength", "cfg": "guidance_scale", "seed": "seed", "steps": "steps", "sampler": "sampler",
+    "prompt": "prompt", "negative": "negative_prompt",
+}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field and its values, in the order they appear in the grid."""
+
+    name: str  # a key of AXES
+    values: tuple[object, ...]
+
+    def label(self, value: object) -> str:
+        if self.name in ("prompt", "negative", "sampler"):
+            return str(value)
+        if self.name == "steps":
+            return f"{value} steps"
+        return f"{self.name} {value:g}" if isinstance(value, float) else f"{self.name} {value}"
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    axes: tuple[Axis, ...]
+    result: GenerationResult  # images and records in row-major order: columns vary fastest
+    source: Image.Image
+
+    @property
+    def columns(self) -> int:
+        return len(self.axes[0].values)
+
+    def column_labels(self) -> list[str]:
+        return [self.axes[0].label(value) for value in self.axes[0].values]
+
+    def row_labels(self) -> list[str]:
+        rows = itertools.product(*(axis.values for axis in self.axes[1:]))
+        return [" · ".join(axis.label(v) for axis, v in zip(self.axes[1:], row, strict=True)) for row in rows]
+
+    def rows(self) -> list[list[Image.Image]]:
+        images = self.result.images
+        return [images[start:start + self.columns] for start in range(0, len(images), self.columns)]
+
+
+def make_axis(name: str, values: Sequence[object]) -> Axis:
+    if name not in AXES:
+        raise InvalidArgument("axis", f"one of {', '.join(AXES)}", name)
+    if len(values) == 0:
+        raise InvalidArgument(name, "a non-empty list of values", list(values))
+    return Axis(name, tuple(values))
+
+
+def sweep_cells(request: GenerationRequest, axes: Sequence[Axis]) -> list[GenerationRequest]:
+    """Every combination of the axes' values applied to ``request``, row-major (the first axis fastest)."""
+    if not axes:
+        raise InvalidArgument("axes", "at least one axis with values", [])
+    names = [axis.name for axis in axes]
+    for axis in axes:
+        make_axis(axis.name, axis.values)
+        if names.count(axis.name) > 1:
+            raise InvalidArgument("axes", "each axis at most once", names)
+    count = 1
+    for axis in axes:
+        count *= len(axis.values)
+    if count > MAX_SWEEP_CELLS:
+        raise InvalidArgument("axes", f"at most {MAX_SWEEP_CELLS} combinations", count)
+    cells = []
+    for row in itertools.product(*(axis.values for axis in axes[1:])):
+        for column_value in axes[0].values:
+            changes = {AXES[axes[0].name]: column_value}
+            changes.update({AXES[axis.name]: value for axis, value in zip(axes[1:], row, strict=True)})
+            cells.append(replace(request, **changes).validated())  # type: ignore[arg-type]
+    return cells
