@@ -27,7 +27,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 
 
 def test_help_starts_with_examples() -> None:
-    for args in (["--help"], ["run", "--help"], ["models", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["models", "--help"], ["sweep", "--help"], ["batch", "--help"],
+                 ["info", "--help"], ["reproduce", "--help"]):
         result = img2img(*args)
         assert result.returncode == 0
         assert result.stdout.index("Examples") < result.stdout.index("Options")

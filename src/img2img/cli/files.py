@@ -113,8 +113,8 @@ def reproduce(
     engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle)
     source_sha = engine.read_source(request).sha256
     if source_sha != record.source_sha256:
-        raise InvalidArgument("source", f"the image FILE was made from (SHA-256 {record.source_sha256[:12]}…)",
-                              f"{source} (SHA-256 {source_sha[:12]}…)")
+        raise SourceImageError(f"--source should be the image {file.name} was made from (SHA-256 "
+                               f"{record.source_sha256[:12]}…), but {source} has SHA-256 {source_sha[:12]}…")
     targets = c.output_paths(output, 1, format_name)
     console = Console()
     announce_model(console, engine, request)
