@@ -22,6 +22,8 @@ _EXPORTS = {
     "sampler_names": "img2img.engine.samplers",
     "ModelEntry": "img2img.models.registry",
     "ModelRegistry": "img2img.models.registry",
+    "Axis": "img2img.sweep",
+    "SweepResult": "img2img.sweep",
     **{name: "img2img.errors" for name in (
         "Img2ImgError", "InvalidArgument", "ModelError", "ModelNotFound", "OutputPathError", "PickleRefused",
         "SourceImageError", "UnknownModelFormat",
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         UnknownModelFormat,
     )
     from img2img.models.registry import ModelEntry, ModelRegistry
+    from img2img.sweep import Axis, SweepResult
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +57,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "DEFAULT_SAMPLER",
+    "Axis",
     "Engine",
     "GenerationRecord",
     "GenerationRequest",
@@ -67,6 +71,7 @@ __all__ = [
     "OutputPathError",
     "PickleRefused",
     "SourceImageError",
+    "SweepResult",
     "UnknownModelFormat",
     "sampler_names",
 ]
