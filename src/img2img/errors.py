@@ -11,7 +11,8 @@ into a 4xx JSON body. Anything else that escapes is a fault of ours.
     └── ModelError           a model cannot be found or loaded
         ├── ModelNotFound        no such path, registry name or cached repo id
         ├── UnknownModelFormat   the files are not a model of a family we know
-        └── PickleRefused        a pickled checkpoint without the explicit opt-in
+        ├── PickleRefused        a pickled checkpoint without the explicit opt-in
+        └── StyleNetworkError    the built-in style networks are missing or altered
 """
 
 from __future__ import annotations
@@ -53,3 +54,7 @@ class UnknownModelFormat(ModelError):
 
 class PickleRefused(ModelError):
     """A pickled checkpoint was given without the explicit opt-in."""
+
+
+class StyleNetworkError(ModelError):
+    """The built-in style engine's network files are missing, altered or of another version."""

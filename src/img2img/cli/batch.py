@@ -52,6 +52,7 @@ def batch(
     color_match: c.ColorMatch = False,
     loops: c.Loops = 1,
     loop_decay: c.LoopDecay = 1.0,
+    style_image: c.StyleImage = None,
     steps_mode: c.StepsMode = "diffusers",
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
@@ -73,7 +74,7 @@ def batch(
         source=sources[0], prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg,
         steps=steps, sampler=sampler, seed=resolve_seed(seed), steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
-        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay,
+        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle)
     targets = _target_names(sources, output, SUFFIXES[format_name])

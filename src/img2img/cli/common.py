@@ -36,9 +36,11 @@ Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 Dtype = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).")]
 
 FLAGS = {"guidance_scale": "--cfg", "num_images": "-n", "negative_prompt": "--negative", "steps_mode": "--steps-mode",
-         "prompt": "PROMPT", "source": "SOURCE", "resize_mode": "--resize", "axis": "sweep axis"}
+         "prompt": "PROMPT", "source": "SOURCE", "resize_mode": "--resize", "axis": "sweep axis",
+         "style_image": "--style-image"}
 NUMBERED = re.compile(r"^(\d{5})-")
 
 

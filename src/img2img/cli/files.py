@@ -81,6 +81,7 @@ def convert(
 def reproduce(
     file: File,
     source: Annotated[Path, typer.Option("--source", help="The source image FILE was made from.")],
+    style_image: c.StyleImage = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or a folder.")] = None,
     model: c.Model = None,
     quality: c.Quality = 90,
@@ -106,7 +107,9 @@ def reproduce(
     if metadata.record is None:
         raise SourceImageError(f"FILE should hold an img2img record, but {file} has none (only A1111 parameters)")
     record = GenerationRecord.from_json(metadata.record)
-    request = record.to_request(source)
+    if record.style_image_sha256 and style_image is None:
+        raise InvalidArgument("style_image", f"the style picture {file.name} was made with", None)
+    request = record.to_request(source, style_image)
     if model is not None:
         request = replace(request, model=model)
     format_name = format_of(file)
@@ -118,7 +121,8 @@ def reproduce(
     targets = c.output_paths(output, 1, format_name)
     console = Console()
     announce_model(console, engine, request)
-    if request.strength > 0 and engine.load(request.model).sha256 != record.model_hash:
+    if request.strength > 0 and not engine.is_builtin(request.model) and \
+            engine.load(request.model).sha256 != record.model_hash:
         c.print_notes([f"the model's weights differ from those that made {file.name}; the result will too"])
     with c.step_progress(console) as update:
         result = engine.generate(request, lambda image, done, total: update(image, 1, done, total))

@@ -25,6 +25,11 @@ RUN_HELP = """Generate images from SOURCE guided by PROMPT.
   img2img run photo.jpg "night, neon signs" -n 4 --grid --sampler "Euler a" -o outputs/
   img2img run photo.jpg "portrait, studio light" --size 512x768 --resize crop --format webp
   img2img run sketch.png "finished fantasy illustration" --strength 0.6 --loops 3 --loop-decay 0.8 --color-match
+  img2img run photo.jpg "starry-swirl" --strength 0.8 --model builtin
+  img2img run photo.jpg "" --style-image painting.jpg --strength 0.7
+
+With no model registered (or --model builtin) the built-in style engine restyles the photo: PROMPT names \
+styles (img2img styles lists them) and --style-image takes the style from any picture. It adds no new content.
 
 Strength 0 returns the source unchanged; strength 1 ignores it (plain text-to-image). \
 By default the last int(steps x strength) steps of a STEPS schedule run (diffusers' rule, at least one); \
@@ -71,6 +76,7 @@ def run(
     color_match: c.ColorMatch = False,
     loops: c.Loops = 1,
     loop_decay: c.LoopDecay = 1.0,
+    style_image: c.StyleImage = None,
     steps_mode: c.StepsMode = "diffusers",
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
@@ -83,19 +89,19 @@ def run(
         source=source, prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg, steps=steps,
         sampler=sampler, seed=seed, num_images=count, steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
-        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay,
+        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle)
     targets = c.output_paths(output, count, format_name)
-    c.print_notes(list(engine.read_source(request).notes))  # a bad source is reported before a model loads
+    early_notes = list(engine.read_source(request).notes)  # a bad source is reported before a model loads
+    c.print_notes(early_notes)
     console = Console()
     announce_model(console, engine, request)
     with c.step_progress(console) as update:
         result = engine.generate(request, lambda image, done, total: update(image, count, done, total))
     first = result.record
-    console.print(f"{first.steps_run} of {first.steps} steps from sigma {first.start_sigma:.3g}, {first.sampler}, "
-                  f"cfg {first.guidance_scale:g}, {first.working_width}x{first.working_height}"
-                  f"{f', {first.loops} loops' if first.loops > 1 else ''}", highlight=False)
+    c.print_notes([note for note in result.notes if note not in early_notes])
+    console.print(summary(first), highlight=False)
     paths = []
     for index, (image, record) in enumerate(zip(result.images, result.records, strict=True)):
         paths.append(save(image, targets(index, record.seed), record, quality, overwrite))
@@ -129,6 +135,7 @@ def sweep(
     max_side: c.MaxSide = None,
     resize: c.Resize = "just",
     background: c.Background = "white",
+    style_image: c.StyleImage = None,
     steps_mode: c.StepsMode = "diffusers",
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
@@ -152,7 +159,7 @@ def sweep(
         source=source, prompt=prompt, negative_prompt=negative, strength=fixed.get("strength", 0.6),  # type: ignore[arg-type]
         guidance_scale=fixed.get("cfg"), steps=fixed.get("steps"), sampler=fixed.get("sampler"),  # type: ignore[arg-type]
         seed=fixed.get("seed", seed), steps_mode=steps_mode, model=model, size=c.parse_size(size),  # type: ignore[arg-type]
-        max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
+        max_side=max_side, resize_mode=resize, background=background, style_image=style_image,  # type: ignore[arg-type]
     )
     folder = output or Path("outputs")
     if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
@@ -198,6 +205,8 @@ def prepare(
                     max_images=c.limit_from_env("IMG2IMG_MAX_IMAGES", DEFAULT_MAX_IMAGES),
                     max_source_pixels=c.limit_from_env("IMG2IMG_MAX_PIXELS", DEFAULT_MAX_PIXELS))
     request = request.validated(engine.max_images)
+    if engine.is_builtin(request.model) and request.strength > 0:
+        engine.check_styles(request)
     if not 1 <= quality <= 100:
         raise InvalidArgument("quality", "a whole number in [1, 100]", quality)
     format_name = c.output_format(output, format_)
@@ -209,10 +218,27 @@ def prepare(
 def announce_model(console: Console, engine: Engine, request: GenerationRequest) -> None:
     if request.strength == 0:
         return
+    if engine.is_builtin(request.model):
+        engine.style_engine()  # checks the network files now
+        console.print("model [bold]builtin-style[/bold] (built-in style transfer: restyles, adds no new content)",
+                      highlight=False)
+        return
     with console.status("Loading model…"):
         loaded = engine.load(request.model)
     console.print(f"model [bold]{loaded.name}[/bold] ({loaded.family.label}) on {engine.placement.device}, "
                   f"{engine.placement.dtype_name}", highlight=False)
+
+
+def summary(record: GenerationRecord) -> str:
+    """One line on what ran: steps and noise level for diffusion, the style and strength for the style engine."""
+    loops = f", {record.loops} loops" if record.loops > 1 else ""
+    if record.engine == "style":
+        style = f"{record.prompt!r}" if record.prompt else "the style image"
+        extra = " and the style image" if record.prompt and record.style_image_sha256 else ""
+        return (f"restyled with {style}{extra} by builtin-style at strength {record.strength:g}, "
+                f"{record.working_width}x{record.working_height}{loops}")
+    return (f"{record.steps_run} of {record.steps} steps from sigma {record.start_sigma:.3g}, {record.sampler}, "
+            f"cfg {record.guidance_scale:g}, {record.working_width}x{record.working_height}{loops}")
 
 
 def save(image: object, path: Path, record: GenerationRecord, quality: int, overwrite: bool) -> Path:

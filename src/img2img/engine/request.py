@@ -53,6 +53,7 @@ class GenerationRequest:
         color_match: match the result's colours to the source's in CIELAB (against drift over loops).
         loops: loopback: feed each result back as the next source this many times in all; loop k uses seed+k.
         loop_decay: multiply the strength by this after each loop, 0 < decay <= 1.
+        style_image: a picture to take the style from (the built-in style engine only, ``model="builtin"``).
     """
 
     source: Image.Image | Path | str
@@ -74,6 +75,7 @@ class GenerationRequest:
     color_match: bool = False
     loops: int = 1
     loop_decay: float = 1.0
+    style_image: Image.Image | Path | str | None = None
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.

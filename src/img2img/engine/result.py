@@ -18,7 +18,7 @@ class GenerationRecord:
     """Everything that determines one output image. Deterministic: it holds no timestamps or timings, so that
     the same inputs give the same bytes when it is embedded in a file."""
 
-    engine: str  # "diffusion"
+    engine: str  # "diffusion" or "style" (the built-in style engine)
     prompt: str
     negative_prompt: str
     strength: float
@@ -49,6 +49,7 @@ class GenerationRecord:
     color_match: bool = False
     loops: int = 1
     loop_decay: float = 1.0
+    style_image_sha256: str | None = None  # the built-in engine's style picture, if any
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
@@ -66,11 +67,15 @@ class GenerationRecord:
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise InvalidArgument("record", "an img2img JSON record", text[:80]) from exc
 
-    def to_request(self, source: Image.Image | Path | str) -> GenerationRequest:
+    def to_request(
+        self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None
+    ) -> GenerationRequest:
         """The request that produced this image, to run again on ``source`` (``img2img reproduce``)."""
+        diffusion = self.engine == "diffusion"  # the style engine has no guidance, steps or sampler to set
         return GenerationRequest(
             source=source, prompt=self.prompt, negative_prompt=self.negative_prompt, strength=self.strength,
-            guidance_scale=self.guidance_scale, steps=self.steps, sampler=self.sampler, seed=self.seed,
+            guidance_scale=self.guidance_scale if diffusion else None, steps=self.steps if diffusion else None,
+            sampler=self.sampler if diffusion else None, seed=self.seed, style_image=style_image,
             steps_mode=self.steps_mode, model=self.model, size=self.size, max_side=self.max_side,  # type: ignore[arg-type]
             resize_mode=self.resize_mode, background=self.background, keep_alpha=self.keep_alpha,  # type: ignore[arg-type]
             color_match=self.color_match, loops=self.loops, loop_decay=self.loop_decay,

@@ -1,0 +1,1 @@
+"""The built-in style engine: pretrained style-transfer networks that need no download."""
