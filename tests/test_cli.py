@@ -107,5 +107,7 @@ def test_bad_sources_and_models_end_in_one_line_and_status_2(photo, tiny_sd, tmp
     pickle = tmp_path / "model.ckpt"
     pickle.write_bytes(b"\x80\x04")
     assert_one_line_error(img2img("run", str(photo), "x", "--model", str(pickle)), "--allow-pickle", "model.ckpt")
-    assert_one_line_error(img2img("run", str(photo), "x"), "none is configured")
+    # With no model configured the built-in style engine runs, and a free-text prompt is explained.
+    assert_one_line_error(img2img("run", str(photo), "x"), "PROMPT should be built-in style names",
+                          "free-text prompts need a diffusion model")
     assert_one_line_error(img2img("models", "add", "bad name!", str(tiny_sd)), "--name should be")
