@@ -20,6 +20,8 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMG2IMG_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # PyTorch everywhere except in the tests of the OpenVINO path, which ask for it (converting takes seconds).
+    monkeypatch.setenv("IMG2IMG_BACKEND", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,10 @@ class Engine:
 
     Args:
         device: "auto" (CUDA, else Apple MPS, else CPU), "cpu", "cuda", "cuda:N" or "mps".
-        dtype: "auto" (fp16 on GPUs, fp32 on the CPU), "float32", "float16" or "bfloat16".
+        dtype: "auto" (fp16 on GPUs; bf16 on CPUs with bf16 instructions, else fp32), "float32", "float16" or
+            "bfloat16".
+        backend: "auto" (OpenVINO for the UNet and VAE on the CPU when installed, unless $IMG2IMG_BACKEND says
+            otherwise), "torch" or "openvino".
         registry: the model registry; defaults to the user's (``img2img models ...``).
         max_images: the most images one request may ask for (a sweep may have up to 100 cells).
         allow_pickle: allow pickled checkpoints given by path (they can run code when loaded).
@@ -79,11 +82,11 @@ class Engine:
     """
 
     def __init__(
-        self, *, device: str = "auto", dtype: str = "auto", registry: ModelRegistry | None = None,
-        max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False, cache_capacity: int = 1,
-        max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
+        self, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
+        registry: ModelRegistry | None = None, max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False,
+        cache_capacity: int = 1, max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
     ) -> None:
-        self.placement: Placement = choose_placement(device, dtype)
+        self.placement: Placement = choose_placement(device, dtype, backend)
         self.registry = registry or ModelRegistry()
         self.max_images = max_images
         self.allow_pickle = allow_pickle

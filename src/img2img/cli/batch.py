@@ -56,6 +56,7 @@ def batch(
     steps_mode: c.StepsMode = "diffusers",
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
+    backend: c.Backend = "auto",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -76,7 +77,7 @@ def batch(
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
         keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
-    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle)
+    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend)
     targets = _target_names(sources, output, SUFFIXES[format_name])
     console = Console()
     announce_model(console, engine, request)

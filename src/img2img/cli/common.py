@@ -34,6 +34,7 @@ Format = Annotated[str | None, typer.Option("--format", help="png, jpeg or webp 
 Quality = Annotated[int, typer.Option(help="JPEG/WebP quality 1..100 (WebP 100 is lossless).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 Dtype = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")]
+Backend = Annotated[str, typer.Option(help="auto, torch or openvino (CPU) [default: $IMG2IMG_BACKEND or auto]")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).")]

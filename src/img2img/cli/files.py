@@ -87,6 +87,7 @@ def reproduce(
     quality: c.Quality = 90,
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
+    backend: c.Backend = "auto",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -113,7 +114,7 @@ def reproduce(
     if model is not None:
         request = replace(request, model=model)
     format_name = format_of(file)
-    engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle)
+    engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend)
     source_sha = engine.read_source(request).sha256
     if source_sha != record.source_sha256:
         raise SourceImageError(f"--source should be the image {file.name} was made from (SHA-256 "

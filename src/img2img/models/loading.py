@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -12,7 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from img2img.errors import ModelError
+from img2img.models import ov_runtime
 from img2img.models.detect import ModelFiles
 from img2img.models.device import Placement
 from img2img.models.families import Family
@@ -50,7 +54,12 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never reaches the network, whatever it is given
     pipeline_class = _pipeline_class(files.family)
+    sha256 = weights_sha256(files.path)
     options: dict[str, Any] = {"local_files_only": True}
+    precision = "bf16" if placement.dtype == torch.bfloat16 else "f32"
+    openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, precision)
+    if openvino_ready and files.layout == "diffusers":
+        options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
     if files.family.base != "sdxl":
         options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
@@ -70,8 +79,17 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(placement.device)
+    if placement.backend == "openvino":
+        if not openvino_ready:
+            ov_runtime.export_ir(pipeline, sha256, precision)
+        ov_runtime.attach(pipeline, sha256, precision)
+        gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
+    elif placement.device == "cpu":
+        # oneDNN's convolutions are fastest on NHWC tensors; the modules accept NCHW input either way.
+        pipeline.unet.to(memory_format=torch.channels_last)
+        pipeline.vae.to(memory_format=torch.channels_last)
     return LoadedModel(
-        name=files.name, family=files.family, sha256=weights_sha256(files.path), pipeline=pipeline,
+        name=files.name, family=files.family, sha256=sha256, pipeline=pipeline,
         placement=placement,
     )
 

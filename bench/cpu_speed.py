@@ -1,0 +1,212 @@
+"""CPU speed of img2img's engine against the stock diffusers img2img pipeline, measured in one run.
+
+    .venv/bin/python bench/cpu_speed.py [--jobs sd15,turbo] [--repeats 3]
+
+Full-size architectures with random weights (``bench/random_models.py``; speed does not depend on weight values).
+Each (job, implementation) runs in its own process, so that peak resident memory is its own: one warm-up call,
+then ``repeats`` timed calls. The last lines printed are one JSON object per job (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+JOBS: dict[str, dict[str, Any]] = {
+    # The issue's reference job: SD 1.5 at 512x512, strength 0.6, 20 steps (12 run), CFG 7.5.
+    "sd15": {"model": "sd15", "side": 512, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras"},
+    # SD-Turbo class: the SD 2.1 architecture, 2 steps at strength 0.5 (1 runs), no CFG.
+    "turbo": {"model": "sd21", "side": 512, "strength": 0.5, "steps": 2, "cfg": 0.0, "sampler": "Euler a"},
+    "sdxl": {"model": "sdxl", "side": 1024, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras"},
+}
+IMPLEMENTATIONS = ("stock", "ours", "ours-fp32")
+SEED = 1234
+PROMPT = "a red fox in the snow, oil painting"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", default="sd15,turbo")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--worker", nargs=2, metavar=("JOB", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.repeats, args.out)))
+        return
+    peaks = matmul_peaks()
+    print(json.dumps({"matmul_peak_gflops": peaks}), flush=True)
+    for job in args.jobs.split(","):
+        report = {"job": job, **JOBS[job], "matmul_peak_gflops": peaks, "flops": work_of(job)}
+        outputs = {}
+        for impl in IMPLEMENTATIONS:
+            repeats = 1 if impl == "ours-fp32" else args.repeats  # fp32 only gives the quality reference
+            out = Path(tempfile.mkdtemp()) / f"{job}-{impl}.npy"
+            report[impl] = run_worker(job, impl, repeats, out)
+            outputs[impl] = np.load(out)
+            print(json.dumps({job: {impl: report[impl]}}), flush=True)
+        report["speedup_e2e"] = round(report["stock"]["e2e_s"] / report["ours"]["e2e_s"], 2)
+        report["psnr_ours_vs_fp32_db"] = psnr(outputs["ours"], outputs["ours-fp32"])
+        report["psnr_fp32_vs_stock_db"] = psnr(outputs["ours-fp32"], outputs["stock"])
+        report["efficiency"] = efficiency(report)
+        print(json.dumps(report), flush=True)
+
+
+def run_worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--worker", job, impl, "--repeats", str(repeats), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{job}/{impl} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
+    """Load, warm up, time ``repeats`` calls; report seconds, UNet step and VAE times and peak memory."""
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from random_models import random_model
+
+    spec = JOBS[job]
+    folder = random_model(spec["model"])
+    source = demo_photo(spec["side"])
+    started = time.perf_counter()
+    run, pipeline = (stock_runner if impl == "stock" else ours_runner)(folder, spec, source, impl)
+    load_s = time.perf_counter() - started
+    timers = {"unet": Timer(), "encode": Timer(), "decode": Timer()}
+    timers["unet"].wrap(pipeline.unet, "forward")
+    timers["encode"].wrap(pipeline.vae, "encode")
+    timers["decode"].wrap(pipeline.vae, "decode")
+    image = run()  # warm-up
+    for timer in timers.values():
+        timer.seconds.clear()
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        image = run()
+        seconds.append(time.perf_counter() - started)
+    np.save(out, np.asarray(image, dtype=np.uint8))
+    return {
+        "e2e_s": round(statistics.median(seconds), 2), "e2e_all_s": [round(s, 2) for s in seconds],
+        "load_s": round(load_s, 1), "unet_step_s": timers["unet"].median(), "unet_calls": len(timers["unet"].seconds)
+        // repeats, "vae_encode_s": timers["encode"].median(), "vae_decode_s": timers["decode"].median(),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "dtype": str(pipeline.unet.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+    }
+
+
+def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any]:
+    """diffusers' own img2img pipeline in fp32, as a user would run it, with the same sampler as ours."""
+    import diffusers
+    import torch
+
+    from img2img.engine.samplers import build_scheduler
+
+    xl = spec["model"] == "sdxl"
+    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
+    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipeline = pipeline_class.from_pretrained(folder, torch_dtype=torch.float32, **extra)
+    pipeline.scheduler = build_scheduler(spec["sampler"], dict(pipeline.scheduler.config), SEED)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def run() -> Any:
+        return pipeline(prompt=PROMPT, image=source, strength=spec["strength"], guidance_scale=spec["cfg"],
+                        num_inference_steps=spec["steps"], generator=torch.Generator().manual_seed(SEED)).images[0]
+
+    return run, pipeline
+
+
+def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any]:
+    from img2img import Engine, GenerationRequest
+
+    engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto")
+    loaded = engine.load(str(folder))
+    request = GenerationRequest(source=source, prompt=PROMPT, strength=spec["strength"], guidance_scale=spec["cfg"],
+                                steps=spec["steps"], sampler=spec["sampler"], seed=SEED, model=str(folder))
+    return (lambda: engine.generate(request).images[0]), loaded.pipeline
+
+
+class Timer:
+    """Times every call of a wrapped method."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def wrap(self, owner: Any, name: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            result = original(*args, **kwargs)
+            self.seconds.append(time.perf_counter() - started)
+            return result
+
+        setattr(owner, name, timed)
+
+    def median(self) -> float | None:
+        return round(statistics.median(self.seconds), 3) if self.seconds else None
+
+
+def demo_photo(side: int) -> Any:
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).resize((side, side), Image.LANCZOS)
+
+
+def matmul_peaks() -> dict[str, float]:
+    """Best of several large matrix multiplies, in GFLOP/s, per dtype, on this process's threads."""
+    import torch
+
+    peaks = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+        torch.mm(a, b)
+        best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(5))
+        peaks[str(dtype).removeprefix("torch.")] = round(2 * 4096**3 / best / 1e9, 1)
+    return peaks
+
+
+def work_of(job: str) -> dict[str, float]:
+    """TFLOP of one UNet evaluation (at the job's CFG batch), the VAE encode and the VAE decode."""
+    out = subprocess.run([sys.executable, str(Path(__file__).parent / "flops.py"), job], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def efficiency(report: dict[str, Any]) -> dict[str, float | None]:
+    """Achieved GFLOP/s of each part divided by the matmul peak of the dtype it ran in."""
+    result: dict[str, float | None] = {}
+    for impl in ("stock", "ours"):
+        peak = report["matmul_peak_gflops"]["bfloat16" if report[impl]["dtype"] == "bfloat16" else "float32"]
+        for part, seconds_key in (("unet", "unet_step_s"), ("vae_encode", "vae_encode_s"),
+                                  ("vae_decode", "vae_decode_s")):
+            seconds = report[impl][seconds_key]
+            flops = report["flops"][f"{part}_tflop"] * 1e12
+            result[f"{impl}_{part}"] = round(flops / seconds / 1e9 / peak, 3) if seconds else None
+    return result
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2)
+
+
+def _timed(function: Any) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Full-size Stable Diffusion architectures with random weights, saved once as diffusers folders.
+
+Speed does not depend on weight values, so the benchmark builds the real architectures from the configs that
+img2img ships (SD 1.5, SD 2.1 for the turbo-class job, SDXL) and fills them with random weights from a fixed
+seed. The folders are written to ``$IMG2IMG_BENCH_DIR`` (default ``~/.cache/img2img/bench``) in fp16 and reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+ARCHITECTURES = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}
+
+
+def bench_dir() -> Path:
+    return Path(os.environ.get("IMG2IMG_BENCH_DIR", Path.home() / ".cache" / "img2img" / "bench"))
+
+
+def random_model(name: str) -> Path:
+    """The folder of the random-weight model ``name`` (sd15, sd21 or sdxl), built on first use."""
+    target = bench_dir() / name
+    if (target / "model_index.json").is_file():
+        return target
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from img2img.models.families import Family
+    from img2img.models.loading import prepared_config_dir
+
+    configs = prepared_config_dir(Family(ARCHITECTURES[name]))  # type: ignore[arg-type]
+    staging = target.with_name(f".{name}-staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(configs, staging)
+    torch.manual_seed(0)
+    components = {
+        "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
+        "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae")),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder")),
+    }
+    if (configs / "text_encoder_2").is_dir():
+        components["text_encoder_2"] = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))
+    for folder, module in components.items():
+        module.to(torch.float16).save_pretrained(staging / folder, safe_serialization=True)
+        del module
+    staging.rename(target)
+    return target

@@ -1,0 +1,193 @@
+"""OpenVINO for the UNet and the VAE on the CPU: about 1.25x PyTorch's bf16 speed per UNet step on our machines.
+
+Each component is converted from its PyTorch module once (about a minute for SD 1.5), saved as OpenVINO IR in the
+user cache under the weights' SHA-256, and compiled at load time. Stand-ins with the call signatures the engine
+uses replace ``pipeline.unet`` and ``pipeline.vae``; they take and return fp32 tensors, while OpenVINO computes
+in bf16 where the CPU has it (``INFERENCE_PRECISION_HINT``). When the IR is already cached, the PyTorch UNet and
+VAE are never loaded, which keeps peak memory down.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from img2img.models.paths import cache_dir
+
+IR_VERSION = "1"  # bump when the export changes, so cached IR is rebuilt
+PARTS = ("unet", "vae_encoder", "vae_decoder")
+
+
+def ir_folder(sha256: str, precision: str) -> Path:
+    return cache_dir() / "openvino" / f"{sha256[:24]}-{precision}-v{IR_VERSION}"
+
+
+def has_ir(sha256: str, precision: str) -> bool:
+    folder = ir_folder(sha256, precision)
+    return all((folder / f"{part}.xml").is_file() for part in PARTS) and (folder / "configs.json").is_file()
+
+
+def export_ir(pipeline: Any, sha256: str, precision: str) -> Path:
+    """Convert ``pipeline``'s UNet and VAE to OpenVINO IR in the cache (atomically) and return the folder."""
+    import openvino as ov
+
+    target = ir_folder(sha256, precision)
+    if has_ir(sha256, precision):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
+    unet, vae = pipeline.unet.float(), pipeline.vae.float()  # trace in fp32; OpenVINO picks its own precision
+    try:
+        for part, (module, inputs) in _export_modules(unet, vae).items():
+            example = tuple(torch.zeros(tuple(_example_side(i, d) for i, d in enumerate(shape))) for shape in inputs)
+            with torch.no_grad(), warnings.catch_warnings():
+                # Tracing fixes diffusers' shape-dependent branches to the example's; none matters at our sizes.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                model = ov.convert_model(module.eval(), example_input=example,
+                                         input=[(list(shape), ov.Type.f32) for shape in inputs])
+            ov.save_model(model, staging / f"{part}.xml", compress_to_fp16=precision == "bf16")
+        configs = {"unet": dict(unet.config), "vae": dict(vae.config)}
+        (staging / "configs.json").write_text(json.dumps(configs, default=list))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def attach(pipeline: Any, sha256: str, precision: str) -> None:
+    """Compile the cached IR and put the stand-ins in ``pipeline.unet`` and ``pipeline.vae``."""
+    import openvino as ov
+
+    folder = ir_folder(sha256, precision)
+    core = ov.Core()
+    options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    compiled = {part: core.compile_model(folder / f"{part}.xml", "CPU", options) for part in PARTS}
+    configs = json.loads((folder / "configs.json").read_text())
+    # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
+    object.__setattr__(pipeline, "unet", OpenVinoUNet(compiled["unet"], configs["unet"]))
+    object.__setattr__(pipeline, "vae", OpenVinoVAE(compiled["vae_encoder"], compiled["vae_decoder"], configs["vae"]))
+
+
+class OpenVinoUNet:
+    """Called like a diffusers UNet2DConditionModel (the arguments the engine passes)."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, compiled: Any, config: dict[str, Any]) -> None:
+        self.config = _Config(config)
+        self._request = compiled.create_infer_request()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                return_dict: bool = False, **_: Any) -> tuple[torch.Tensor]:
+        inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
+        if added_cond_kwargs:
+            inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
+        if timestep_cond is not None:
+            inputs.append(_array(timestep_cond))
+        output = self._request.infer(inputs, share_inputs=True)
+        return (torch.from_numpy(np.array(output[0])),)
+
+
+class OpenVinoVAE:
+    """Called like a diffusers AutoencoderKL: ``encode(x).latent_dist`` and ``decode(z, return_dict=False)``."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, encoder: Any, decoder: Any, config: dict[str, Any]) -> None:
+        self.config = _Config(config)
+        self._encoder, self._decoder = encoder.create_infer_request(), decoder.create_infer_request()
+
+    def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> Any:
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        moments = torch.from_numpy(np.array(self._encoder.infer([_array(pixels)], share_inputs=True)[0]))
+        return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
+
+    def decode(self, latents: torch.Tensor, return_dict: bool = True, **_: Any) -> tuple[torch.Tensor]:
+        return (torch.from_numpy(np.array(self._decoder.infer([_array(latents)], share_inputs=True)[0])),)
+
+
+class _Config(dict):
+    """A config dict that also reads as attributes, as diffusers' FrozenDict does."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def _example_side(position: int, side: int) -> int:
+    """A small concrete size for a dynamic dimension while tracing: batch 2, 16 latent pixels (or 16 pixels)."""
+    if side != -1:
+        return side
+    return 2 if position == 0 else 16
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float32).contiguous().numpy()
+
+
+def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, list[tuple[int, ...]]]]:
+    """The modules to convert and their input shapes (-1: dynamic batch, height and width)."""
+    text = (-1, 77, unet.config.cross_attention_dim)
+    unet_inputs: list[tuple[int, ...]] = [(-1, unet.config.in_channels, -1, -1), (), text]
+    xl = unet.config.addition_embed_type == "text_time"
+    if xl:
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        unet_inputs += [(-1, pooled), (-1, 6)]
+    if unet.config.time_cond_proj_dim is not None:
+        unet_inputs.append((-1, unet.config.time_cond_proj_dim))
+    latent = vae.config.latent_channels
+    return {
+        "unet": (_UNetExport(unet, xl, unet.config.time_cond_proj_dim is not None), unet_inputs),
+        "vae_encoder": (_EncoderExport(vae), [(-1, 3, -1, -1)]),
+        "vae_decoder": (_DecoderExport(vae), [(-1, latent, -1, -1)]),
+    }
+
+
+class _UNetExport(torch.nn.Module):
+    def __init__(self, unet: Any, xl: bool, conditioned: bool) -> None:
+        super().__init__()
+        self.unet, self.xl, self.conditioned = unet, xl, conditioned
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *extra: torch.Tensor) -> Any:
+        options: dict[str, Any] = {}
+        if self.xl:
+            options["added_cond_kwargs"] = {"text_embeds": extra[0], "time_ids": extra[1]}
+        if self.conditioned:
+            options["timestep_cond"] = extra[-1]
+        return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False, **options)[0]
+
+
+class _EncoderExport(torch.nn.Module):
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels).latent_dist.parameters
+
+
+class _DecoderExport(torch.nn.Module):
+    def __init__(self, vae: Any) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents, return_dict=False)[0]

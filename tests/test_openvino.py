@@ -1,0 +1,45 @@
+"""The OpenVINO path for the UNet and VAE: same results as PyTorch, converted once and reused from the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from img2img import Engine, GenerationRequest, InvalidArgument
+from img2img.models import ov_runtime
+
+pytest.importorskip("openvino")
+
+
+def _request(photo, model, **fields) -> GenerationRequest:
+    return GenerationRequest(**{"source": photo, "prompt": "a red fox", "negative_prompt": "blurry", "strength": 0.6,
+                                "steps": 6, "seed": 11, "model": str(model), **fields})
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_sd", "tiny_sdxl"])
+def test_openvino_matches_pytorch_and_reuses_its_conversion(model_fixture, photo, request) -> None:
+    model = request.getfixturevalue(model_fixture)
+    torch_result = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, model))
+    first = Engine(device="cpu", dtype="float32", backend="openvino")
+    loaded = first.load(str(model))
+    assert type(loaded.pipeline.unet) is ov_runtime.OpenVinoUNet
+    assert ov_runtime.has_ir(loaded.sha256, "f32")
+    ov_result = first.generate(_request(photo, model))
+    difference = np.abs(np.asarray(ov_result.images[0], float) - np.asarray(torch_result.images[0], float))
+    assert difference.max() <= 2 and difference.mean() < 0.05  # fp32 both ways: rounding of the last bit only
+    again = Engine(device="cpu", dtype="float32", backend="openvino")  # loads from the cached IR
+    assert again.generate(_request(photo, model)).images[0].tobytes() == ov_result.images[0].tobytes()
+
+
+def test_bf16_openvino_stays_close_to_fp32(tiny_sd, photo) -> None:
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, tiny_sd)).images[0]
+    fast = Engine(device="cpu", dtype="bfloat16", backend="openvino").generate(_request(photo, tiny_sd)).images[0]
+    mse = np.mean((np.asarray(fast, float) - np.asarray(reference, float)) ** 2)
+    assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 25
+
+
+def test_openvino_needs_the_cpu_and_no_fp16() -> None:
+    with pytest.raises(InvalidArgument, match="float32 or bfloat16 with OpenVINO"):
+        Engine(device="cpu", dtype="float16", backend="openvino")
+    with pytest.raises(InvalidArgument, match="backend should be one of auto, torch, openvino"):
+        Engine(device="cpu", backend="tensorrt")
