@@ -21,6 +21,7 @@ from PIL import Image
 from img2img.engine.samplers import build_scheduler
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.strength import StepPlan, plan_steps
+from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
 StepCallback = Callable[[int, int, int], None]
@@ -111,9 +112,17 @@ class DiffusionSession:
 
     def latent_dist(self) -> Any:
         if self._latent_dist is None:
-            pipeline = self.pipeline
-            pixels = pipeline.image_processor.preprocess(self.source)
-            self._latent_dist = pipeline.vae.encode(pixels.to(pipeline.vae.device, pipeline.vae.dtype)).latent_dist
+            vae = self.pipeline.vae
+            pixels = self.pipeline.image_processor.preprocess(self.source).to(vae.device, vae.dtype)
+            if needs_tiles(*pixels.shape[-2:]):
+                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+                scale = self.pipeline.vae_scale_factor
+                moments = tiled_apply(lambda tile: vae.encode(tile).latent_dist.parameters, pixels, TILE_PIXELS,
+                                      OVERLAP_PIXELS, 1 / scale, align=scale)
+                self._latent_dist = DiagonalGaussianDistribution(moments.to(vae.dtype))
+            else:
+                self._latent_dist = vae.encode(pixels).latent_dist
         return self._latent_dist
 
     def text(self, prompt: str, negative_prompt: str, guided: bool, guidance_scale: float) -> TextConditioning:
@@ -224,7 +233,12 @@ def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
     vae = pipeline.vae
     mean, std = _latent_stats(vae, latents)
     latents = (latents * std / vae.config.scaling_factor + mean).to(vae.dtype)
-    pixels = vae.decode(latents, return_dict=False)[0]
+    scale = pipeline.vae_scale_factor
+    if needs_tiles(latents.shape[-2] * scale, latents.shape[-1] * scale):
+        pixels = tiled_apply(lambda tile: vae.decode(tile, return_dict=False)[0], latents, TILE_PIXELS // scale,
+                             OVERLAP_PIXELS // scale, scale)
+    else:
+        pixels = vae.decode(latents, return_dict=False)[0]
     return pipeline.image_processor.postprocess(pixels, output_type="np")
 
 

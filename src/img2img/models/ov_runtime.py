@@ -75,6 +75,12 @@ def attach(pipeline: Any, sha256: str, precision: str) -> None:
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
     object.__setattr__(pipeline, "unet", OpenVinoUNet(compiled["unet"], configs["unet"]))
     object.__setattr__(pipeline, "vae", OpenVinoVAE(compiled["vae_encoder"], compiled["vae_decoder"], configs["vae"]))
+    # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.
+    from diffusers.image_processor import VaeImageProcessor
+
+    factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
+    object.__setattr__(pipeline, "vae_scale_factor", factor)
+    object.__setattr__(pipeline, "image_processor", VaeImageProcessor(vae_scale_factor=factor))
 
 
 class OpenVinoUNet:
