@@ -24,7 +24,6 @@ def main(job: str) -> None:
 
     sys.path.insert(0, str(Path(__file__).parent))
     from cpu_speed import JOBS
-
     from img2img.models.families import Family
     from img2img.models.loading import prepared_config_dir
     from random_models import ARCHITECTURES
