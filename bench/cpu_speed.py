@@ -29,7 +29,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "turbo": {"model": "sd21", "side": 512, "strength": 0.5, "steps": 2, "cfg": 0.0, "sampler": "Euler a"},
     "sdxl": {"model": "sdxl", "side": 1024, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras"},
 }
-IMPLEMENTATIONS = ("stock", "ours", "ours-fp32")
+IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32")
 SEED = 1234
 PROMPT = "a red fox in the snow, oil painting"
 
@@ -58,6 +58,7 @@ def main() -> None:
             outputs[impl] = np.load(out)
             print(json.dumps({job: {impl: report[impl]}}), flush=True)
         report["speedup_e2e"] = round(report["stock"]["e2e_s"] / report["ours"]["e2e_s"], 2)
+        report["speedup_e2e_torch_bf16"] = round(report["stock"]["e2e_s"] / report["ours-torch"]["e2e_s"], 2)
         report["psnr_ours_vs_fp32_db"] = psnr(outputs["ours"], outputs["ours-fp32"])
         report["psnr_fp32_vs_stock_db"] = psnr(outputs["ours-fp32"], outputs["stock"])
         report["efficiency"] = efficiency(report)
@@ -134,7 +135,9 @@ def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> 
 def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any]:
     from img2img import Engine, GenerationRequest
 
-    engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto")
+    # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference.
+    engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto",
+                    backend="auto" if impl == "ours" else "torch")
     loaded = engine.load(str(folder))
     request = GenerationRequest(source=source, prompt=PROMPT, strength=spec["strength"], guidance_scale=spec["cfg"],
                                 steps=spec["steps"], sampler=spec["sampler"], seed=SEED, model=str(folder))
@@ -192,7 +195,7 @@ def work_of(job: str) -> dict[str, float]:
 def efficiency(report: dict[str, Any]) -> dict[str, float | None]:
     """Achieved GFLOP/s of each part divided by the matmul peak of the dtype it ran in."""
     result: dict[str, float | None] = {}
-    for impl in ("stock", "ours"):
+    for impl in ("stock", "ours", "ours-torch"):
         peak = report["matmul_peak_gflops"]["bfloat16" if report[impl]["dtype"] == "bfloat16" else "float32"]
         for part, seconds_key in (("unet", "unet_step_s"), ("vae_encode", "vae_encode_s"),
                                   ("vae_decode", "vae_decode_s")):
