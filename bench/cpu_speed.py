@@ -84,7 +84,7 @@ def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
     folder = random_model(spec["model"])
     source = demo_photo(spec["side"])
     started = time.perf_counter()
-    run, pipeline = (stock_runner if impl == "stock" else ours_runner)(folder, spec, source, impl)
+    run, pipeline, dtype = (stock_runner if impl == "stock" else ours_runner)(folder, spec, source, impl)
     load_s = time.perf_counter() - started
     timers = {"unet": Timer(), "encode": Timer(), "decode": Timer()}
     timers["unet"].wrap(pipeline.unet, "forward")
@@ -107,11 +107,11 @@ def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
         "load_s": round(load_s, 1), "unet_step_s": timers["unet"].median(), "unet_calls": len(timers["unet"].seconds)
         // repeats, "vae_encode_s": timers["encode"].median(), "vae_decode_s": timers["decode"].median(),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-        "dtype": str(pipeline.unet.dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
+        "dtype": dtype, "threads": torch.get_num_threads(),
     }
 
 
-def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any]:
+def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any, str]:
     """diffusers' own img2img pipeline in fp32, as a user would run it, with the same sampler as ours."""
     import diffusers
     import torch
@@ -129,10 +129,10 @@ def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> 
         return pipeline(prompt=PROMPT, image=source, strength=spec["strength"], guidance_scale=spec["cfg"],
                         num_inference_steps=spec["steps"], generator=torch.Generator().manual_seed(SEED)).images[0]
 
-    return run, pipeline
+    return run, pipeline, "float32"
 
 
-def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any]:
+def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any, str]:
     from img2img import Engine, GenerationRequest
 
     # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference.
@@ -141,7 +141,8 @@ def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> t
     loaded = engine.load(str(folder))
     request = GenerationRequest(source=source, prompt=PROMPT, strength=spec["strength"], guidance_scale=spec["cfg"],
                                 steps=spec["steps"], sampler=spec["sampler"], seed=SEED, model=str(folder))
-    return (lambda: engine.generate(request).images[0]), loaded.pipeline
+    # The dtype the model computes in (OpenVINO's stand-ins take fp32 tensors but compute in the placement's dtype).
+    return (lambda: engine.generate(request).images[0]), loaded.pipeline, engine.placement.dtype_name
 
 
 class Timer:

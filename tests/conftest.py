@@ -13,6 +13,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import build_tiny_sd, build_tiny_sdxl
 
 
+@pytest.fixture(autouse=True, scope="session")
+def isolated_session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The same isolation for session- and module-scoped fixtures, which are set up before function-scoped ones."""
+    home = tmp_path_factory.mktemp("user")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("IMG2IMG_CONFIG_DIR", str(home / "config"))
+        patch.setenv("IMG2IMG_CACHE_DIR", str(home / "cache"))
+        patch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("IMG2IMG_BACKEND", "torch")
+        yield
+
+
 @pytest.fixture(autouse=True)
 def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read or write the real user's registry, caches or Hugging Face cache."""

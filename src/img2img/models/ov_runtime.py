@@ -69,6 +69,7 @@ def attach(pipeline: Any, sha256: str, precision: str) -> None:
 
     folder = ir_folder(sha256, precision)
     core = ov.Core()
+    # No CACHE_DIR: importing OpenVINO's compiled blob measured no faster and no smaller than compiling the IR.
     options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
     compiled = {part: core.compile_model(folder / f"{part}.xml", "CPU", options) for part in PARTS}
     configs = json.loads((folder / "configs.json").read_text())
