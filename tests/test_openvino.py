@@ -38,6 +38,17 @@ def test_bf16_openvino_stays_close_to_fp32(tiny_sd, photo) -> None:
     assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 25
 
 
+def test_a_failed_conversion_is_a_model_error_naming_the_way_out(tiny_sd, monkeypatch) -> None:
+    from img2img import ModelError
+
+    def fail(*_args, **_kwargs):
+        raise RuntimeError("Cannot convert operation aten::mystery")
+
+    monkeypatch.setattr(ov_runtime, "export_ir", fail)
+    with pytest.raises(ModelError, match=r"could not be converted for OpenVINO \(Cannot convert .*--backend torch"):
+        Engine(device="cpu", dtype="float32", backend="openvino").load(str(tiny_sd))
+
+
 def test_openvino_needs_the_cpu_and_no_fp16() -> None:
     with pytest.raises(InvalidArgument, match="float32 or bfloat16 with OpenVINO"):
         Engine(device="cpu", dtype="float16", backend="openvino")

@@ -216,6 +216,7 @@ class Engine:
         style_image = None if first.style_image is None else read_source(
             first.style_image, max_pixels=self.max_source_pixels).rgb
         model = _ModelInfo(BUILTIN_MODEL, Family("sd1"), networks_fingerprint(), BUILTIN_LABEL)
+        style_sha256 = pixels_sha256(style_image) if style_image else None
         notes = [*source.notes, *_ignored_by_styles(first)]
         images, records, seconds = [], [], []
         for index, cell in enumerate(cells):
@@ -235,7 +236,7 @@ class Engine:
             job = DiffusionJob(cell.prompt, "", cell.strength, 0.0, 1, STYLE_SAMPLER, (cell.seed or 0,))
             record = self._record(cell, job, source, working.size, model, int(cell.strength > 0), 0.0)
             records.append(replace(record, engine="style", width=output_size[0], height=output_size[1],
-                                   style_image_sha256=pixels_sha256(style_image) if style_image else None))
+                                   style_image_sha256=style_sha256))
             images.append(self._finish(cell, picture, output_size, source))
             seconds.append(time.perf_counter() - cell_started)
         return GenerationResult(images, records, time.perf_counter() - started, seconds, notes)

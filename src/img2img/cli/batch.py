@@ -82,18 +82,7 @@ def batch(
     console = Console()
     announce_model(console, engine, request)
     done, skipped, failed = [], [], []
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
-               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with c.progress_bar(console, "images") as progress:
         task = progress.add_task("batch", total=len(sources))
         for source, target in zip(sources, targets, strict=True):
             progress.update(task, description=escape(source.name))

@@ -131,9 +131,8 @@ def print_notes(notes: list[str]) -> None:
         err.print(f"[yellow]warning:[/yellow] {note}", markup=True)
 
 
-@contextmanager
-def step_progress(console: Console, label: str = "denoising") -> Iterator[Callable[[int, int, int, int], None]]:
-    """A progress bar over all images' steps; yields update(image, images, done, total)."""
+def progress_bar(console: Console, unit: str):  # type: ignore[no-untyped-def]
+    """A transient rich progress bar: description, bar, done/total UNIT, time spent and time left."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -143,9 +142,14 @@ def step_progress(console: Console, label: str = "denoising") -> Iterator[Callab
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-               TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), console=console, transient=True)
+
+
+@contextmanager
+def step_progress(console: Console, label: str = "denoising") -> Iterator[Callable[[int, int, int, int], None]]:
+    """A progress bar over all images' steps; yields update(image, images, done, total)."""
+    with progress_bar(console, "steps") as progress:
         task = progress.add_task(label, total=None)
 
         def update(image: int, images: int, done: int, total: int) -> None:

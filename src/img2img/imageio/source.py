@@ -11,6 +11,7 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,9 @@ class SourceImage:
     notes: tuple[str, ...]  # warnings for the user, one line each
     name: str  # the file name, or "image" for an in-memory picture
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """Computed once: every record of a batch or sweep carries it."""
         return pixels_sha256(self.rgb)
 
 

@@ -81,7 +81,12 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     pipeline.to(placement.device)
     if placement.backend == "openvino":
         if not openvino_ready:
-            ov_runtime.export_ir(pipeline, sha256, precision)
+            try:
+                ov_runtime.export_ir(pipeline, sha256, precision)
+            except (RuntimeError, ValueError, TypeError, OSError) as exc:
+                raise ModelError(f"model {files.name} could not be converted for OpenVINO "
+                                 f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
+                                 ) from exc
         ov_runtime.attach(pipeline, sha256, precision)
         gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
     elif placement.device == "cpu":
