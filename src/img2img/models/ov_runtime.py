@@ -5,6 +5,10 @@ user cache under the weights' SHA-256, and compiled at load time. Stand-ins with
 uses replace ``pipeline.unet`` and ``pipeline.vae``; they take and return fp32 tensors, while OpenVINO computes
 in bf16 where the CPU has it (``INFERENCE_PRECISION_HINT``). When the IR is already cached, the PyTorch UNet and
 VAE are never loaded, which keeps peak memory down.
+
+OpenVINO repacks the weights on a component's first inference, so each is warmed up with a tiny input at load
+time while the IR file's mapped pages are released (``pagecache``); only the repacked copy stays resident. This
+halves the UNet's resident size (SD 1.5: 3.9 GB to 2.45 GB at 512x512) without changing a result.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from img2img.models import pagecache
 from img2img.models.paths import cache_dir
 
 IR_VERSION = "1"  # bump when the export changes, so cached IR is rebuilt
@@ -71,11 +76,16 @@ def attach(pipeline: Any, sha256: str, precision: str) -> None:
     core = ov.Core()
     # No CACHE_DIR: importing OpenVINO's compiled blob measured no faster and no smaller than compiling the IR.
     options = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-    compiled = {part: core.compile_model(folder / f"{part}.xml", "CPU", options) for part in PARTS}
+    requests: dict[str, _Request] = {}
+    turn = _Turn()
+    for part in PARTS:
+        compiled = core.compile_model(folder / f"{part}.xml", "CPU", options)
+        requests[part] = _Request(compiled, folder / f"{part}.bin", turn)
+        requests[part].warm_up([port.get_partial_shape() for port in compiled.inputs])
     configs = json.loads((folder / "configs.json").read_text())
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
-    object.__setattr__(pipeline, "unet", OpenVinoUNet(compiled["unet"], configs["unet"]))
-    object.__setattr__(pipeline, "vae", OpenVinoVAE(compiled["vae_encoder"], compiled["vae_decoder"], configs["vae"]))
+    object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"]))
+    object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"]))
     # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.
     from diffusers.image_processor import VaeImageProcessor
 
@@ -84,15 +94,55 @@ def attach(pipeline: Any, sha256: str, precision: str) -> None:
     object.__setattr__(pipeline, "image_processor", VaeImageProcessor(vae_scale_factor=factor))
 
 
+class _Turn:
+    """Which component ran last, so that its intermediate buffers are freed when another one runs.
+
+    Each compiled component keeps the buffers of its largest inference until told otherwise; without this the
+    VAE encoder's, the UNet's and the VAE decoder's would all stay resident (about 1.3 GB at 512x512).
+    """
+
+    def __init__(self) -> None:
+        self.last: Any = None
+
+    def take(self, compiled: Any) -> None:
+        if self.last is not None and self.last is not compiled:
+            self.last.release_memory()
+            pagecache.trim_heap()
+        self.last = compiled
+
+
+class _Request:
+    """One compiled component's infer request; releases its weight file's pages after every call."""
+
+    def __init__(self, compiled: Any, weights: Path, turn: _Turn) -> None:
+        self._compiled, self._request = compiled, compiled.create_infer_request()
+        self._weights, self._turn = [weights], turn
+
+    def warm_up(self, shapes: list[Any]) -> None:
+        """A tiny inference (batch 1, 16 pixels a side), so the weights are repacked now, with pages released."""
+        sides = [[dim.get_length() if dim.is_static else (1 if i == 0 else 16) for i, dim in enumerate(shape)]
+                 for shape in shapes]
+        arrays = [np.zeros(side, dtype=np.float32) for side in sides]
+        with pagecache.releasing(self._weights):
+            self._request.infer(arrays, share_inputs=True)
+        self._compiled.release_memory()
+
+    def __call__(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        self._turn.take(self._compiled)
+        output = torch.from_numpy(np.array(self._request.infer(arrays, share_inputs=True)[0]))
+        pagecache.release(self._weights)  # a new input shape may have read a few weights again
+        return output
+
+
 class OpenVinoUNet:
     """Called like a diffusers UNet2DConditionModel (the arguments the engine passes)."""
 
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, compiled: Any, config: dict[str, Any]) -> None:
+    def __init__(self, request: _Request, config: dict[str, Any]) -> None:
         self.config = _Config(config)
-        self._request = compiled.create_infer_request()
+        self._request = request
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
@@ -105,8 +155,7 @@ class OpenVinoUNet:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
         if timestep_cond is not None:
             inputs.append(_array(timestep_cond))
-        output = self._request.infer(inputs, share_inputs=True)
-        return (torch.from_numpy(np.array(output[0])),)
+        return (self._request(inputs),)
 
 
 class OpenVinoVAE:
@@ -115,18 +164,18 @@ class OpenVinoVAE:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, encoder: Any, decoder: Any, config: dict[str, Any]) -> None:
+    def __init__(self, encoder: _Request, decoder: _Request, config: dict[str, Any]) -> None:
         self.config = _Config(config)
-        self._encoder, self._decoder = encoder.create_infer_request(), decoder.create_infer_request()
+        self._encoder, self._decoder = encoder, decoder
 
     def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> Any:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        moments = torch.from_numpy(np.array(self._encoder.infer([_array(pixels)], share_inputs=True)[0]))
+        moments = self._encoder([_array(pixels)])
         return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True, **_: Any) -> tuple[torch.Tensor]:
-        return (torch.from_numpy(np.array(self._decoder.infer([_array(latents)], share_inputs=True)[0])),)
+        return (self._decoder([_array(latents)]),)
 
 
 class _Config(dict):
