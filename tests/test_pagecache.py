@@ -1,0 +1,54 @@
+"""Releasing a read-only weight file's resident pages: the memory goes, the bytes stay."""
+
+from __future__ import annotations
+
+import mmap
+import sys
+from pathlib import Path
+
+import pytest
+
+from img2img.models import pagecache
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc are Linux's")
+
+
+def resident_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
+            inside = line.split()[-1] == str(path.resolve())
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_release_drops_resident_pages_and_keeps_the_bytes(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    payload = bytes(range(256)) * (16 * 4096)  # 16 MiB
+    weights.write_bytes(payload)
+    with weights.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert mapped[:] == payload  # reads every page
+        assert resident_kb(weights) >= 15 * 1024
+        assert pagecache.release([weights]) == 1
+        assert resident_kb(weights) < 1024
+        assert mapped[:] == payload  # read again from the page cache
+
+
+def test_writable_mappings_are_left_alone(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch.bin"
+    scratch.write_bytes(bytes(4 * 4096))
+    with scratch.open("r+b") as handle, mmap.mmap(handle.fileno(), 0) as mapped:
+        mapped[:5] = b"dirty"
+        assert pagecache.release([scratch]) == 0
+        assert mapped[:5] == b"dirty"
+
+
+def test_releasing_keeps_releasing_while_the_block_runs(tmp_path: Path) -> None:
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(8 * 2**20))
+    with weights.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        with pagecache.releasing([weights], interval_s=0.01):
+            assert sum(mapped[::4096]) == 0
+        assert resident_kb(weights) < 1024
