@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from img2img.engine.diffusion import DiffusionJob, DiffusionSession
+from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
+from img2img.engine.preview import latent_preview
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationRecord, GenerationResult
 from img2img.engine.seeds import MAX_SEED, batch_seeds, resolve_seed
@@ -39,8 +40,13 @@ from img2img.styles.engine import StyleEngine
 from img2img.styles.networks import StyleNetworks, networks_fingerprint
 from img2img.sweep import Axis, SweepResult, sweep_cells
 
-# on_progress(image_index, step_done, steps_total)
+if TYPE_CHECKING:
+    import torch
+
+# on_progress(image_index, step_done, steps_total); may raise to stop the run between two steps
 ProgressCallback = Callable[[int, int, int], None]
+# on_preview(image_index, small RGB preview of the latents after a step); diffusion models only
+PreviewCallback = Callable[[int, Image.Image], None]
 T = TypeVar("T")
 BUILTIN_NAMES = ("builtin", "builtin-style")
 BUILTIN_MODEL = "builtin-style"
@@ -126,12 +132,13 @@ class Engine:
         """Decode and check the request's source with this engine's limits."""
         return read_source(request.source, max_pixels=self.max_source_pixels, background=request.background)
 
-    def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None) -> GenerationResult:
+    def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None,
+                 on_preview: PreviewCallback | None = None) -> GenerationResult:
         """Run ``request``: one image per seed (seed, seed+1, ...), each with the record that reproduces it."""
         request = request.validated(self.max_images)
         seeds = batch_seeds(resolve_seed(request.seed), request.num_images)
         cells = [replace(request, seed=seed, num_images=1) for seed in seeds]
-        return self._run(cells, self.read_source(request), on_progress)
+        return self._run(cells, self.read_source(request), on_progress, on_preview)
 
     def sweep(
         self, request: GenerationRequest, axes: Sequence[Axis], on_progress: ProgressCallback | None = None
@@ -147,6 +154,7 @@ class Engine:
 
     def _run(
         self, cells: list[GenerationRequest], source: SourceImage, on_progress: ProgressCallback | None,
+        on_preview: PreviewCallback | None = None,
     ) -> GenerationResult:
         if self.is_builtin(cells[0].model):
             return self._run_style(cells, source, on_progress)
@@ -164,13 +172,14 @@ class Engine:
         for index, cell in enumerate(cells):
             cell_started = time.perf_counter()
             report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
+            preview = _previewer(index, on_preview, model.family.base == "sdxl") if on_preview else None
             if session is None or cell.strength == 0:
                 # Strength 0: the source itself, with no model run and no VAE round trip.
                 keeps_size = cell.size is None and cell.max_side is None
                 picture = (source.rgb if keeps_size else working).copy()
                 record = self._record(cell, _job(cell, model.family, 0.0), source, working.size, model, 0, 0.0)
             else:
-                picture, record = self._loop(cell, model, session, source, report)
+                picture, record = self._loop(cell, model, session, source, report, preview)
             images.append(self._finish(cell, picture, output_size, source))
             records.append(replace(record, width=output_size[0], height=output_size[1]))
             seconds.append(time.perf_counter() - cell_started)
@@ -178,7 +187,7 @@ class Engine:
 
     def _loop(
         self, cell: GenerationRequest, model: _ModelInfo, session: DiffusionSession, source: SourceImage,
-        report: Callable[[int, int], None] | None,
+        report: Callable[[int, int], None] | None, preview: LatentsCallback | None = None,
     ) -> tuple[Image.Image, GenerationRecord]:
         """Run the cell, feeding each result back as the next source for ``loops`` passes (seed+k on pass k).
 
@@ -193,7 +202,7 @@ class Engine:
             base = sum(totals[:loop])
             on_step = (lambda _i, done, _t, base=base: report(base + done, sum(totals))) if report else None
             pass_job = replace(job, strength=strength, seeds=((job.seeds[0] + loop) % (MAX_SEED + 1),))
-            output = session.run(pass_job, on_step)
+            output = session.run(pass_job, on_step, preview)
             picture = _to_image(output.images[0])
             if cell.color_match:
                 picture = match_colors(picture, reference)
@@ -298,6 +307,15 @@ def _job(cell: GenerationRequest, family: Family, strength: float | None = None)
         steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
         seeds=(cell.seed,), steps_mode=cell.steps_mode,
     )
+
+
+def _previewer(index: int, on_preview: PreviewCallback, xl: bool) -> LatentsCallback:
+    def preview(_pass_index: int, latents: torch.Tensor) -> None:
+        image = latent_preview(latents, xl)
+        if image is not None:
+            on_preview(index, image)
+
+    return preview
 
 
 def _default(value: T | None, default: T) -> T:

@@ -25,6 +25,7 @@ from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tile
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
 StepCallback = Callable[[int, int, int], None]
+LatentsCallback = Callable[[int, torch.Tensor], None]  # (image index, latents after a step)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class DiffusionSession:
         self._texts: dict[tuple[str, str, bool], TextConditioning] = {}
 
     @torch.inference_mode()
-    def run(self, job: DiffusionJob, on_step: StepCallback | None = None) -> DiffusionOutput:
+    def run(self, job: DiffusionJob, on_step: StepCallback | None = None,
+            on_latents: LatentsCallback | None = None) -> DiffusionOutput:
         """Run ``job``: one image per seed, each from its own CPU generator."""
         started = time.perf_counter()
         pipeline = self.pipeline
@@ -100,7 +102,12 @@ class DiffusionSession:
             latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
 
             # 5. Denoise.
-            report = (lambda done, total, i=index: on_step(i, done, total)) if on_step else (lambda done, total: None)
+            def report(done: int, total: int, latents: torch.Tensor, index: int = index) -> None:
+                if on_step:
+                    on_step(index, done, total)
+                if on_latents:
+                    on_latents(index, latents)
+
             latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator,
                               report)
 
@@ -211,7 +218,8 @@ def prepare_latents(
 
 def denoise(
     pipeline: Any, scheduler: Any, timesteps: torch.Tensor, latents: torch.Tensor, text: TextConditioning,
-    guidance_scale: float, guided: bool, generator: torch.Generator, on_step: Callable[[int, int], None],
+    guidance_scale: float, guided: bool, generator: torch.Generator,
+    on_step: Callable[[int, int, torch.Tensor], None],
 ) -> torch.Tensor:
     step_options = _step_options(scheduler, generator)
     for done, timestep in enumerate(timesteps, start=1):
@@ -225,7 +233,7 @@ def denoise(
             unconditional, conditional = noise_pred.chunk(2)
             noise_pred = unconditional + guidance_scale * (conditional - unconditional)
         latents = scheduler.step(noise_pred, timestep, latents, **step_options, return_dict=False)[0]
-        on_step(done, len(timesteps))
+        on_step(done, len(timesteps), latents)
     return latents
 
 

@@ -1,0 +1,314 @@
+"""The A1111-compatible API under /sdapi/v1: field names, types and defaults as A1111 1.10 documents them.
+
+``POST /sdapi/v1/img2img`` goes through the same queue as the native API and blocks until its job ends. Fields
+we do not support are accepted; those set to anything but A1111's default are named in ``info.warnings`` and in
+the server log, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from img2img.server.app import caller, service
+from img2img.server.auth import Caller
+from img2img.server.service import ApiError, Service, decode_base64
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+CallerDep = Annotated[Caller, Depends(caller)]
+ServiceDep = Annotated[Service, Depends(service)]
+log = logging.getLogger("img2img.server")
+POLL_S = 0.1
+RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
+SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
+             "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
+             "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid"}
+
+
+class Img2ImgRequest(BaseModel):
+    """A1111's StableDiffusionImg2ImgProcessingAPI; unknown fields are accepted and reported."""
+
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str = Field("", max_length=100_000)
+    negative_prompt: str = Field("", max_length=100_000)
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1, le=64)
+    n_iter: int = Field(1, ge=1, le=64)
+    steps: int = Field(50, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0, le=30)
+    width: int = Field(512, ge=64, le=4096)
+    height: int = Field(512, ge=64, le=4096)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float = Field(0.75, ge=0, le=1)
+    s_min_uncond: float | None = None
+    s_churn: float | None = None
+    s_tmax: float | None = None
+    s_tmin: float | None = None
+    s_noise: float | None = None
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    init_images: list[str] | None = None
+    resize_mode: int = Field(0, ge=0, le=3)
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    sampler_index: str = "Euler"
+    include_init_images: bool = False
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(max_length=40_000_000)
+
+
+@router.post("/img2img")
+def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Run an img2img job through the queue and answer when it is done, as A1111 does."""
+    if not body.init_images:
+        raise ApiError(422, "invalid_request", "init_images should hold one base64 image, but it is empty",
+                       "init_images")
+    source = decode_base64(body.init_images[0], "init_images", svc)
+    fields, warnings = _fields(body)
+    for warning in warnings:
+        log.warning("sdapi/v1/img2img: %s", warning)
+    job = svc.submit(who, fields, source)
+    while not job.final:
+        time.sleep(POLL_S)
+        job = svc.job(who, job.id)
+    if job.state != "done":
+        status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
+        raise ApiError(status, code, job.error or job.state)
+    images = [base64.b64encode(svc.blobs.read(output["image"])).decode("ascii") for output in job.outputs]
+    seeds = [output["seed"] for output in job.outputs]
+    infotexts = [output["parameters"] for output in job.outputs]
+    first = job.outputs[0]
+    info = {
+        "prompt": body.prompt, "all_prompts": [body.prompt] * len(images), "negative_prompt": body.negative_prompt,
+        "all_negative_prompts": [body.negative_prompt] * len(images), "seed": seeds[0], "all_seeds": seeds,
+        "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0, "width": first["width"],
+        "height": first["height"], "sampler_name": job.request.get("sampler") or "", "cfg_scale": body.cfg_scale,
+        "steps": body.steps, "batch_size": body.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": job.request.get("model") or "", "sd_model_hash": _model_hash(infotexts[0]),
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": body.denoising_strength,
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+        "job_timestamp": _timestamp(job.created), "clip_skip": 1, "is_using_inpainting_conditioning": False,
+        "version": "img2img", "warnings": warnings, "job_id": job.id,
+    }
+    parameters = body.model_dump() | {"init_images": None, "mask": None}
+    return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
+
+
+@router.get("/progress")
+def progress(who: CallerDep, svc: ServiceDep, skip_current_image: bool = False) -> dict[str, Any]:
+    """Progress of your running job (A1111 has one job at a time; here it is the caller's latest)."""
+    job = svc.store.running(who.owner)
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0}
+    if job is None:
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None, "textinfo": None}
+    fraction = job.step / job.total if job.total else 0.0
+    elapsed = time.time() - (job.started or time.time())
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    state |= {"job": job.id, "job_count": 1, "job_timestamp": _timestamp(job.started or job.created),
+              "sampling_step": job.step, "sampling_steps": job.total}
+    preview = None if skip_current_image else svc.hub.preview(job.id)
+    image = preview.split(",", 1)[1] if preview else None
+    return {"progress": round(fraction, 4), "eta_relative": round(eta, 2), "state": state, "current_image": image,
+            "textinfo": f"step {job.step} of {job.total}"}
+
+
+@router.post("/interrupt")
+def interrupt(who: CallerDep, svc: ServiceDep) -> None:
+    """Stop your running job at its next step."""
+    job = svc.store.running(who.owner)
+    if job is not None:
+        svc.cancel(who, job.id)
+
+
+@router.post("/skip")
+def skip(who: CallerDep, svc: ServiceDep) -> None:
+    """As interrupt: a job here is one request, so skipping its image stops it."""
+    interrupt(who, svc)
+
+
+@router.get("/sd-models")
+def sd_models(_who: CallerDep) -> list[dict[str, Any]]:
+    from img2img.models.registry import ModelRegistry
+
+    models = [{"title": entry.name, "model_name": entry.name, "hash": None, "sha256": None, "filename": entry.name,
+               "config": None} for entry in ModelRegistry().entries()]
+    return [*models, {"title": "builtin", "model_name": "builtin", "hash": None, "sha256": None,
+                      "filename": "builtin", "config": None}]
+
+
+@router.get("/samplers")
+def samplers(_who: CallerDep) -> list[dict[str, Any]]:
+    from img2img.engine.samplers import sampler_names
+
+    return [{"name": name, "aliases": [], "options": {}} for name in sampler_names()]
+
+
+@router.get("/options")
+def get_options(who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Your options; only ``sd_model_checkpoint`` changes anything here."""
+    from img2img.models.registry import ModelRegistry
+
+    saved = svc.store.options(who.owner)
+    model = saved.get("sd_model_checkpoint") or svc.settings.model or ModelRegistry().default_name() or "builtin"
+    return {"sd_model_checkpoint": model, "samples_format": "png", "sd_checkpoint_hash": None} | {
+        key: value for key, value in saved.items() if key != "sd_model_checkpoint"}
+
+
+@router.post("/options")
+def set_options(body: dict[str, Any], who: CallerDep, svc: ServiceDep) -> None:
+    """Set ``sd_model_checkpoint`` (your default model); other options are kept but change nothing."""
+    for key, value in body.items():
+        if key == "sd_model_checkpoint":
+            name = str(value).split(" [", 1)[0]  # A1111 titles are "name [hash]"
+            svc.store.set_option(who.owner, key, svc.model_name(who, name))
+        elif isinstance(value, str | int | float | bool) or value is None:
+            log.warning("sdapi/v1/options: %s is accepted but has no effect here", key)
+            svc.store.set_option(who.owner, key, value)
+
+
+@router.post("/png-info")
+def png_info(body: PngInfoRequest, _who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """The generation parameters inside an image (PNG text chunks, or EXIF for JPEG and WebP)."""
+    from PIL import Image
+
+    from img2img.imageio.metadata import read_metadata
+    data = decode_base64(body.image, "image", svc)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ApiError(422, "invalid_image", f"image should be a PNG, JPEG or WebP file ({exc})", "image") from exc
+    metadata = read_metadata(io.BytesIO(data))  # type: ignore[arg-type]
+    text = metadata.parameters or ""
+    items = {"parameters": text} if text else {}
+    if metadata.record:
+        items["img2img"] = metadata.record
+    return {"info": text, "items": items, "parameters": parse_parameters(text)}
+
+
+def parse_parameters(text: str) -> dict[str, Any]:
+    """A1111's infotext as a dict: Prompt, Negative prompt, then the "Key: value" pairs of the last line."""
+    if not text:
+        return {}
+    lines = text.strip().split("\n")
+    settings_line = lines[-1] if "Steps: " in lines[-1] else ""
+    body = lines[:-1] if settings_line else lines
+    prompt, negative = [], []
+    for line in body:
+        if line.startswith("Negative prompt:") or negative:
+            negative.append(line.removeprefix("Negative prompt:").strip())
+        else:
+            prompt.append(line)
+    result: dict[str, Any] = {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative)}
+    for part in _split_pairs(settings_line):
+        key, _, value = part.partition(":")
+        value = value.strip().strip('"')
+        result[key.strip()] = _number(value)
+        if key.strip() == "Size" and "x" in value:
+            result["Size-1"], result["Size-2"] = (_number(side) for side in value.split("x", 1))
+    return result
+
+
+def _split_pairs(line: str) -> list[str]:
+    """Split on ", " outside double quotes."""
+    parts, current, quoted = [], "", False
+    for index, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        if char == "," and not quoted and line[index + 1:index + 2] == " ":
+            parts.append(current)
+            current = ""
+            continue
+        current += char
+    if current.strip():
+        parts.append(current.strip())
+    return [part.strip() for part in parts if ":" in part]
+
+
+def _number(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _fields(body: Img2ImgRequest) -> tuple[dict[str, Any], list[str]]:
+    """The native request fields for an A1111 request, and a warning for each field we do not honour."""
+    defaults = Img2ImgRequest()
+    warnings = [f"{name} is not supported and was ignored" for name in type(body).model_fields
+                if name not in SUPPORTED and getattr(body, name) != getattr(defaults, name)]
+    warnings += [f"{name} is not an A1111 img2img field and was ignored" for name in (body.model_extra or {})]
+    sampler = body.sampler_name or body.sampler_index
+    if body.scheduler and body.scheduler.lower() == "karras" and not sampler.endswith("Karras"):
+        sampler += " Karras"
+    elif body.scheduler and body.scheduler.lower() not in ("automatic", "karras"):
+        warnings.append(f"scheduler {body.scheduler!r} is not supported; the sampler's own schedule was used")
+    if body.resize_mode == 3:
+        warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
+    width, height = body.width // 8 * 8, body.height // 8 * 8
+    if (width, height) != (body.width, body.height):
+        warnings.append(f"width and height are rounded down to multiples of 8: {width}x{height}")
+    overrides = body.override_settings or {}
+    model = overrides.get("sd_model_checkpoint")
+    warnings += [f"override_settings.{key} is not supported and was ignored" for key in overrides
+                 if key != "sd_model_checkpoint"]
+    fields = {
+        "prompt": body.prompt, "negative_prompt": body.negative_prompt, "strength": body.denoising_strength,
+        "guidance_scale": body.cfg_scale, "steps": body.steps, "sampler": sampler, "seed": body.seed,
+        "num_images": body.batch_size * body.n_iter, "size": (width, height),
+        "resize_mode": RESIZE_MODES.get(body.resize_mode, "just"),
+        "model": str(model).split(" [", 1)[0] if model else None,
+    }
+    return fields, warnings
+
+
+def _model_hash(infotext: str) -> str | None:
+    value = parse_parameters(infotext).get("Model hash")
+    return str(value) if value is not None else None
+
+
+def _timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y%m%d%H%M%S")

@@ -1,0 +1,145 @@
+"""The FastAPI application: settings, store, runner and event hub joined; errors as JSON; limits on bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from img2img.server.auth import Caller, identify, key_from_headers
+from img2img.server.blobs import BlobStore
+from img2img.server.events import EventHub
+from img2img.server.runner import Runner
+from img2img.server.service import ApiError, Service
+from img2img.server.settings import ServerSettings
+from img2img.server.store import JobStore
+
+log = logging.getLogger("img2img.server")
+BASE64_OVERHEAD = 4 / 3
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = JobStore(settings.database)
+        requeued, failed = store.recover(settings.max_attempts)
+        if requeued or failed:
+            log.warning("restart: %d interrupted jobs queued again, %d failed after too many attempts",
+                        requeued, failed)
+        blobs = BlobStore(settings.data_dir / "images")
+        hub = EventHub(asyncio.get_running_loop())
+        runner = Runner(settings, store, blobs, hub)
+        app.state.service = Service(settings, store, blobs, hub, runner)
+        runner.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(runner.stop)
+            store.close()
+
+    app = FastAPI(title="img2img", summary="Image-to-image generation: a job queue, the native API and the "
+                  "A1111-compatible API", lifespan=lifespan)
+    from img2img.server import a1111, native
+
+    app.include_router(native.router)
+    app.include_router(a1111.router)
+    _errors(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    limit = int(settings.max_upload_bytes * BASE64_OVERHEAD) + 64 * 1024  # base64 in JSON, plus the fields
+    app.add_middleware(BodyLimit, limit=limit)
+    return app
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def caller(request: Request) -> Caller:
+    """The API key's owner and tier (every route depends on this); 401 without a valid key when keys exist."""
+    svc = service(request)
+    key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
+    found = identify(svc.store, key, svc.settings.tiers)
+    if found is None:
+        raise ApiError(401, "unauthorized", "an API key is required: send it as 'Authorization: Bearer KEY' or "
+                       "'X-API-Key: KEY'" if not key else "the API key is not valid", "authorization",
+                       {"WWW-Authenticate": "Bearer"})
+    return found
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first: dict[str, Any] = exc.errors()[0]
+        location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "form")]
+        field = ".".join(location) or "body"
+        received = first.get("input")
+        shown = repr(received) if not isinstance(received, dict | list) else type(received).__name__
+        message = f"{field}: {first.get('msg', 'invalid').lower()} (got {shown[:80]})"
+        return JSONResponse(ApiError(422, "invalid_request", message, field).body(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
+        return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(), status_code=exc.status_code)
+
+
+class BodyLimit:
+    """413 for a request body over ``limit`` bytes, by Content-Length or while it streams in."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        received = 0
+        refused = False
+
+        async def limited() -> Message:
+            nonlocal received, refused
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                refused = True
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            if refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        error = ApiError(413, "too_large", f"the request body should be at most {self.limit} bytes", "body")
+        body = JSONResponse(error.body(), status_code=413)
+        await body({"type": "http"}, _nothing, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _nothing() -> Message:
+    return {"type": "http.disconnect"}

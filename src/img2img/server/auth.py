@@ -1,0 +1,65 @@
+"""API keys: random tokens shown once, stored as SHA-256 hashes, each with a tier that sets its jobs' priority.
+
+With no key in the store the server is in local single-user mode: every request is the owner ``local`` at the
+highest tier, and the server refuses to listen beyond localhost.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from img2img.server.store import JobStore
+
+KEY_PREFIX = "i2i_"
+LOCAL_OWNER = "local"
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+    tier: str
+    rank: int
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def key_from_headers(authorization: str | None, api_key: str | None) -> str | None:
+    """The key from ``X-API-Key``, ``Authorization: Bearer KEY`` or HTTP basic auth (the key as password)."""
+    if api_key:
+        return api_key.strip()
+    if not authorization:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip() or None
+    if scheme.lower() == "basic":  # A1111 clients send --api-auth user:password as basic auth
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
+    return None
+
+
+def identify(store: JobStore, key: str | None, tiers: dict[str, int]) -> Caller | None:
+    """The caller a key belongs to; None for a missing or unknown key when keys are configured."""
+    if not store.has_keys():
+        top = max(tiers, key=lambda name: tiers[name])
+        return Caller(LOCAL_OWNER, top, tiers[top])
+    if not key:
+        return None
+    found = store.key_by_hash(hash_key(key))
+    if found is None:
+        return None
+    tier = found["tier"]
+    return Caller(found["name"], tier, tiers.get(tier, min(tiers.values())))

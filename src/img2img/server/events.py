@@ -1,0 +1,82 @@
+"""Job events for server-sent events: the runner thread publishes, each open stream has its own asyncio queue.
+
+Events are dicts with an ``event`` name (queued, position, started, step, done, failed, cancelled) and data. The
+hub also remembers each running job's latest preview, for ``/sdapi/v1/progress``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from img2img.server.store import JobStore
+
+STREAM_QUEUE = 256  # events a slow reader may fall behind by; older step events are dropped first
+
+
+class EventHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._streams: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._positions: dict[str, int] = {}
+        self._previews: dict[str, str] = {}
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(STREAM_QUEUE)
+        with self._lock:
+            self._streams.setdefault(job_id, set()).add(queue)
+        return queue
+
+    def unsubscribe(self, job_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        with self._lock:
+            streams = self._streams.get(job_id, set())
+            streams.discard(queue)
+            if not streams:
+                self._streams.pop(job_id, None)
+                self._positions.pop(job_id, None)
+
+    def publish(self, job_id: str, event: str, **data: Any) -> None:
+        """Send an event to the job's streams; safe to call from any thread."""
+        if event == "step" and "preview" in data:
+            with self._lock:
+                self._previews[job_id] = data["preview"]
+        if event in ("done", "failed", "cancelled"):
+            with self._lock:
+                self._previews.pop(job_id, None)
+        with self._lock:
+            if job_id not in self._streams:
+                return
+        self._loop.call_soon_threadsafe(self._deliver, job_id, {"event": event, "job": job_id, **data})
+
+    def preview(self, job_id: str) -> str | None:
+        with self._lock:
+            return self._previews.get(job_id)
+
+    def publish_positions(self, store: JobStore) -> None:
+        """Tell every watched queued job its place in the queue, when it changed."""
+        with self._lock:
+            watched = set(self._streams)
+        if not watched:
+            return
+        for place, job_id in enumerate(store.queued_ids(), start=1):
+            if job_id in watched and self._positions.get(job_id) != place:
+                self._positions[job_id] = place
+                self.publish(job_id, "position", position=place)
+
+    def _deliver(self, job_id: str, event: dict[str, Any]) -> None:
+        for queue in list(self._streams.get(job_id, ())):
+            if queue.full():
+                _drop_oldest_step(queue)
+            if not queue.full():
+                queue.put_nowait(event)
+
+
+def _drop_oldest_step(queue: asyncio.Queue[dict[str, Any]]) -> None:
+    """Make room by dropping the oldest event if it is a step (progress can be skipped, outcomes cannot)."""
+    kept = [queue.get_nowait() for _ in range(queue.qsize())]
+    dropped = next((i for i, item in enumerate(kept) if item["event"] == "step"), None)
+    for i, item in enumerate(kept):
+        if i != dropped:
+            queue.put_nowait(item)

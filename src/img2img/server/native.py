@@ -1,0 +1,189 @@
+"""The native API under /v1: submit, read, stream, list, cancel, fetch images; models, samplers, styles, health."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from img2img.engine.request import MAX_GUIDANCE, MAX_LOOPS, MAX_STEPS
+from img2img.engine.seeds import MAX_SEED
+from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
+from img2img.server.app import caller, service
+from img2img.server.auth import Caller
+from img2img.server.service import ApiError, Service, decode_base64
+
+router = APIRouter(prefix="/v1", tags=["native"])
+CallerDep = Annotated[Caller, Depends(caller)]
+ServiceDep = Annotated[Service, Depends(service)]
+KEEPALIVE_S = 15.0
+Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)]
+
+
+class JobFields(BaseModel):
+    """The request, as ``img2img.GenerationRequest`` takes it (without the images)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=100_000)
+    negative_prompt: str = Field("", max_length=100_000)
+    strength: float = Field(0.6, ge=0, le=1)
+    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    sampler: str | None = Field(None, max_length=64)
+    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="None or -1: a random seed, fixed at submission")
+    num_images: int = Field(1, ge=1, le=64)
+    steps_mode: Literal["diffusers", "exact"] = "diffusers"
+    model: str | None = Field(None, max_length=200, description="a registered model name, or builtin")
+    size: tuple[Side, Side] | None = None
+    max_side: Side | None = None
+    resize_mode: Literal["just", "crop", "fill"] = "just"
+    background: str = Field("white", max_length=32)
+    keep_alpha: bool = False
+    color_match: bool = False
+    loops: int = Field(1, ge=1, le=MAX_LOOPS)
+    loop_decay: float = Field(1.0, gt=0, le=1)
+
+
+class JsonJob(JobFields):
+    source: str = Field(description="the source image file, base64 (a data: URL prefix is allowed)")
+    style_image: str | None = Field(None, description="a style picture, base64 (built-in engine only)")
+
+
+@router.post("/jobs", status_code=202)
+def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Queue a job from JSON with the source image in base64."""
+    fields = body.model_dump(exclude={"source", "style_image"})
+    source = decode_base64(body.source, "source", svc)
+    style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
+    return svc.view(svc.submit(who, fields, source, style))
+
+
+@router.post("/jobs/form", status_code=202)
+async def submit_form(
+    who: CallerDep, svc: ServiceDep, source: Annotated[UploadFile, File(description="the source image")],
+    request: Annotated[str, Form(description="JobFields as JSON")] = '{"prompt": ""}',
+    style_image: Annotated[UploadFile | None, File(description="a style picture (built-in engine)")] = None,
+) -> dict[str, Any]:
+    """Queue a job from a multipart form: the source image file and the request as JSON."""
+    try:
+        fields = JobFields.model_validate_json(request).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "request"
+        raise ApiError(422, "invalid_request", f"{field}: {first['msg'].lower()}", field) from exc
+    data = await _read_upload(source, "source", svc)
+    style = await _read_upload(style_image, "style_image", svc) if style_image else None
+    return await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style)))
+
+
+@router.get("/jobs")
+def list_jobs(who: CallerDep, svc: ServiceDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+              before: Annotated[int | None, Query(ge=0, description="the cursor of an earlier page")] = None,
+              ) -> dict[str, Any]:
+    """Your jobs, newest first."""
+    jobs = svc.store.list(who.owner, limit, before)
+    cursor = jobs[-1].seq if len(jobs) == limit else None
+    return {"jobs": [svc.view(job) for job in jobs], "next": cursor}
+
+
+@router.get("/jobs/{job_id}")
+def read_job(job_id: str, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """State, queue position, progress, seconds left, error and images of one of your jobs."""
+    return svc.view(svc.job(who, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Cancel a queued job at once, or a running one between two denoising steps."""
+    return svc.view(svc.cancel(who, job_id))
+
+
+@router.get("/jobs/{job_id}/images/{index}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+def job_image(job_id: str, index: int, who: CallerDep, svc: ServiceDep,
+              format: Annotated[str, Query(max_length=8, description="png, jpeg or webp")] = "png",
+              quality: Annotated[int, Query(ge=1, le=100)] = 90) -> Response:
+    """One output image, converted on request, with its parameters kept inside."""
+    data, media = svc.image(who, job_id, index, format, quality)
+    extension = media.split("/")[1].replace("jpeg", "jpg")
+    disposition = f'attachment; filename="img2img-{job_id[:8]}-{index}.{extension}"'
+    return Response(data, media_type=media, headers={"Content-Disposition": disposition})
+
+
+@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def job_events(job_id: str, request: Request, who: CallerDep, svc: ServiceDep) -> StreamingResponse:
+    """Server-sent events: state, position, started, step (with a small preview), done, failed, cancelled."""
+    svc.job(who, job_id)  # 404 before the stream starts
+
+    async def stream() -> AsyncIterator[str]:
+        queue = svc.hub.subscribe(job_id)
+        try:
+            job = svc.job(who, job_id)  # read after subscribing, so no event falls between
+            yield _sse("state", svc.view(job))
+            if job.final:
+                return
+            while not await request.is_disconnected():
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _sse(event["event"], event)
+                if event["event"] in ("done", "failed", "cancelled"):
+                    return
+        finally:
+            svc.hub.unsubscribe(job_id, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/models")
+def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Registered models (names usable as ``model``) and the built-in style engine."""
+    from img2img.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    default = svc.settings.model or registry.default_name() or "builtin"
+    entries = [{"name": entry.name, "default": entry.name == default} for entry in registry.entries()]
+    return {"models": [*entries, {"name": "builtin", "default": default == "builtin",
+                                  "description": "built-in style transfer: restyles, adds no new content"}]}
+
+
+@router.get("/samplers")
+def samplers(_who: CallerDep) -> dict[str, list[str]]:
+    from img2img.engine.samplers import sampler_names
+
+    return {"samplers": sampler_names()}
+
+
+@router.get("/styles")
+def styles(_who: CallerDep) -> dict[str, list[str]]:
+    """The built-in style engine's named styles and blends (use them in the prompt, with model builtin)."""
+    from img2img.styles.catalog import style_names
+
+    return {"styles": style_names()}
+
+
+@router.get("/health")
+def health(svc: ServiceDep) -> dict[str, Any]:
+    counts = svc.store.counts()
+    return {"status": "ok", "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _read_upload(upload: UploadFile, field: str, svc: Service) -> bytes:
+    data = await upload.read(svc.settings.max_upload_bytes + 1)
+    if len(data) > svc.settings.max_upload_bytes:
+        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes", field)
+    return data

@@ -1,0 +1,196 @@
+"""What both HTTP faces do with jobs: check and queue a request, describe a job, cancel it, hand out its images.
+
+Every refusal is an ``ApiError`` with an HTTP status, a machine-readable code, the field it concerns and a
+one-line message; ``app`` turns it into the JSON error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from img2img.engine.seeds import resolve_seed
+from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
+from img2img.server.auth import Caller
+from img2img.server.blobs import BlobStore
+from img2img.server.events import EventHub
+from img2img.server.runner import Runner
+from img2img.server.settings import ServerSettings
+from img2img.server.store import Job, JobStore, QueueFull
+
+RETRY_AFTER_S = 10
+BUILTIN = ("builtin", "builtin-style")
+
+
+@dataclass
+class ApiError(Exception):
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    headers: dict[str, str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+
+
+class Service:
+    def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub,
+                 runner: Runner) -> None:
+        self.settings, self.store, self.blobs, self.hub, self.runner = settings, store, blobs, hub, runner
+
+    # Submitting -------------------------------------------------------------------------------------------------
+
+    def submit(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None = None) -> Job:
+        """Check ``fields`` (GenerationRequest's, without the images) and the images, store them, queue the job."""
+        request = self.check(caller, fields, source, style_image)
+        try:
+            job = self.store.submit(caller.owner, caller.rank, request, max_per_owner=self.settings.max_queued_per_key,
+                                    max_total=self.settings.max_queued_total)
+        except QueueFull as exc:
+            raise ApiError(429, "queue_full", f"{exc}; try again later", None,
+                           {"Retry-After": str(RETRY_AFTER_S)}) from exc
+        self.runner.wake()
+        self.hub.publish_positions(self.store)
+        return job
+
+    def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None) -> dict:
+        from img2img.engine.request import GenerationRequest
+        from img2img.imageio.source import read_source
+
+        settings = self.settings
+        for name in ("prompt", "negative_prompt"):
+            text = fields.get(name) or ""
+            if isinstance(text, str) and len(text) > settings.max_prompt_chars:
+                raise ApiError(422, "invalid_argument", f"{name} should be at most {settings.max_prompt_chars} "
+                               f"characters, but got {len(text)}", name)
+        fields = dict(fields)
+        fields["model"] = self.model_name(caller, fields.get("model"))
+        fields["seed"] = resolve_seed(fields.get("seed"))  # fixed now, so a retried job gives the same images
+        size = fields.get("size")
+        try:
+            pictures = {"source": read_source(source, max_pixels=settings.max_pixels)}
+            if style_image is not None:
+                pictures["style_image"] = read_source(style_image, max_pixels=settings.max_pixels)
+            GenerationRequest(source=pictures["source"].rgb, **{**fields, "size": tuple(size) if size else None},
+                              style_image=pictures["style_image"].rgb if style_image else None,
+                              ).validated(settings.max_images_per_job)
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
+        except SourceImageError as exc:
+            field = "style_image" if "source" in pictures else "source"
+            raise ApiError(422, "invalid_image", f"{field}: {exc}", field) from exc
+        except Img2ImgError as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        except TypeError as exc:  # a field GenerationRequest does not have
+            raise ApiError(422, "invalid_request", str(exc)) from exc
+        fields["source"] = self.blobs.put(source, _suffix(source))
+        fields["style_image"] = self.blobs.put(style_image, _suffix(style_image)) if style_image else None
+        return fields
+
+    def model_name(self, caller: Caller, model: str | None) -> str | None:
+        """A registry name or the built-in engine; never a path or a repo id from a request."""
+        from img2img.models.registry import ModelRegistry
+
+        model = model or self.store.options(caller.owner).get("sd_model_checkpoint") or self.settings.model
+        if model is None or model in BUILTIN:
+            return model
+        names = [entry.name for entry in ModelRegistry().entries()]
+        if model not in names:
+            choices = ", ".join([*names, "builtin"])
+            raise ApiError(422, "unknown_model", f"model should be one of {choices}, but got {model!r}", "model")
+        return model
+
+    # Reading --------------------------------------------------------------------------------------------------
+
+    def job(self, caller: Caller, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job is None or job.owner != caller.owner:  # someone else's job reads as missing
+            raise ApiError(404, "not_found", f"job should be one of yours, but {job_id!r} is not", "job_id")
+        return job
+
+    def view(self, job: Job) -> dict[str, Any]:
+        fraction = job.step / job.total if job.total else (1.0 if job.state == "done" else 0.0)
+        request = {key: value for key, value in job.request.items() if key not in ("source", "style_image")}
+        return {
+            "id": job.id, "state": job.state, "position": self.store.position(job),
+            "progress": {"step": job.step, "total": job.total, "fraction": round(fraction, 4)},
+            "seconds_left": self._seconds_left(job), "attempts": job.attempts, "error": job.error,
+            "created": job.created, "started": job.started, "finished": job.finished, "request": request,
+            "images": [{"index": i, "url": f"/v1/jobs/{job.id}/images/{i}", "seed": output["seed"],
+                        "width": output["width"], "height": output["height"]} for i, output in enumerate(job.outputs)],
+            "notes": job.notes,
+        }
+
+    def _seconds_left(self, job: Job) -> float | None:
+        if job.state == "running" and job.started and job.step:
+            elapsed = time.time() - job.started
+            return round(elapsed / job.step * (job.total - job.step), 1)
+        if job.state == "queued":
+            recent = self.store.recent_seconds()
+            if recent:
+                return round(sorted(recent)[len(recent) // 2] * (self.store.position(job) or 1), 1)
+        return None
+
+    def image(self, caller: Caller, job_id: str, index: int, format_: str, quality: int) -> tuple[bytes, str]:
+        """Output ``index`` of a done job in ``format_`` (png, jpeg, webp), its metadata kept."""
+        from img2img.imageio.metadata import format_name, save_options
+
+        job = self.job(caller, job_id)
+        if job.state != "done":
+            raise ApiError(409, "not_done", f"job should be done, but it is {job.state}", "job_id")
+        if not 0 <= index < len(job.outputs):
+            raise ApiError(404, "not_found", f"index should be 0..{len(job.outputs) - 1}, but got {index}", "index")
+        try:
+            canonical = format_name(format_)
+        except InvalidArgument as exc:
+            raise ApiError(422, "invalid_argument", str(exc), "format") from exc
+        data = self.blobs.read(job.outputs[index]["image"])
+        media = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}[canonical]
+        if canonical == "png":
+            return data, media
+        from img2img.imageio.metadata import Metadata
+
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            text = getattr(image, "text", {})
+            metadata = Metadata(text.get("parameters"), text.get("img2img"))
+            out = io.BytesIO()
+            picture = image.convert("RGB") if canonical == "jpeg" else image
+            picture.save(out, **save_options(canonical, metadata, quality))
+        return out.getvalue(), media
+
+    # Cancelling -----------------------------------------------------------------------------------------------
+
+    def cancel(self, caller: Caller, job_id: str) -> Job:
+        """Cancel a queued job now, or a running one at its next step; a finished job is left as it is."""
+        job = self.job(caller, job_id)
+        if self.store.cancel_queued(job.id):
+            self.hub.publish(job.id, "cancelled")
+            self.hub.publish_positions(self.store)
+        elif job.state == "running":
+            self.runner.cancel_running(job.id)
+        return self.store.get(job.id) or job
+
+
+def _suffix(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as image:
+        kind = (image.format or "PNG").upper()
+    return {"JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif"}.get(kind, ".png")
+
+
+def decode_base64(text: str, field: str, svc: Service) -> bytes:
+    """Bytes of a base64 field (a data: URL prefix is allowed), within the upload limit."""
+    payload = text.split(",", 1)[1] if text.startswith("data:") else text
+    if len(payload) > svc.settings.max_upload_bytes * 4 // 3 + 4:
+        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes", field)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(422, "invalid_image", f"{field} should be base64 image data ({exc})", field) from exc
