@@ -47,10 +47,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="img2img", summary="Image-to-image generation: a job queue, the native API and the "
                   "A1111-compatible API", lifespan=lifespan)
-    from img2img.server import a1111, native
+    from img2img.server import a1111, native, studio
 
     app.include_router(native.router)
     app.include_router(a1111.router)
+    studio.mount(app)
     _errors(app)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -86,8 +87,15 @@ def _errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first: dict[str, Any] = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            detail = first.get("ctx", {}).get("error", "not JSON")
+            message = f"body should be valid JSON, but it is not ({detail} at position {first['loc'][-1]})"
+            return JSONResponse(ApiError(422, "invalid_request", message, "body").body(), status_code=422)
         location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "form")]
         field = ".".join(location) or "body"
+        if field == "body" and first.get("type") == "missing":
+            message = "body should be a JSON object with the request's fields, but it was empty"
+            return JSONResponse(ApiError(422, "invalid_request", message, field).body(), status_code=422)
         received = first.get("input")
         shown = repr(received) if not isinstance(received, dict | list) else type(received).__name__
         message = f"{field}: {first.get('msg', 'invalid').lower()} (got {shown[:80]})"

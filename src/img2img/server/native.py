@@ -116,6 +116,14 @@ def job_image(job_id: str, index: int, who: CallerDep, svc: ServiceDep,
     return Response(data, media_type=media, headers={"Content-Disposition": disposition})
 
 
+@router.get("/jobs/{job_id}/source", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
+def job_source(job_id: str, who: CallerDep, svc: ServiceDep) -> Response:
+    """The source image the job was submitted with, as uploaded."""
+    data, media = svc.source(who, job_id)
+    return Response(data, media_type=media)
+
+
 @router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(job_id: str, request: Request, who: CallerDep, svc: ServiceDep) -> StreamingResponse:
@@ -185,5 +193,6 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 async def _read_upload(upload: UploadFile, field: str, svc: Service) -> bytes:
     data = await upload.read(svc.settings.max_upload_bytes + 1)
     if len(data) > svc.settings.max_upload_bytes:
-        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes", field)
+        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes, "
+                       "but the file is larger", field)
     return data

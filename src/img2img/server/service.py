@@ -74,18 +74,19 @@ class Service:
         fields["model"] = self.model_name(caller, fields.get("model"))
         fields["seed"] = resolve_seed(fields.get("seed"))  # fixed now, so a retried job gives the same images
         size = fields.get("size")
+        reading = "source"
         try:
-            pictures = {"source": read_source(source, max_pixels=settings.max_pixels)}
+            picture = read_source(source, max_pixels=settings.max_pixels)
+            style = None
             if style_image is not None:
-                pictures["style_image"] = read_source(style_image, max_pixels=settings.max_pixels)
-            GenerationRequest(source=pictures["source"].rgb, **{**fields, "size": tuple(size) if size else None},
-                              style_image=pictures["style_image"].rgb if style_image else None,
-                              ).validated(settings.max_images_per_job)
+                reading = "style_image"
+                style = read_source(style_image, max_pixels=settings.max_pixels)
+            GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
+                              style_image=style.rgb if style else None).validated(settings.max_images_per_job)
         except InvalidArgument as exc:
             raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
         except SourceImageError as exc:
-            field = "style_image" if "source" in pictures else "source"
-            raise ApiError(422, "invalid_image", f"{field}: {exc}", field) from exc
+            raise ApiError(422, "invalid_image", f"{reading}: {exc}", reading) from exc
         except Img2ImgError as exc:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         except TypeError as exc:  # a field GenerationRequest does not have
@@ -124,7 +125,8 @@ class Service:
             "seconds_left": self._seconds_left(job), "attempts": job.attempts, "error": job.error,
             "created": job.created, "started": job.started, "finished": job.finished, "request": request,
             "images": [{"index": i, "url": f"/v1/jobs/{job.id}/images/{i}", "seed": output["seed"],
-                        "width": output["width"], "height": output["height"]} for i, output in enumerate(job.outputs)],
+                        "width": output["width"], "height": output["height"], "parameters": output["parameters"]}
+                       for i, output in enumerate(job.outputs)],
             "notes": job.notes,
         }
 
@@ -166,6 +168,13 @@ class Service:
             picture.save(out, **save_options(canonical, metadata, quality))
         return out.getvalue(), media
 
+    def source(self, caller: Caller, job_id: str) -> tuple[bytes, str]:
+        """The job's source image as it was uploaded, and its media type."""
+        name = self.job(caller, job_id).request["source"]
+        media = {".jpg": "image/jpeg", ".webp": "image/webp", ".bmp": "image/bmp", ".tif": "image/tiff",
+                 ".gif": "image/gif"}.get(name[name.index("."):], "image/png")
+        return self.blobs.read(name), media
+
     # Cancelling -----------------------------------------------------------------------------------------------
 
     def cancel(self, caller: Caller, job_id: str) -> Job:
@@ -189,7 +198,8 @@ def decode_base64(text: str, field: str, svc: Service) -> bytes:
     """Bytes of a base64 field (a data: URL prefix is allowed), within the upload limit."""
     payload = text.split(",", 1)[1] if text.startswith("data:") else text
     if len(payload) > svc.settings.max_upload_bytes * 4 // 3 + 4:
-        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes", field)
+        raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes, "
+                       "but the image is larger", field)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:

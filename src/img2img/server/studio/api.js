@@ -1,0 +1,113 @@
+// The native HTTP API (/v1), with the API key when the server asks for one, and errors in plain words.
+
+const KEY_STORE = "img2img-key";
+
+export class ApiError extends Error {
+  constructor(status, code, message, field) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.field = field;
+  }
+}
+
+const WORDS = {
+  queue_full: "The queue is full right now. Try again in a few seconds.",
+  invalid_image: "That file is not an image we can read. Try a PNG, JPEG or WebP picture.",
+  unknown_model: "That model is not installed on the server. Pick another one in the Model menu.",
+  too_large: "That file is too large for this server.",
+  unauthorized: "The server needs a valid API key.",
+};
+
+// A sentence a person understands, with the server's own words after it when they add something.
+export function explain(error) {
+  if (!(error instanceof ApiError)) return `Could not reach the server (${error.message}).`;
+  const plain = WORDS[error.code];
+  if (plain && error.code !== "invalid_image") return plain;
+  if (plain) return `${plain} (${error.message})`;
+  return error.message.charAt(0).toUpperCase() + error.message.slice(1) + ".";
+}
+
+export function storedKey() {
+  return localStorage.getItem(KEY_STORE) || "";
+}
+
+export function storeKey(key) {
+  if (key) localStorage.setItem(KEY_STORE, key);
+  else localStorage.removeItem(KEY_STORE);
+}
+
+function headers(extra = {}) {
+  const key = storedKey();
+  return key ? { ...extra, Authorization: `Bearer ${key}` } : extra;
+}
+
+async function failure(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: a proxy's page, say
+  }
+  const error = body && body.error;
+  if (error) return new ApiError(response.status, error.code, error.message, error.field);
+  return new ApiError(response.status, "http_error", `the server answered ${response.status}`, null);
+}
+
+export async function getJson(path) {
+  const response = await fetch(path, { headers: headers() });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+export async function postJson(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    headers: headers({ "Content-Type": "application/json" }),
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+export async function getBlob(path) {
+  const response = await fetch(path, { headers: headers() });
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}
+
+// Queue a job: the source (and style picture) as files, the request as JSON.
+export async function submit(source, fields, styleImage = null) {
+  const form = new FormData();
+  form.append("source", source, source.name || "source.png");
+  if (styleImage) form.append("style_image", styleImage, styleImage.name || "style.png");
+  form.append("request", JSON.stringify(fields));
+  const response = await fetch("/v1/jobs/form", { method: "POST", headers: headers(), body: form });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
+// Follow a job's server-sent events; onEvent(name, data) for each; resolves with the last event.
+// fetch, not EventSource, so that the API key can travel in a header.
+export async function follow(jobId, onEvent, signal) {
+  const response = await fetch(`/v1/jobs/${jobId}/events`, { headers: headers(), signal });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let last = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return last;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const name = /^event: (.*)$/m.exec(block);
+      const data = /^data: (.*)$/m.exec(block);
+      if (!name || !data) continue;
+      last = { name: name[1], data: JSON.parse(data[1]) };
+      onEvent(last.name, last.data);
+    }
+  }
+}

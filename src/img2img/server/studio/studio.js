@@ -1,0 +1,427 @@
+// The studio page: pick a source, set prompt and strength, generate, compare, keep or iterate.
+
+import { ApiError, explain, follow, getBlob, getJson, postJson, storeKey, submit } from "./api.js";
+import { mountCompare } from "./compare.js";
+
+const $ = (id) => document.getElementById(id);
+const MAX_SEED = 4294967295;
+const SMALL_SIDE = 384; // below this the model has little to work with
+const state = { source: null, sourceUrl: null, style: null, job: null, result: null };
+const compare = mountCompare($("compare"));
+
+// Errors ---------------------------------------------------------------------------------------------------------
+
+function showError(error) {
+  const box = $("error");
+  box.textContent = typeof error === "string" ? error : explain(error);
+  box.hidden = false;
+  if (error instanceof ApiError && error.code === "unauthorized") askKey();
+}
+
+function clearError() {
+  $("error").hidden = true;
+  $("error").textContent = "";
+}
+
+// The source and style pictures ----------------------------------------------------------------------------------
+
+async function imageSize(file) {
+  const bitmap = await createImageBitmap(file);
+  const size = { width: bitmap.width, height: bitmap.height };
+  bitmap.close();
+  return size;
+}
+
+async function setSource(file) {
+  clearError();
+  let size;
+  try {
+    size = await imageSize(file);
+  } catch {
+    showError(`"${file.name || "That file"}" is not an image we can read. Try a PNG, JPEG or WebP picture.`);
+    return;
+  }
+  if (state.sourceUrl) URL.revokeObjectURL(state.sourceUrl);
+  state.source = file;
+  state.sourceUrl = URL.createObjectURL(file);
+  $("source-preview").src = state.sourceUrl;
+  $("source-preview").alt = `Source image, ${size.width} by ${size.height} pixels`;
+  $("source-preview").hidden = false;
+  $("drop-hint").textContent = "Drop, paste or choose another image";
+  const small = Math.min(size.width, size.height) < SMALL_SIDE;
+  $("source-info").textContent = `${size.width} × ${size.height} px` +
+    (small ? ` — small: results look best from ${SMALL_SIDE} px a side or more` : "");
+  $("source-info").classList.toggle("warning", small);
+}
+
+async function setStyle(file) {
+  clearError();
+  try {
+    await imageSize(file);
+  } catch {
+    showError(`"${file.name || "That file"}" is not an image we can read, so its style cannot be copied.`);
+    return;
+  }
+  state.style = file;
+  $("style-preview").src = URL.createObjectURL(file);
+  $("style-preview").hidden = false;
+  $("style-clear").hidden = false;
+  $("style").disabled = true;
+}
+
+function clearStyle() {
+  state.style = null;
+  $("style-preview").hidden = true;
+  $("style-clear").hidden = true;
+  $("style").disabled = false;
+}
+
+function dropTarget(element, take) {
+  element.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    element.classList.add("over");
+  });
+  element.addEventListener("dragleave", () => element.classList.remove("over"));
+  element.addEventListener("drop", (event) => {
+    event.preventDefault();
+    element.classList.remove("over");
+    const file = event.dataTransfer.files[0];
+    if (file) take(file);
+  });
+}
+
+// The form -------------------------------------------------------------------------------------------------------
+
+const isBuiltin = () => $("model").value === "builtin";
+
+function showModelControls() {
+  const builtin = isBuiltin();
+  $("builtin-prompt").hidden = !builtin;
+  $("diffusion-prompt").hidden = builtin;
+  $("advanced").hidden = builtin;
+}
+
+function newSeed() {
+  const seed = crypto.getRandomValues(new Uint32Array(1))[0] % (MAX_SEED + 1);
+  $("seed").value = String(seed);
+  return seed;
+}
+
+function seedForRun() {
+  const typed = $("seed").value.trim();
+  if ($("seed-lock").checked && typed !== "") return Number(typed);
+  return newSeed();
+}
+
+function setStrength(value) {
+  $("strength").value = String(value);
+  $("strength-value").textContent = Number(value).toFixed(2);
+}
+
+function fields(overrides = {}) {
+  const request = { model: $("model").value, strength: Number($("strength").value) };
+  if (isBuiltin()) {
+    request.prompt = state.style ? "" : $("style").value;
+  } else {
+    request.prompt = $("prompt").value;
+    request.negative_prompt = $("negative").value;
+    if ($("steps").value) request.steps = Number($("steps").value);
+    if ($("guidance").value) request.guidance_scale = Number($("guidance").value);
+    if ($("sampler").value) request.sampler = $("sampler").value;
+  }
+  return { ...request, ...overrides };
+}
+
+function reuse(request) {
+  if ([...$("model").options].some((option) => option.value === request.model)) $("model").value = request.model;
+  showModelControls();
+  if (isBuiltin()) {
+    if (request.prompt) $("style").value = request.prompt;
+  } else {
+    $("prompt").value = request.prompt || "";
+    $("negative").value = request.negative_prompt || "";
+    $("steps").value = request.steps ?? "";
+    $("guidance").value = request.guidance_scale ?? "";
+    $("sampler").value = request.sampler ?? "";
+  }
+  setStrength(request.strength);
+  $("seed").value = String(request.seed);
+  $("seed-lock").checked = true;
+}
+
+// Running jobs ---------------------------------------------------------------------------------------------------
+
+function status(text, fraction = null, preview = null) {
+  $("status").hidden = false;
+  $("status-text").textContent = text;
+  const bar = $("progress");
+  if (fraction === null) bar.removeAttribute("value");
+  else bar.value = fraction;
+  if (preview) {
+    $("live-preview").src = preview;
+    $("live-preview").hidden = false;
+  }
+}
+
+function busy(on) {
+  for (const id of ["generate", "sweep", "variations"]) $(id).disabled = on;
+  $("cancel").hidden = !on;
+  if (!on) {
+    $("status").hidden = true;
+    $("live-preview").hidden = true;
+  }
+}
+
+// Queue one job and follow it to its end; resolves with the finished job, or null when it did not finish.
+async function run(request, label) {
+  const job = await submit(state.source, request, isBuiltin() ? state.style : null);
+  state.job = job.id;
+  let started = null;
+  status(job.position ? `${label}: queued, number ${job.position} in line` : `${label}: starting…`, null);
+  const last = await follow(job.id, (name, data) => {
+    if (name === "position") status(`${label}: queued, number ${data.position} in line`);
+    else if (name === "started") {
+      started = performance.now();
+      status(`${label}: starting…`, 0);
+    } else if (name === "step") {
+      const fraction = data.total ? data.step / data.total : 0;
+      const elapsed = started ? (performance.now() - started) / 1000 : 0;
+      const left = fraction > 0 ? Math.max(0, Math.round(elapsed / fraction - elapsed)) : null;
+      const text = `${label}: step ${data.step} of ${data.total}` + (left === null ? "" : ` · about ${left} s left`);
+      status(text, fraction, data.preview);
+    }
+  });
+  const final = await getJson(`/v1/jobs/${job.id}`);
+  if (final.state === "done") return final;
+  if (final.state === "failed") showError(`The job failed: ${final.error}`);
+  else if (last && final.state === "cancelled") status(`${label}: cancelled`);
+  return null;
+}
+
+async function imageUrl(job, index, format = "png") {
+  return URL.createObjectURL(await getBlob(`${job.images[index].url}?format=${format}`));
+}
+
+async function sourceUrl(job) {
+  return URL.createObjectURL(await getBlob(`/v1/jobs/${job.id}/source`));
+}
+
+async function showResult(job, index, source) {
+  const url = await imageUrl(job, index);
+  state.result = { job, index, url };
+  const image = job.images[index];
+  compare.show(source, url, image.width, image.height);
+  const request = job.request;
+  const what = request.model === "builtin" ? (request.prompt || "style picture") : `“${request.prompt}”`;
+  $("result-caption").textContent =
+    `${what} · strength ${request.strength} · seed ${image.seed} · ${image.width} × ${image.height} px`;
+  $("result-actions").hidden = false;
+  $("empty").hidden = true;
+}
+
+function card(job, index, label, onPick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "card";
+  button.setAttribute("aria-pressed", "false");
+  const picture = document.createElement("img");
+  picture.alt = label;
+  imageUrl(job, index, "webp").then((url) => { picture.src = url; }, () => { picture.alt = `${label} (missing)`; });
+  const caption = document.createElement("span");
+  caption.textContent = label;
+  button.append(picture, caption);
+  button.addEventListener("click", () => {
+    for (const other of button.closest(".grid, ol").querySelectorAll(".card")) {
+      other.setAttribute("aria-pressed", String(other === button));
+    }
+    Promise.resolve(onPick()).catch(showError);
+  });
+  return button;
+}
+
+async function start(kind) {
+  clearError();
+  if (!state.source) {
+    showError("Choose a source image first: drop one on the page, paste one, or pick a file.");
+    $("source-file").focus();
+    return;
+  }
+  if (!isBuiltin() && !$("prompt").value.trim()) {
+    showError("Write a prompt: what should the image become?");
+    $("prompt").focus();
+    return;
+  }
+  busy(true);
+  $("empty").hidden = true;
+  $("grid").replaceChildren();
+  const source = state.sourceUrl;
+  const seed = seedForRun();
+  try {
+    if (kind === "generate") {
+      const job = await run(fields({ seed }), "Generating");
+      if (job) await showResult(job, 0, source);
+    } else if (kind === "sweep") {
+      const strengths = ["sweep-1", "sweep-2", "sweep-3"].map((id) => Number($(id).value));
+      const jobs = [];
+      for (const [i, strength] of strengths.entries()) {
+        const job = await run(fields({ seed, strength }), `Sweep ${i + 1} of 3 (strength ${strength})`);
+        if (!job) break;
+        jobs.push(job);
+        $("grid").append(card(job, 0, `strength ${strength}`, () => showResult(job, 0, source)));
+      }
+      if (jobs.length) await showResult(jobs[0], 0, source);
+    } else {
+      const count = Math.min(8, Math.max(2, Number($("variation-count").value) || 4));
+      const job = await run(fields({ seed, num_images: count }), `${count} variations`);
+      if (job) {
+        job.images.forEach((image, i) => $("grid").append(card(job, i, `seed ${image.seed}`, () => showResult(job, i, source))));
+        await showResult(job, 0, source);
+      }
+    }
+  } catch (error) {
+    showError(error);
+  } finally {
+    state.job = null;
+    busy(false);
+    loadHistory();
+  }
+}
+
+// Actions on a result --------------------------------------------------------------------------------------------
+
+async function download() {
+  const { job, index } = state.result;
+  const format = $("download-format").value;
+  const link = document.createElement("a");
+  link.href = await imageUrl(job, index, format);
+  link.download = `img2img-${job.id.slice(0, 8)}-${job.images[index].seed}.${format === "jpeg" ? "jpg" : format}`;
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+function parametersText() {
+  const { job, index } = state.result;
+  return job.images[index].parameters || JSON.stringify(job.request, null, 2);
+}
+
+async function iterate() {
+  const { job, index } = state.result;
+  const blob = await getBlob(`${job.images[index].url}?format=png`);
+  await setSource(new File([blob], `iteration-${job.images[index].seed}.png`, { type: "image/png" }));
+  $("prompt").focus();
+}
+
+// History --------------------------------------------------------------------------------------------------------
+
+async function loadHistory() {
+  let page;
+  try {
+    page = await getJson("/v1/jobs?limit=30");
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "unauthorized") askKey();
+    return;
+  }
+  const items = page.jobs.filter((job) => job.state === "done" && job.images.length).map((job) => {
+    const item = document.createElement("li");
+    const what = job.request.model === "builtin" ? job.request.prompt || "style picture" : job.request.prompt;
+    const label = `${what} · ${job.request.strength} · seed ${job.images[0].seed}`;
+    const button = card(job, 0, label, async () => {
+      await showResult(job, 0, await sourceUrl(job));
+      reuse(job.request);
+    });
+    item.append(button);
+    return item;
+  });
+  $("history").replaceChildren(...items);
+}
+
+// The API key ----------------------------------------------------------------------------------------------------
+
+function askKey(message = "") {
+  const dialog = $("key-dialog");
+  $("key-error").textContent = message;
+  $("key-error").hidden = !message;
+  if (!dialog.open) dialog.showModal();
+}
+
+$("key-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  storeKey($("key").value.trim());
+  try {
+    await getJson("/v1/models");
+  } catch (error) {
+    askKey(explain(error));
+    return;
+  }
+  $("key-dialog").close();
+  init();
+});
+
+// Start ----------------------------------------------------------------------------------------------------------
+
+function fill(select, values, keep = []) {
+  select.replaceChildren(...keep, ...values.map((value) => new Option(value.label ?? value, value.value ?? value)));
+}
+
+async function init() {
+  let models;
+  try {
+    models = (await getJson("/v1/models")).models;
+  } catch (error) {
+    if (error instanceof ApiError && error.code === "unauthorized") askKey();
+    else showError(error);
+    return;
+  }
+  const [samplers, styles] = await Promise.all([getJson("/v1/samplers"), getJson("/v1/styles")]);
+  fill($("model"), models.map((model) => ({
+    value: model.name, label: model.name === "builtin" ? "Built-in styles (no model)" : model.name })));
+  $("model").value = (models.find((model) => model.default) || models[0]).name;
+  fill($("sampler"), samplers.samplers, [new Option("model default", "")]);
+  fill($("style"), styles.styles);
+  showModelControls();
+  loadHistory();
+}
+
+$("model").addEventListener("change", showModelControls);
+$("strength").addEventListener("input", () => setStrength($("strength").value));
+for (const preset of document.querySelectorAll("[data-strength]")) {
+  preset.addEventListener("click", () => setStrength(preset.dataset.strength));
+}
+$("dice").addEventListener("click", newSeed);
+$("source-file").addEventListener("change", () => $("source-file").files[0] && setSource($("source-file").files[0]));
+$("style-file").addEventListener("change", () => $("style-file").files[0] && setStyle($("style-file").files[0]));
+$("style-clear").addEventListener("click", clearStyle);
+dropTarget($("drop"), setSource);
+dropTarget($("style-drop"), setStyle);
+document.addEventListener("paste", (event) => {
+  const file = [...event.clipboardData.files].find((item) => item.type.startsWith("image/"));
+  if (file) setSource(file);
+});
+$("controls").addEventListener("submit", (event) => {
+  event.preventDefault();
+  start("generate");
+});
+$("sweep").addEventListener("click", () => start("sweep"));
+$("variations").addEventListener("click", () => start("variations"));
+$("cancel").addEventListener("click", () => state.job && postJson(`/v1/jobs/${state.job}/cancel`).catch(showError));
+$("download").addEventListener("click", () => download().catch(showError));
+$("copy-params").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(parametersText());
+    $("result-caption").dataset.copied = "yes";
+    $("copy-params").textContent = "Copied";
+    setTimeout(() => { $("copy-params").textContent = "Copy parameters"; }, 1500);
+  } catch {
+    showError("The browser did not allow copying; use Parameters… and copy from there.");
+  }
+});
+$("reuse").addEventListener("click", () => reuse({ ...state.result.job.request, seed: state.result.job.images[state.result.index].seed }));
+$("iterate").addEventListener("click", () => iterate().catch(showError));
+$("show-params").addEventListener("click", () => {
+  $("params-text").textContent = parametersText();
+  $("params-dialog").showModal();
+});
+setStrength($("strength").value);
+newSeed();
+init();

@@ -1,0 +1,256 @@
+"""The web studio in headless Chromium (Debian's package, driven by Playwright) against a real server process.
+
+Each test saves a screenshot under ``.artifacts/studio`` (or ``$IMG2IMG_SCREENSHOTS``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from img2img.models.registry import ModelEntry, ModelRegistry
+from server_process import ServerProcess
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("IMG2IMG_SCREENSHOTS", Path(__file__).parent.parent / ".artifacts" / "studio"))
+# As root, without a sandbox; no background traffic (this machine's network is closed).
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium for the studio tests (apt-get install chromium)")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[ServerProcess]:
+    config = tmp_path_factory.mktemp("studio-config")
+    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
+    process = ServerProcess(tmp_path_factory.mktemp("studio-data"), config, model="builtin")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any, server: ServerProcess, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True, bypass_csp=True)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+    opened = context.new_page()
+    problems: list[str] = []
+    opened.on("pageerror", lambda error: problems.append(str(error)))
+    opened.goto(server.url)
+    opened.wait_for_function("document.querySelector('#model').options.length > 0")
+    yield opened
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    opened.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not problems, problems
+
+
+@pytest.fixture
+def big_photo(tmp_path: Path) -> Path:
+    """The astronaut at 192x192: small enough to be quick, big enough to look at."""
+    from skimage import data
+
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((192, 192), Image.LANCZOS).save(path)
+    return path
+
+
+def _upload(page: Any, path: Path) -> None:
+    page.set_input_files("#source-file", str(path))
+    page.wait_for_function("document.querySelector('#source-info').textContent.includes('px')")
+
+
+def _record_statuses(page: Any) -> None:
+    page.evaluate("""() => {
+        window.statuses = [];
+        new MutationObserver(() => window.statuses.push(document.querySelector('#status-text').textContent))
+            .observe(document.querySelector('#status-text'), {childList: true, characterData: true, subtree: true});
+    }""")
+
+
+def _wait_result(page: Any) -> None:
+    page.wait_for_selector("#compare:not([hidden])", timeout=120_000)
+    page.wait_for_function("document.querySelector('#compare-after').complete && "
+                           "document.querySelector('#compare-after').naturalWidth > 0")
+
+
+def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, photo: Path) -> None:
+    _upload(page, photo)
+    assert "64 × 48 px" in page.text_content("#source-info") and "small" in page.text_content("#source-info")
+    page.select_option("#model", "tiny")
+    assert page.is_visible("#prompt") and not page.is_visible("#style")
+    page.fill("#prompt", "a red boat at sea")
+    page.click("button[data-strength='0.8']")
+    assert page.input_value("#strength") == "0.8" and page.text_content("#strength-value") == "0.80"
+    page.click("#advanced summary")
+    page.fill("#steps", "40")
+    page.fill("#seed", "42")
+    page.check("#seed-lock")
+    _record_statuses(page)
+    page.click("#generate")
+    _wait_result(page)
+    statuses = page.evaluate("window.statuses")
+    assert any("step" in text and "of 32" in text for text in statuses), statuses
+    assert page.get_attribute("#live-preview", "src").startswith("data:image/jpeg")
+    assert "seed 42" in page.text_content("#result-caption")
+
+    box = page.locator("#compare").bounding_box()
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.25, middle)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.75, middle, steps=5)
+    page.mouse.up()
+    assert 70 <= int(page.get_attribute("#compare-handle", "aria-valuenow")) <= 80
+    page.focus("#compare-handle")
+    page.keyboard.press("Home")
+    assert page.get_attribute("#compare-handle", "aria-valuenow") == "0"
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.get_attribute("#compare-handle", "aria-valuenow") == "10"
+    page.keyboard.press("End")
+    assert page.get_attribute("#compare-handle", "aria-valuenow") == "100"
+    page.keyboard.press("PageDown")
+    assert page.get_attribute("#compare-handle", "aria-valuenow") == "75"
+
+
+def test_sweep_shows_three_strengths_side_by_side(page: Any, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.select_option("#style", "fauve")
+    page.fill("#sweep-2", "0.55")
+    page.click("#sweep")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 3", timeout=120_000)
+    _wait_result(page)
+    labels = page.locator("#grid .card span").all_text_contents()
+    assert labels == ["strength 0.3", "strength 0.55", "strength 0.7"]
+    page.locator("#grid .card").nth(2).click()
+    page.wait_for_function("document.querySelector('#result-caption').textContent.includes('strength 0.7')")
+    assert page.get_attribute("#grid .card >> nth=2", "aria-pressed") == "true"
+
+
+def test_variations_grid_and_download_in_each_format(page: Any, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.select_option("#style", "ribbons")
+    page.fill("#seed", "100")
+    page.check("#seed-lock")
+    page.fill("#variation-count", "3")
+    page.click("#variations")
+    page.wait_for_function("document.querySelectorAll('#grid .card').length === 3", timeout=120_000)
+    assert page.locator("#grid .card span").all_text_contents() == ["seed 100", "seed 101", "seed 102"]
+    _wait_result(page)
+    for fmt, kind in (("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")):
+        page.select_option("#download-format", fmt)
+        with page.expect_download() as download:
+            page.click("#download")
+        saved = download.value
+        assert saved.suggested_filename.endswith(".jpg" if fmt == "jpeg" else f".{fmt}")
+        picture = Image.open(io.BytesIO(Path(saved.path()).read_bytes()))
+        assert picture.format == kind and picture.size == (192, 192)
+    page.click("#copy-params")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert "Seed: 100" in copied
+    page.click("#show-params")
+    assert "Seed: 100" in page.text_content("#params-text")
+    page.keyboard.press("Escape")
+
+
+def test_iterate_then_history_after_reload(page: Any, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.select_option("#style", "pastel-gold")
+    page.click("#generate")
+    _wait_result(page)
+    first_source = page.get_attribute("#source-preview", "src")
+    page.click("#iterate")
+    page.wait_for_function(f"document.querySelector('#source-preview').src !== {first_source!r}")
+    assert "192 × 192 px" in page.text_content("#source-info")
+    page.select_option("#style", "fauve")
+    page.click("#generate")
+    _wait_result(page)
+
+    page.reload()
+    page.wait_for_function("document.querySelectorAll('#history .card').length >= 2")
+    newest = page.locator("#history .card").first
+    assert "fauve" in newest.text_content()
+    newest.click()
+    _wait_result(page)
+    assert page.input_value("#style") == "fauve"
+    assert page.is_checked("#seed-lock")
+
+
+def test_a_non_image_file_gets_an_inline_error(page: Any, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    page.set_input_files("#source-file", str(notes))
+    error = page.locator("#error")
+    error.wait_for(state="visible")
+    assert "not an image" in error.text_content() and "notes.txt" in error.text_content()
+    page.click("#generate")
+    assert "Choose a source image" in error.text_content()
+
+
+def test_fits_a_phone_and_works_by_keyboard(browser: Any, server: ServerProcess, big_photo: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  bypass_csp=True)
+    page = context.new_page()
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    _upload(page, big_photo)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.focus("#style")
+    page.keyboard.press("Tab")  # the style picture's drop area is a label: the next stop is its file input
+    for _ in range(12):
+        if page.evaluate("document.activeElement.id") == "generate":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "generate"
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#compare:not([hidden])", timeout=120_000)
+    page.screenshot(path=str(SHOTS / "phone.png"), full_page=True)
+    box = page.locator("#compare").bounding_box()
+    assert box["width"] <= 390
+    context.close()
+
+
+def test_asks_for_the_api_key_once(browser: Any, tmp_path: Path) -> None:
+    keyed = ServerProcess(tmp_path / "data", tmp_path / "config", model="builtin")
+    key = keyed.command("keys", "add", "dora").stdout.strip()
+    keyed.start()
+    try:
+        context = browser.new_context(bypass_csp=True)
+        page = context.new_page()
+        page.goto(keyed.url)
+        page.wait_for_selector("#key-dialog[open]")
+        page.fill("#key", "i2i_wrong")
+        page.click("#key-form button")
+        page.wait_for_selector("#key-error:not([hidden])")
+        page.fill("#key", key)
+        page.click("#key-form button")
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert not page.is_visible("#key-dialog")
+        page.reload()
+        page.wait_for_function("document.querySelector('#model').options.length > 0")
+        assert not page.is_visible("#key-dialog")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "api-key.png"))
+        context.close()
+    finally:
+        keyed.stop()
