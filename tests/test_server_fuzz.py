@@ -17,7 +17,7 @@ def test_no_request_from_the_openapi_schema_gives_a_server_error(tmp_path: Path)
             [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{server.url}/openapi.json",
              "--checks", "not_a_server_error", "--max-examples", "25", "--request-timeout", "60",
              "--generation-deterministic", "--suppress-health-check", "all"],
-            capture_output=True, text=True, timeout=900, check=False)
+            capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path)
     finally:
         server.stop()
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
