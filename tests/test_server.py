@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -125,11 +126,19 @@ def test_cancel_a_queued_job_at_once_and_positions(server: ServerProcess, source
         first = submit(client, source, seed=1, **STYLE)
         second = submit(client, source, seed=2, **STYLE)
         assert (first["position"], second["position"]) == (1, 2)
+        watched: list[tuple[str, dict]] = []
+        watcher = threading.Thread(target=lambda: watched.extend(events(server.client(), second["id"])))
+        watcher.start()
+        wait_until(lambda: watched)  # the stream has begun: its first event is the job's state
         cancelled = client.post(f"/v1/jobs/{first['id']}/cancel").json()
         assert cancelled["state"] == "cancelled" and cancelled["position"] is None
         assert client.get(f"/v1/jobs/{second['id']}").json()["position"] == 1
         client.post(f"/v1/jobs/{running['id']}/cancel")
         assert wait_final(client, second["id"])["state"] == "done"
+        watcher.join(60)
+        names = [name for name, _ in watched]
+        assert watched[0][1]["position"] == 2 and ("position", 1) in [(n, d.get("position")) for n, d in watched]
+        assert names.index("started") > names.index("position") and names[-1] == "done"
         assert client.get(f"/v1/jobs/{first['id']}").json()["state"] == "cancelled"
         # A finished job stays as it was.
         assert client.post(f"/v1/jobs/{second['id']}/cancel").json()["state"] == "done"
@@ -155,6 +164,13 @@ def test_status_answers_while_a_job_runs(server: ServerProcess, source: bytes) -
         assert health["status"] == "ok"
         client.post(f"/v1/jobs/{job['id']}/cancel")
         wait_final(client, job["id"])
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def _error(response, status: int, field: str | None, code: str | None = None) -> str:  # type: ignore[no-untyped-def]
