@@ -184,7 +184,8 @@ def test_iterate_then_history_after_reload(page: Any, big_photo: Path) -> None:
     assert "192 × 192 px" in page.text_content("#source-info")
     page.select_option("#style", "fauve")
     page.click("#generate")
-    _wait_result(page)
+    page.wait_for_function("document.querySelector('#result-caption').textContent.startsWith('fauve')",
+                           timeout=120_000)
 
     page.reload()
     page.wait_for_function("document.querySelectorAll('#history .card').length >= 2")
