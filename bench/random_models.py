@@ -49,3 +49,9 @@ def random_model(name: str) -> Path:
         del module
     staging.rename(target)
     return target
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(random_model(sys.argv[1]))
