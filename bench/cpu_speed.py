@@ -27,12 +27,14 @@ JOBS: dict[str, dict[str, Any]] = {
     "sd15": {"model": "sd15", "side": 512, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras"},
     # SD-Turbo class: the SD 2.1 architecture, 2 steps at strength 0.5 (1 runs), no CFG.
     "turbo": {"model": "sd21", "side": 512, "strength": 0.5, "steps": 2, "cfg": 0.0, "sampler": "Euler a"},
-    "sdxl": {"model": "sdxl", "side": 1024, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras"},
+    # SDXL at 1024x1024, as sd15 otherwise; a call takes minutes, so one cold call each.
+    "sdxl": {"model": "sdxl", "side": 1024, "strength": 0.6, "steps": 20, "cfg": 7.5, "sampler": "DPM++ 2M Karras",
+             "impls": ("stock", "ours"), "warmup": False},
     # A 2048x2048 source at strength 0.3 with SD 1.5, for memory (tiled VAE): 4 steps so 1 runs, one cold call.
     "sd15-2048": {"model": "sd15", "side": 2048, "strength": 0.3, "steps": 4, "cfg": 7.5, "sampler": "DPM++ 2M Karras",
                   "impls": ("stock", "ours"), "warmup": False},
 }
-IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32")
+IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-int8")
 SEED = 1234
 PROMPT = "a red fox in the snow, oil painting"
 
@@ -41,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", default="sd15,turbo")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--impls", help="a comma-separated subset of the implementations (stock and ours always run)")
+    parser.add_argument("--impls", help="the implementations besides stock and ours (comma-separated): "
+                        "ours-torch, ours-fp32, ours-int8 [default: all]")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -51,6 +54,7 @@ def main() -> None:
     peaks = matmul_peaks()
     print(json.dumps({"matmul_peak_gflops": peaks}), flush=True)
     for job in args.jobs.split(","):
+        build_model(JOBS[job]["model"])  # in its own process, so no worker's peak memory includes building it
         report = {"job": job, **JOBS[job], "matmul_peak_gflops": peaks, "flops": work_of(job)}
         outputs = {}
         chosen = JOBS[job].get("impls", IMPLEMENTATIONS)
@@ -70,9 +74,19 @@ def main() -> None:
         if "ours-fp32" in report:
             report["psnr_ours_vs_fp32_db"] = psnr(outputs["ours"], outputs["ours-fp32"])
             report["psnr_fp32_vs_stock_db"] = psnr(outputs["ours-fp32"], outputs["stock"])
+            if "ours-int8" in report:
+                report["psnr_int8_vs_fp32_db"] = psnr(outputs["ours-int8"], outputs["ours-fp32"])
+        if "ours-int8" in report:
+            report["speedup_e2e_int8"] = round(report["stock"]["e2e_s"] / report["ours-int8"]["e2e_s"], 2)
+            report["psnr_int8_vs_ours_db"] = psnr(outputs["ours-int8"], outputs["ours"])
         report["psnr_ours_vs_stock_db"] = psnr(outputs["ours"], outputs["stock"])
         report["efficiency"] = efficiency(report)
         print(json.dumps(report), flush=True)
+
+
+def build_model(name: str) -> None:
+    script = Path(__file__).parent / "random_models.py"
+    subprocess.run([sys.executable, str(script), name], check=True, stdout=subprocess.DEVNULL)
 
 
 def run_worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
@@ -148,9 +162,11 @@ def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> 
 def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> tuple[Any, Any, str]:
     from img2img import Engine, GenerationRequest
 
-    # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference.
+    # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference;
+    # ours-int8: the defaults with the opt-in int8 weights.
     engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto",
-                    backend="auto" if impl == "ours" else "torch")
+                    backend="auto" if impl in ("ours", "ours-int8") else "torch",
+                    quantize="int8" if impl == "ours-int8" else "none")
     loaded = engine.load(str(folder))
     request = GenerationRequest(source=source, prompt=PROMPT, strength=spec["strength"], guidance_scale=spec["cfg"],
                                 steps=spec["steps"], sampler=spec["sampler"], seed=SEED, model=str(folder),
@@ -214,7 +230,7 @@ def work_of(job: str) -> dict[str, float]:
 def efficiency(report: dict[str, Any]) -> dict[str, float | None]:
     """Achieved GFLOP/s of each part divided by the matmul peak of the dtype it ran in."""
     result: dict[str, float | None] = {}
-    for impl in ("stock", "ours", "ours-torch"):
+    for impl in ("stock", "ours", "ours-torch", "ours-int8"):
         if impl not in report:
             continue
         peak = report["matmul_peak_gflops"]["bfloat16" if report[impl]["dtype"] == "bfloat16" else "float32"]

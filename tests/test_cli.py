@@ -85,6 +85,8 @@ def test_models_commands(tiny_sd, tiny_sdxl, photo, tmp_path) -> None:
         (["-n", "3"], ["-n should be in [1, 2], but got 3"]),
         (["--size", "big"], ["--size should be WIDTHxHEIGHT"]),
         (["-o", "/nonexistent-folder/out.png"], ["-o should be in an existing folder", "/nonexistent-folder"]),
+        (["--quantize", "int4"], ["--quantize should be one of none, int8, but got 'int4'"]),
+        (["--quantize", "int8", "--backend", "torch"], ["--quantize should be none unless the backend is openvino"]),
     ],
 )
 def test_bad_options_end_in_one_line_and_status_2(args, fragments, photo, tiny_sd) -> None:

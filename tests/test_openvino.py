@@ -54,3 +54,41 @@ def test_openvino_needs_the_cpu_and_no_fp16() -> None:
         Engine(device="cpu", dtype="float16", backend="openvino")
     with pytest.raises(InvalidArgument, match="backend should be one of auto, torch, openvino"):
         Engine(device="cpu", backend="tensorrt")
+
+
+def test_int8_weights_are_opt_in_stored_in_8_bits_close_and_recorded(tiny_sd, photo) -> None:
+    pytest.importorskip("nncf")
+    import openvino as ov
+
+    assert Engine(device="cpu", backend="openvino").placement.quantize == "none"  # never by default
+    reference = Engine(device="cpu", dtype="float32", backend="openvino").generate(_request(photo, tiny_sd))
+    engine = Engine(device="cpu", dtype="float32", backend="openvino", quantize="int8")
+    loaded = engine.load(str(tiny_sd))
+    assert ov_runtime.has_ir(loaded.sha256, "f32-int8") and ov_runtime.has_ir(loaded.sha256, "f32")
+    folder = ov_runtime.ir_folder(loaded.sha256, "f32-int8")
+    assert _share_in_8_bits(ov.Core().read_model(folder / "unet.xml")) > 0.95  # of all the UNet's constants
+    assert _share_in_8_bits(ov.Core().read_model(folder / "vae_decoder.xml")) == 0  # the VAE keeps its precision
+    result = engine.generate(_request(photo, tiny_sd))
+    assert result.record.quantize == "int8" and reference.record.quantize == "none"
+    assert '"quantize": "int8"' in result.record.to_json()
+    approximate, exact = np.asarray(result.images[0], float), np.asarray(reference.images[0], float)
+    mse = np.mean((approximate - exact) ** 2)
+    assert mse > 0 and 10 * np.log10(255**2 / mse) > 25  # an approximation, but a close one
+
+
+def test_int8_needs_openvino_and_names_its_choices() -> None:
+    with pytest.raises(InvalidArgument, match="quantize should be none unless the backend is openvino"):
+        Engine(device="cpu", backend="torch", quantize="int8")
+    with pytest.raises(InvalidArgument, match="quantize should be one of none, int8, but got 'int4'"):
+        Engine(device="cpu", quantize="int4")
+
+
+def _share_in_8_bits(model) -> float:
+    """The fraction of a model's constant values (weights, mostly) stored as 8-bit integers."""
+    sizes = {"8 bits": 0, "all": 0}
+    for op in model.get_ops():
+        if op.get_type_name() == "Constant":
+            count = int(np.prod(list(op.get_output_shape(0))))
+            sizes["all"] += count
+            sizes["8 bits"] += count if op.get_output_element_type(0).get_type_name() in ("u8", "i8") else 0
+    return sizes["8 bits"] / sizes["all"]

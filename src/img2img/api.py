@@ -75,6 +75,8 @@ class Engine:
             "bfloat16".
         backend: "auto" (OpenVINO for the UNet and VAE on the CPU when installed, unless $IMG2IMG_BACKEND says
             otherwise), "torch" or "openvino".
+        quantize: "none" or "int8" (opt-in, approximate: the UNet's weights in 8 bits through OpenVINO, about half
+            its memory; needs NNCF, ``pip install 'img2img[int8]'``).
         registry: the model registry; defaults to the user's (``img2img models ...``).
         max_images: the most images one request may ask for (a sweep may have up to 100 cells).
         allow_pickle: allow pickled checkpoints given by path (they can run code when loaded).
@@ -88,11 +90,11 @@ class Engine:
     """
 
     def __init__(
-        self, *, device: str = "auto", dtype: str = "auto", backend: str = "auto",
+        self, *, device: str = "auto", dtype: str = "auto", backend: str = "auto", quantize: str = "none",
         registry: ModelRegistry | None = None, max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False,
         cache_capacity: int = 1, max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
     ) -> None:
-        self.placement: Placement = choose_placement(device, dtype, backend)
+        self.placement: Placement = choose_placement(device, dtype, backend, quantize)
         self.registry = registry or ModelRegistry()
         self.max_images = max_images
         self.allow_pickle = allow_pickle
@@ -281,9 +283,9 @@ class Engine:
             width=working[0], height=working[1], working_width=working[0], working_height=working[1],
             model=model.name, model_family=model.family_label, model_hash=model.sha256,
             source_sha256=source.sha256, device=self.placement.device, dtype=self.placement.dtype_name,
-            versions=library_versions(), size=cell.size, max_side=cell.max_side, resize_mode=cell.resize_mode,
-            background=cell.background, keep_alpha=cell.keep_alpha, color_match=cell.color_match,
-            loops=cell.loops, loop_decay=cell.loop_decay,
+            quantize=self.placement.quantize, versions=library_versions(), size=cell.size, max_side=cell.max_side,
+            resize_mode=cell.resize_mode, background=cell.background, keep_alpha=cell.keep_alpha,
+            color_match=cell.color_match, loops=cell.loops, loop_decay=cell.loop_decay,
         )
 
 

@@ -57,6 +57,7 @@ def batch(
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
+    quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -77,7 +78,8 @@ def batch(
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
         keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
-    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend)
+    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
+                                           quantize)
     targets = _target_names(sources, output, SUFFIXES[format_name])
     console = Console()
     announce_model(console, engine, request)

@@ -88,6 +88,7 @@ def reproduce(
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
+    quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -114,7 +115,8 @@ def reproduce(
     if model is not None:
         request = replace(request, model=model)
     format_name = format_of(file)
-    engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend)
+    engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend,
+                                           quantize)
     source_sha = engine.read_source(request).sha256
     if source_sha != record.source_sha256:
         raise SourceImageError(f"--source should be the image {file.name} was made from (SHA-256 "

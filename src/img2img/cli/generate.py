@@ -81,6 +81,7 @@ def run(
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
+    quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -92,7 +93,8 @@ def run(
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
         keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
-    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend)
+    engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
+                                           quantize)
     targets = c.output_paths(output, count, format_name)
     early_notes = list(engine.read_source(request).notes)  # a bad source is reported before a model loads
     c.print_notes(early_notes)
@@ -141,6 +143,7 @@ def sweep(
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
+    quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -167,7 +170,8 @@ def sweep(
     if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):
         raise InvalidArgument("output", "a folder (a sweep writes several images and a grid)", str(folder))
     _make_folder(folder)
-    engine, request, format_name = prepare(request, folder, format_, quality, device, dtype, allow_pickle, backend)
+    engine, request, format_name = prepare(request, folder, format_, quality, device, dtype, allow_pickle, backend,
+                                           quantize)
     from img2img.sweep import sweep_cells
 
     cells = len(sweep_cells(request, axes))  # checks every axis value before any work
@@ -195,7 +199,7 @@ def sweep(
 
 def prepare(
     request: GenerationRequest, output: Path | None, format_: str | None, quality: int, device: str, dtype: str,
-    allow_pickle: bool, backend: str = "auto",
+    allow_pickle: bool, backend: str = "auto", quantize: str = "none",
 ) -> tuple[Engine, GenerationRequest, str]:
     """Check everything the user typed before a model is loaded."""
     from img2img.api import Engine
@@ -203,7 +207,7 @@ def prepare(
     from img2img.imageio.source import DEFAULT_MAX_PIXELS
 
     c.quiet_libraries()
-    engine = Engine(device=device, dtype=dtype, backend=backend, allow_pickle=allow_pickle,
+    engine = Engine(device=device, dtype=dtype, backend=backend, quantize=quantize, allow_pickle=allow_pickle,
                     max_images=c.limit_from_env("IMG2IMG_MAX_IMAGES", DEFAULT_MAX_IMAGES),
                     max_source_pixels=c.limit_from_env("IMG2IMG_MAX_PIXELS", DEFAULT_MAX_PIXELS))
     request = request.validated(engine.max_images)
@@ -230,6 +234,7 @@ def announce_model(console: Console, engine: Engine, request: GenerationRequest)
     with console.status(f"Loading model…{converting}"):
         loaded = engine.load(request.model)
     backend = " with OpenVINO" if engine.placement.backend == "openvino" else ""
+    backend += ", int8 weights" if engine.placement.quantize == "int8" else ""
     console.print(f"model [bold]{loaded.name}[/bold] ({loaded.family.label}) on {engine.placement.device}, "
                   f"{engine.placement.dtype_name}{backend}", highlight=False)
 

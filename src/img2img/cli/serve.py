@@ -27,11 +27,13 @@ def serve(
 
     import uvicorn
 
+    from img2img.models.device import choose_placement
     from img2img.server.app import create_app
     from img2img.server.settings import LOCAL_HOSTS, load_settings
     from img2img.server.store import JobStore
 
     settings = load_settings(config, host=host, port=port, data_dir=data_dir, model=model)
+    choose_placement(settings.device, "auto", settings.backend, settings.quantize)  # a bad choice stops here
     store = JobStore(settings.database)
     try:
         if settings.host not in LOCAL_HOSTS and not store.has_keys():

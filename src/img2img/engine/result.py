@@ -39,6 +39,7 @@ class GenerationRecord:
     source_sha256: str  # of the source's decoded RGB pixels
     device: str
     dtype: str
+    quantize: str = "none"  # "int8": the UNet's weights were approximated in 8 bits
     versions: dict[str, str] = field(default_factory=dict)
     # How the source was fitted and the result finished; see GenerationRequest for each.
     size: tuple[int, int] | None = None  # as requested

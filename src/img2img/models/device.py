@@ -17,6 +17,9 @@ DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfl
 
 BACKENDS = ("auto", "torch", "openvino")
 BACKEND_ENV = "IMG2IMG_BACKEND"  # read when backend is "auto": torch or openvino
+# Weight quantization, opt-in because it approximates: "int8" stores the UNet's weights as 8-bit integers with
+# a scale and zero point per output channel (OpenVINO on the CPU), which halves the UNet's memory.
+QUANTIZE = ("none", "int8")
 
 
 @dataclass(frozen=True)
@@ -24,20 +27,23 @@ class Placement:
     device: str  # "cpu", "cuda", "cuda:1", "mps"
     dtype: torch.dtype
     backend: str = "torch"  # "openvino" runs the UNet and VAE through OpenVINO (CPU only)
+    quantize: str = "none"  # "int8": the UNet's weights in 8 bits (OpenVINO only)
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).removeprefix("torch.")
 
 
-def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "auto") -> Placement:
+def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "auto",
+                     quantize: str = "none") -> Placement:
     """CUDA in fp16 when present, else Apple MPS in fp16, else the CPU: in bf16 when it multiplies bf16 natively
     (AVX512-BF16 or AMX), else fp32. ``device`` and ``dtype`` override.
 
     fp16 is never chosen on the CPU by default: CPU matrix multiplies in fp16 are orders of magnitude slower.
     bf16 keeps fp32's range, so nothing overflows; its matmul peak is about 2.3x fp32's on AVX512-BF16 CPUs.
     On the CPU the UNet and VAE run through OpenVINO when it is installed (``backend="auto"``, unless
-    $IMG2IMG_BACKEND says torch); ``backend="torch"`` keeps them in PyTorch.
+    $IMG2IMG_BACKEND says torch); ``backend="torch"`` keeps them in PyTorch. ``quantize="int8"`` (OpenVINO
+    only) approximates the UNet's weights in 8 bits; it is never chosen by default.
     """
     if device.split(":")[0] not in DEVICES:
         raise InvalidArgument("device", f"one of {', '.join(DEVICES)} (optionally cuda:N)", device)
@@ -47,6 +53,8 @@ def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "
         backend = os.environ.get(BACKEND_ENV, "auto")
     if backend not in BACKENDS:
         raise InvalidArgument("backend", f"one of {', '.join(BACKENDS)}", backend)
+    if quantize not in QUANTIZE:
+        raise InvalidArgument("quantize", f"one of {', '.join(QUANTIZE)}", quantize)
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -68,7 +76,12 @@ def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "
         raise InvalidArgument("backend", "torch on a GPU (OpenVINO runs on the CPU here)", backend)
     if backend == "openvino" and chosen == torch.float16:
         raise InvalidArgument("dtype", "float32 or bfloat16 with OpenVINO", "float16")
-    return Placement(device=device, dtype=chosen, backend=backend)
+    if quantize != "none" and not importlib.util.find_spec("nncf"):
+        raise InvalidArgument("quantize", "none, or NNCF installed for int8 (pip install 'img2img[int8]')", quantize)
+    if quantize != "none" and backend != "openvino":
+        raise InvalidArgument("quantize", "none unless the backend is openvino (int8 weights run through OpenVINO "
+                              f"on the CPU; this run uses {backend} on {device})", quantize)
+    return Placement(device=device, dtype=chosen, backend=backend, quantize=quantize)
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -56,8 +56,8 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     pipeline_class = _pipeline_class(files.family)
     sha256 = weights_sha256(files.path)
     options: dict[str, Any] = {"local_files_only": True}
-    precision = "bf16" if placement.dtype == torch.bfloat16 else "f32"
-    openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, precision)
+    variant = ov_runtime.ir_variant(placement.dtype, placement.quantize)
+    openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, variant)
     if openvino_ready and files.layout == "diffusers":
         options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
     if files.family.base != "sdxl":
@@ -82,12 +82,12 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     if placement.backend == "openvino":
         if not openvino_ready:
             try:
-                ov_runtime.export_ir(pipeline, sha256, precision)
+                ov_runtime.export_ir(pipeline, sha256, variant)
             except (RuntimeError, ValueError, TypeError, OSError) as exc:
                 raise ModelError(f"model {files.name} could not be converted for OpenVINO "
                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
                                  ) from exc
-        ov_runtime.attach(pipeline, sha256, precision)
+        ov_runtime.attach(pipeline, sha256, variant)
         gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
     elif placement.device == "cpu":
         # oneDNN's convolutions are fastest on NHWC tensors; the modules accept NCHW input either way.

@@ -70,8 +70,8 @@ class Runner:
             from img2img.api import Engine
 
             s = self.settings
-            self._engine = Engine(device=s.device, backend=s.backend, max_images=s.max_images_per_job,
-                                  max_source_pixels=s.max_pixels)
+            self._engine = Engine(device=s.device, backend=s.backend, quantize=s.quantize,
+                                  max_images=s.max_images_per_job, max_source_pixels=s.max_pixels)
         return self._engine
 
     def _loop(self) -> None:

@@ -39,6 +39,7 @@ class ServerSettings(BaseSettings):
     model: str | None = None  # the default model; None: the registry's default, else the built-in style engine
     device: str = "auto"
     backend: str = "auto"
+    quantize: str = "none"
     max_upload_bytes: int = Field(20 * 2**20, ge=1024)
     max_pixels: int = Field(16_000_000, ge=4096)
     max_prompt_chars: int = Field(2000, ge=1)
