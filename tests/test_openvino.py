@@ -92,3 +92,14 @@ def _share_in_8_bits(model) -> float:
             sizes["all"] += count
             sizes["8 bits"] += count if op.get_output_element_type(0).get_type_name() in ("u8", "i8") else 0
     return sizes["8 bits"] / sizes["all"]
+
+
+def test_a_new_size_recompiles_and_gives_what_a_fresh_engine_gives(tiny_sd, photo) -> None:
+    engine = Engine(device="cpu", dtype="float32", backend="openvino")
+    small, wide = _request(photo, tiny_sd, size=(64, 64)), _request(photo, tiny_sd, size=(96, 64))
+    first = engine.generate(small).images[0]
+    second = engine.generate(wide).images[0]
+    assert second.size == (96, 64)
+    assert engine.generate(small).images[0].tobytes() == first.tobytes()
+    fresh = Engine(device="cpu", dtype="float32", backend="openvino").generate(wide).images[0]
+    assert fresh.tobytes() == second.tobytes()
