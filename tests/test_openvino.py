@@ -66,7 +66,8 @@ def test_int8_weights_are_opt_in_stored_in_8_bits_close_and_recorded(tiny_sd, ph
     loaded = engine.load(str(tiny_sd))
     assert ov_runtime.has_ir(loaded.sha256, "f32-int8") and ov_runtime.has_ir(loaded.sha256, "f32")
     folder = ov_runtime.ir_folder(loaded.sha256, "f32-int8")
-    assert _share_in_8_bits(ov.Core().read_model(folder / "unet.xml")) > 0.95  # of all the UNet's constants
+    # The matrix multiplies' weights are in 8 bits; the convolutions keep their precision.
+    assert 0.2 < _share_in_8_bits(ov.Core().read_model(folder / "unet.xml")) < 0.9
     assert _share_in_8_bits(ov.Core().read_model(folder / "vae_decoder.xml")) == 0  # the VAE keeps its precision
     result = engine.generate(_request(photo, tiny_sd))
     assert result.record.quantize == "int8" and reference.record.quantize == "none"

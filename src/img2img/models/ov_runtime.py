@@ -68,9 +68,13 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 model = ov.convert_model(module.eval(), example_input=example,
                                          input=[(list(shape), ov.Type.f32) for shape in inputs])
-            if part == "unet" and variant.endswith("-int8"):
-                model = _int8_weights(model)
             ov.save_model(model, staging / f"{part}.xml", compress_to_fp16=variant.startswith("bf16"))
+            del model
+            if part == "unet" and variant.endswith("-int8"):  # from the saved IR, whose other weights are fp16
+                ov.save_model(_int8_weights(ov.Core().read_model(staging / "unet.xml")), staging / "int8.xml",
+                              compress_to_fp16=False)
+                for suffix in (".xml", ".bin"):
+                    (staging / f"int8{suffix}").replace(staging / f"unet{suffix}")
         configs = {"unet": dict(unet.config), "vae": dict(vae.config)}
         (staging / "configs.json").write_text(json.dumps(configs, default=list))
         shutil.rmtree(target, ignore_errors=True)
@@ -215,10 +219,15 @@ class _Config(dict):
 
 
 def _int8_weights(model: Any) -> Any:
-    """The model with every convolution and matrix multiply weight stored in 8 bits (NNCF, data-free)."""
+    """The model with its matrix multiply weights stored in 8 bits (NNCF, data-free, per output channel).
+
+    Convolutions keep their precision: OpenVINO's CPU plugin unpacks 8-bit convolution weights when it compiles,
+    so they would cost memory instead of saving it, while its matrix multiplies read 8-bit weights as they run.
+    """
     import nncf  # an optional dependency; choose_placement checked that it is installed
 
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                 ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
 
 
 def _example_side(position: int, side: int) -> int:
