@@ -75,8 +75,8 @@ class Engine:
             "bfloat16".
         backend: "auto" (OpenVINO for the UNet and VAE on the CPU when installed, unless $IMG2IMG_BACKEND says
             otherwise), "torch" or "openvino".
-        quantize: "none" or "int8" (opt-in, approximate: the UNet's weights in 8 bits through OpenVINO, about half
-            its memory; needs NNCF, ``pip install 'img2img[int8]'``).
+        quantize: "none" or "int8" (opt-in, approximate: the UNet's matrix-multiply weights in 8 bits through
+            OpenVINO, about 0.25 GB less for SD 1.5; needs NNCF, ``pip install 'img2img[int8]'``).
         registry: the model registry; defaults to the user's (``img2img models ...``).
         max_images: the most images one request may ask for (a sweep may have up to 100 cells).
         allow_pickle: allow pickled checkpoints given by path (they can run code when loaded).

@@ -35,7 +35,7 @@ Quality = Annotated[int, typer.Option(help="JPEG/WebP quality 1..100 (WebP 100 i
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 Dtype = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")]
 Backend = Annotated[str, typer.Option(help="auto, torch or openvino (CPU) [default: $IMG2IMG_BACKEND or auto]")]
-Quantize = Annotated[str, typer.Option(help="none, or int8: the UNet's weights in 8 bits (approximate; OpenVINO).")]
+Quantize = Annotated[str, typer.Option(help="none, or int8: UNet matmul weights in 8 bits (approximate; OpenVINO).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
 StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).")]

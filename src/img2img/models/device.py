@@ -17,8 +17,8 @@ DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfl
 
 BACKENDS = ("auto", "torch", "openvino")
 BACKEND_ENV = "IMG2IMG_BACKEND"  # read when backend is "auto": torch or openvino
-# Weight quantization, opt-in because it approximates: "int8" stores the UNet's weights as 8-bit integers with
-# a scale and zero point per output channel (OpenVINO on the CPU), which halves the UNet's memory.
+# Weight quantization, opt-in because it approximates: "int8" stores the UNet's matrix-multiply weights as 8-bit
+# integers with a scale and zero point per output channel (OpenVINO on the CPU; SD 1.5 peak 3.06 -> 2.81 GiB).
 QUANTIZE = ("none", "int8")
 
 
@@ -27,7 +27,7 @@ class Placement:
     device: str  # "cpu", "cuda", "cuda:1", "mps"
     dtype: torch.dtype
     backend: str = "torch"  # "openvino" runs the UNet and VAE through OpenVINO (CPU only)
-    quantize: str = "none"  # "int8": the UNet's weights in 8 bits (OpenVINO only)
+    quantize: str = "none"  # "int8": the UNet's matrix-multiply weights in 8 bits (OpenVINO only)
 
     @property
     def dtype_name(self) -> str:
@@ -43,7 +43,7 @@ def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "
     bf16 keeps fp32's range, so nothing overflows; its matmul peak is about 2.3x fp32's on AVX512-BF16 CPUs.
     On the CPU the UNet and VAE run through OpenVINO when it is installed (``backend="auto"``, unless
     $IMG2IMG_BACKEND says torch); ``backend="torch"`` keeps them in PyTorch. ``quantize="int8"`` (OpenVINO
-    only) approximates the UNet's weights in 8 bits; it is never chosen by default.
+    only) approximates the UNet's matrix-multiply weights in 8 bits; it is never chosen by default.
     """
     if device.split(":")[0] not in DEVICES:
         raise InvalidArgument("device", f"one of {', '.join(DEVICES)} (optionally cuda:N)", device)
