@@ -28,9 +28,10 @@ def _tokenizer(pad: str):
 def _text_config(**extra):
     from transformers import CLIPTextConfig
 
-    return CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=32, intermediate_size=37,
-                          layer_norm_eps=1e-5, num_attention_heads=4, num_hidden_layers=5, vocab_size=49408,
-                          hidden_act="quick_gelu", projection_dim=32, **extra)
+    return CLIPTextConfig(**{"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "hidden_size": 32,
+                             "intermediate_size": 37, "layer_norm_eps": 1e-5, "num_attention_heads": 4,
+                             "num_hidden_layers": 5, "vocab_size": 49408, "hidden_act": "quick_gelu",
+                             "projection_dim": 32, **extra})
 
 
 def _vae(scaling_factor: float):
@@ -82,5 +83,47 @@ def build_tiny_sdxl(folder: Path) -> Path:
         tokenizer=_tokenizer("<|endoftext|>"), tokenizer_2=_tokenizer("!"),
         unet=unet, scheduler=EulerDiscreteScheduler.from_config(SCHEDULER), force_zeros_for_empty_prompt=True,
     )
+    pipeline.save_pretrained(folder)
+    return folder
+
+
+def build_full_depth(folder: Path, layout: str) -> Path:
+    """A tiny pipeline with the real depth of ``layout`` ("sd1", "sd2" or "sdxl"): the VAE scales by 8 and the UNet
+    has as many downsamplers as the real one (3 for SD 1.x/2.x, 2 for SDXL), so odd latent sizes occur at photo
+    sizes as they do with full-size models. Channels stay tiny (groups of 8), so a step takes milliseconds."""
+    import diffusers
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[8, 16, 16, 16], in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        norm_num_groups=8, sample_size=64, scaling_factor=0.13025 if layout == "sdxl" else 0.18215)
+    common = {"sample_size": 32, "in_channels": 4, "out_channels": 4, "norm_num_groups": 8, "layers_per_block": 1}
+    if layout == "sdxl":
+        unet = UNet2DConditionModel(
+            block_out_channels=(16, 16, 32), attention_head_dim=(2, 4, 4), use_linear_projection=True,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
+            projection_class_embeddings_input_dim=80, cross_attention_dim=64, **common)
+        pipeline = diffusers.StableDiffusionXLPipeline(
+            vae=vae, text_encoder=CLIPTextModel(_text_config()),
+            text_encoder_2=CLIPTextModelWithProjection(_text_config()), tokenizer=_tokenizer("<|endoftext|>"),
+            tokenizer_2=_tokenizer("!"), unet=unet, scheduler=diffusers.EulerDiscreteScheduler.from_config(SCHEDULER),
+            force_zeros_for_empty_prompt=True)
+    else:
+        sd2 = layout == "sd2"
+        unet = UNet2DConditionModel(
+            block_out_channels=(16, 16, 32, 32), attention_head_dim=(2, 2, 4, 4) if sd2 else 4,
+            use_linear_projection=sd2, cross_attention_dim=32,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **common)
+        scheduler = diffusers.DDIMScheduler.from_config(
+            {**SCHEDULER, "prediction_type": "v_prediction" if sd2 else "epsilon"})
+        text = CLIPTextModel(_text_config(**({"hidden_act": "gelu"} if sd2 else {})))
+        pipeline = diffusers.StableDiffusionPipeline(
+            vae=vae, text_encoder=text, tokenizer=_tokenizer("!" if sd2 else "<|endoftext|>"), unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(folder)
     return folder

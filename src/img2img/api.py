@@ -28,6 +28,7 @@ from img2img.errors import InvalidArgument
 from img2img.imageio.color import match_colors
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, pixels_sha256, read_source
+from img2img.models import ov_runtime
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import inspect_model
 from img2img.models.device import Placement, choose_placement
@@ -185,7 +186,8 @@ class Engine:
             images.append(self._finish(cell, picture, output_size, source))
             records.append(replace(record, width=output_size[0], height=output_size[1]))
             seconds.append(time.perf_counter() - cell_started)
-        return GenerationResult(images, records, time.perf_counter() - started, seconds, list(source.notes))
+        notes = [*source.notes, *(ov_runtime.take_notes(loaded.pipeline) if loaded else [])]
+        return GenerationResult(images, records, time.perf_counter() - started, seconds, notes)
 
     def _loop(
         self, cell: GenerationRequest, model: _ModelInfo, session: DiffusionSession, source: SourceImage,

@@ -201,19 +201,30 @@ def prepare_latents(
     pipeline: Any, scheduler: Any, latent_dist: Any, first_timestep: torch.Tensor,
     generator: torch.Generator, size: tuple[int, int],
 ) -> torch.Tensor:
-    from diffusers.utils.torch_utils import randn_tensor
+    """The starting latents, in float32 whatever the UNet's dtype.
 
+    Noise is drawn in float32 and the sampler works in float32: PyTorch's normal draws in bf16 or fp16 are a
+    different sequence from float32's (for tensors of more than a few elements), so drawing in the model's dtype
+    would make a seed mean another picture on another dtype. In float32 this is exactly diffusers' draw order.
+    """
     unet, vae = pipeline.unet, pipeline.vae
-    device, dtype = unet.device, unet.dtype
+    device = unet.device
     if latent_dist is None:
         shape = (1, unet.config.in_channels, size[0] // pipeline.vae_scale_factor, size[1] // pipeline.vae_scale_factor)
-        noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        return noise * scheduler.init_noise_sigma
-    latents = latent_dist.sample(generator=generator)  # same draw order as diffusers: posterior sample, then noise
-    mean, std = _latent_stats(vae, latents)
-    latents = ((latents - mean) * vae.config.scaling_factor / std).to(dtype)
-    noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=dtype)
+        return draw_noise(shape, generator, device) * scheduler.init_noise_sigma
+    mean = latent_dist.mean.float()  # the posterior sample, then the noise: diffusers' order
+    latents = mean + latent_dist.std.float() * draw_noise(mean.shape, generator, device)
+    shift, std = _latent_stats(vae, latents)
+    latents = (latents - shift) * vae.config.scaling_factor / std
+    noise = draw_noise(latents.shape, generator, device)
     return scheduler.add_noise(latents, noise, first_timestep.reshape(1))
+
+
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """Standard normal noise from the CPU ``generator`` in float32, moved to ``device``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
 
 
 def denoise(
@@ -226,9 +237,9 @@ def denoise(
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
         noise_pred = pipeline.unet(
-            model_input, timestep, encoder_hidden_states=text.embeddings, timestep_cond=text.timestep_cond,
-            added_cond_kwargs=text.added, return_dict=False,
-        )[0]
+            model_input.to(pipeline.unet.dtype), timestep, encoder_hidden_states=text.embeddings,
+            timestep_cond=text.timestep_cond, added_cond_kwargs=text.added, return_dict=False,
+        )[0].float()
         if guided:
             unconditional, conditional = noise_pred.chunk(2)
             noise_pred = unconditional + guidance_scale * (conditional - unconditional)

@@ -87,7 +87,7 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
                 raise ModelError(f"model {files.name} could not be converted for OpenVINO "
                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
                                  ) from exc
-        ov_runtime.attach(pipeline, sha256, variant)
+        ov_runtime.attach(pipeline, sha256, variant, _torch_loader(files, placement, config_dir))
         gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
     elif placement.device == "cpu":
         # oneDNN's convolutions are fastest on NHWC tensors; the modules accept NCHW input either way.
@@ -97,6 +97,30 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         name=files.name, family=files.family, sha256=sha256, pipeline=pipeline,
         placement=placement,
     )
+
+
+def _torch_loader(files: ModelFiles, placement: Placement, config_dir: Path | None) -> ov_runtime.TorchLoader:
+    """Loads one component ("unet" or "vae") in PyTorch, for the OpenVINO stand-ins' fallback."""
+
+    def load(part: str) -> torch.nn.Module:
+        import diffusers
+
+        component = diffusers.UNet2DConditionModel if part == "unet" else diffusers.AutoencoderKL
+        try:
+            if files.layout == "diffusers":
+                module = component.from_pretrained(str(files.path), subfolder=part, torch_dtype=placement.dtype,
+                                                    local_files_only=True,
+                                                    use_safetensors=None if files.pickled else True)
+            else:
+                configs = config_dir or prepared_config_dir(files.family)
+                module = component.from_single_file(str(files.path), config=str(configs), subfolder=part,
+                                                    torch_dtype=placement.dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelError(f"model {files.name}: its {part} could not be loaded with PyTorch after OpenVINO "
+                             f"failed ({str(exc).splitlines()[0]})") from exc
+        return module.to(placement.device, memory_format=torch.channels_last).eval()
+
+    return load
 
 
 def _pipeline_class(family: Family) -> Any:

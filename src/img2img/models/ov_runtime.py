@@ -6,6 +6,9 @@ change). Stand-ins with the call signatures the engine uses replace ``pipeline.u
 take and return fp32 tensors, while OpenVINO computes in bf16 where the CPU has it (``INFERENCE_PRECISION_HINT``).
 When the IR is already cached, the PyTorch UNet and VAE are never loaded, which keeps peak memory down.
 
+If OpenVINO cannot compile or run a component at some shape, the stand-in says so in one line (a note on the
+result) and runs that component with PyTorch from then on, loading it on first need; nothing fails.
+
 OpenVINO repacks the weights when it compiles; the IR file's mapped pages are released meanwhile (``pagecache``),
 so only the repacked copy stays resident. This halves the UNet's resident size (SD 1.5: 3.9 GB to 2.45 GB at
 512x512) without changing a result.
@@ -21,6 +24,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,7 +35,7 @@ import torch
 from img2img.models import pagecache
 from img2img.models.paths import cache_dir
 
-IR_VERSION = "1"  # bump when the export changes, so cached IR is rebuilt
+IR_VERSION = "2"  # bump when the export changes, so cached IR is rebuilt (2: traced at an odd latent size)
 PARTS = ("unet", "vae_encoder", "vae_decoder")
 
 
@@ -61,10 +65,10 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     unet, vae = pipeline.unet.float(), pipeline.vae.float()  # trace in fp32; OpenVINO picks its own precision
     try:
-        for part, (module, inputs) in _export_modules(unet, vae).items():
-            example = tuple(torch.zeros(tuple(_example_side(i, d) for i, d in enumerate(shape))) for shape in inputs)
+        for part, (module, inputs, factor) in _export_modules(unet, vae).items():
+            example = tuple(torch.zeros(_example_shape(shape, factor)) for shape in inputs)
             with torch.no_grad(), warnings.catch_warnings():
-                # Tracing fixes diffusers' shape-dependent branches to the example's; none matters at our sizes.
+                # Tracing fixes diffusers' shape-dependent branches to the example's: see _example_shape.
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 model = ov.convert_model(module.eval(), example_input=example,
                                          input=[(list(shape), ov.Type.f32) for shape in inputs])
@@ -84,8 +88,17 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
     return target
 
 
-def attach(pipeline: Any, sha256: str, variant: str) -> None:
-    """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use."""
+# Loads a component ("unet" or "vae") with PyTorch, for a shape that OpenVINO cannot run.
+TorchLoader = Callable[[str], torch.nn.Module]
+
+
+class OpenVinoFailure(RuntimeError):
+    """OpenVINO could not compile or run a component for some input shapes."""
+
+
+def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader) -> None:
+    """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use and
+    falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run."""
     import openvino as ov
 
     folder = ir_folder(sha256, variant)
@@ -95,15 +108,51 @@ def attach(pipeline: Any, sha256: str, variant: str) -> None:
     turn = _Turn()
     requests = {part: _Request(core, folder / f"{part}.xml", options, turn) for part in PARTS}
     configs = json.loads((folder / "configs.json").read_text())
+    notes: list[str] = []
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
-    object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"]))
-    object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"]))
+    object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback,
+                                                                                                    notes)))
+    object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],
+                                                    _Fallback("vae", fallback, notes)))
     # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.
     from diffusers.image_processor import VaeImageProcessor
 
     factor = 2 ** (len(configs["vae"]["block_out_channels"]) - 1)
     object.__setattr__(pipeline, "vae_scale_factor", factor)
     object.__setattr__(pipeline, "image_processor", VaeImageProcessor(vae_scale_factor=factor))
+
+
+def take_notes(pipeline: Any) -> list[str]:
+    """The one-line notes of components that fell back to PyTorch since the last call (none without OpenVINO)."""
+    unet = getattr(pipeline, "unet", None)
+    if not isinstance(unet, OpenVinoUNet):
+        return []
+    notes = list(unet.fallback.notes)
+    unet.fallback.notes.clear()
+    return notes
+
+
+class _Fallback:
+    """The PyTorch version of one component, loaded the first time OpenVINO fails to run it.
+
+    After one failure the component stays in PyTorch: a shape that failed once would fail again, and a sweep
+    should not pay a failed compilation per cell.
+    """
+
+    def __init__(self, part: str, loader: TorchLoader, notes: list[str]) -> None:
+        self.part, self._loader, self.notes = part, loader, notes
+        self.module: torch.nn.Module | None = None
+
+    def take_over(self, failure: OpenVinoFailure) -> torch.nn.Module:
+        if self.module is None:
+            self.module = self._loader(self.part)
+        self.notes.append(f"OpenVINO could not run the {self.part} ({failure}); it runs with PyTorch instead")
+        return self.module
+
+    @property
+    def dtype(self) -> torch.dtype:
+        assert self.module is not None
+        return next(self.module.parameters()).dtype
 
 
 class _Turn:
@@ -145,10 +194,16 @@ class _Request:
 
     def __call__(self, arrays: list[np.ndarray]) -> torch.Tensor:
         shapes = [array.shape for array in arrays]
-        if shapes != self._shapes:
-            self._compile(shapes)
-        self._turn.take(self._compiled)
-        output = torch.from_numpy(np.array(self._request.infer(arrays, share_inputs=True)[0]))
+        try:
+            if shapes != self._shapes:
+                self._compile(shapes)
+            self._turn.take(self._compiled)
+            output = torch.from_numpy(np.array(self._request.infer(arrays, share_inputs=True)[0]))
+        except RuntimeError as exc:  # OpenVINO reports shape inference and compilation failures this way
+            self._turn.forget(self._compiled)
+            self._compiled = self._request = self._shapes = None
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OpenVinoFailure(f"{self._xml.stem} at input shapes {shapes}: {detail[:160]}") from exc
         pagecache.release(self._weights)  # in case a first inference read a few weights again
         return output
 
@@ -170,22 +225,33 @@ class OpenVinoUNet:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, request: _Request, config: dict[str, Any]) -> None:
+    def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback) -> None:
         self.config = _Config(config)
-        self._request = request
+        self._request, self.fallback = request, fallback
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                return_dict: bool = False, **_: Any) -> tuple[torch.Tensor]:
+                return_dict: bool = False) -> tuple[torch.Tensor]:
         inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
         if added_cond_kwargs:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
         if timestep_cond is not None:
             inputs.append(_array(timestep_cond))
-        return (self._request(inputs),)
+        if self.fallback.module is None:
+            try:
+                return (self._request(inputs),)
+            except OpenVinoFailure as failure:
+                self.fallback.take_over(failure)
+        dtype, unet = self.fallback.dtype, self.fallback.module
+        assert unet is not None
+        extra = {} if added_cond_kwargs is None else {
+            "added_cond_kwargs": {key: value.to(dtype) for key, value in added_cond_kwargs.items()}}
+        output = unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
+                      timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
+        return (output.float(),)
 
 
 class OpenVinoVAE:
@@ -194,18 +260,28 @@ class OpenVinoVAE:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, encoder: _Request, decoder: _Request, config: dict[str, Any]) -> None:
+    def __init__(self, encoder: _Request, decoder: _Request, config: dict[str, Any], fallback: _Fallback) -> None:
         self.config = _Config(config)
-        self._encoder, self._decoder = encoder, decoder
+        self._encoder, self._decoder, self.fallback = encoder, decoder, fallback
 
     def encode(self, pixels: torch.Tensor, return_dict: bool = True) -> Any:
         from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-        moments = self._encoder([_array(pixels)])
+        moments = self._run(self._encoder, pixels, lambda vae, x: vae.encode(x).latent_dist.parameters)
         return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
 
-    def decode(self, latents: torch.Tensor, return_dict: bool = True, **_: Any) -> tuple[torch.Tensor]:
-        return (self._decoder([_array(latents)]),)
+    def decode(self, latents: torch.Tensor, return_dict: bool = True) -> tuple[torch.Tensor]:
+        return (self._run(self._decoder, latents, lambda vae, z: vae.decode(z, return_dict=False)[0]),)
+
+    def _run(self, request: _Request, tensor: torch.Tensor, in_torch: Callable[[Any, torch.Tensor], torch.Tensor]
+             ) -> torch.Tensor:
+        if self.fallback.module is None:
+            try:
+                return request([_array(tensor)])
+            except OpenVinoFailure as failure:
+                self.fallback.take_over(failure)
+        with torch.no_grad():
+            return in_torch(self.fallback.module, tensor.to(self.fallback.dtype)).float()
 
 
 class _Config(dict):
@@ -230,19 +306,29 @@ def _int8_weights(model: Any) -> Any:
                                  ignored_scope=nncf.IgnoredScope(types=["Convolution"], validate=False))
 
 
-def _example_side(position: int, side: int) -> int:
-    """A small concrete size for a dynamic dimension while tracing: batch 2, 16 latent pixels (or 16 pixels)."""
-    if side != -1:
-        return side
-    return 2 if position == 0 else 16
+EXAMPLE_LATENT_SIDE = 15  # odd: see _example_shape
+
+
+def _example_shape(shape: tuple[int, ...], pixels_per_latent: int) -> tuple[int, ...]:
+    """A concrete example for a shape with dynamic (-1) dimensions: batch 2, and 15 latent pixels a side.
+
+    The side must be odd. diffusers' UNet passes each upsampler the size of its skip connection only when the
+    latent size is not a multiple of 2^upsamplers, and tracing keeps the branch the example took: traced at a
+    multiple, the graph doubles sizes blindly and its concatenations fail at every other size (a 448x296 photo's
+    56x37 latent in SD 1.5). Traced at an odd size, upsampling follows the skip connections, which is the same
+    nearest-neighbour result at every size, so one graph serves them all.
+    """
+    sides = iter((2, EXAMPLE_LATENT_SIDE * pixels_per_latent, EXAMPLE_LATENT_SIDE * pixels_per_latent))
+    return tuple(next(sides) if side == -1 else side for side in shape)
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to(torch.float32).contiguous().numpy()
 
 
-def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, list[tuple[int, ...]]]]:
-    """The modules to convert and their input shapes (-1: dynamic batch, height and width)."""
+def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, list[tuple[int, ...]], int]]:
+    """The modules to convert, their input shapes (-1: dynamic batch, height and width) and pixels per latent
+    pixel of their spatial inputs (1 for latents)."""
     text = (-1, 77, unet.config.cross_attention_dim)
     unet_inputs: list[tuple[int, ...]] = [(-1, unet.config.in_channels, -1, -1), (), text]
     xl = unet.config.addition_embed_type == "text_time"
@@ -252,10 +338,11 @@ def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, lis
     if unet.config.time_cond_proj_dim is not None:
         unet_inputs.append((-1, unet.config.time_cond_proj_dim))
     latent = vae.config.latent_channels
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return {
-        "unet": (_UNetExport(unet, xl, unet.config.time_cond_proj_dim is not None), unet_inputs),
-        "vae_encoder": (_EncoderExport(vae), [(-1, 3, -1, -1)]),
-        "vae_decoder": (_DecoderExport(vae), [(-1, latent, -1, -1)]),
+        "unet": (_UNetExport(unet, xl, unet.config.time_cond_proj_dim is not None), unet_inputs, 1),
+        "vae_encoder": (_EncoderExport(vae), [(-1, 3, -1, -1)], factor),
+        "vae_decoder": (_DecoderExport(vae), [(-1, latent, -1, -1)], 1),
     }
 
 
