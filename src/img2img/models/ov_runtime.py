@@ -64,14 +64,19 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     unet, vae = pipeline.unet.float(), pipeline.vae.float()  # trace in fp32; OpenVINO picks its own precision
+    # Another variant re-saves the float32 IR when there is one: the same graph, without tracing again.
+    full = ir_folder(sha256, "f32") if variant != "f32" and has_ir(sha256, "f32") else None
     try:
         for part, (module, inputs, factor) in _export_modules(unet, vae).items():
-            example = tuple(torch.zeros(_example_shape(shape, factor)) for shape in inputs)
-            with torch.no_grad(), warnings.catch_warnings():
-                # Tracing fixes diffusers' shape-dependent branches to the example's: see _example_shape.
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                model = ov.convert_model(module.eval(), example_input=example,
-                                         input=[(list(shape), ov.Type.f32) for shape in inputs])
+            if full is not None:
+                model = ov.Core().read_model(full / f"{part}.xml")
+            else:
+                example = tuple(torch.zeros(_example_shape(shape, factor)) for shape in inputs)
+                with torch.no_grad(), warnings.catch_warnings():
+                    # Tracing fixes diffusers' shape-dependent branches to the example's: see _example_shape.
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    model = ov.convert_model(module.eval(), example_input=example,
+                                             input=[(list(shape), ov.Type.f32) for shape in inputs])
             ov.save_model(model, staging / f"{part}.xml", compress_to_fp16=variant.startswith("bf16"))
             del model
             if part == "unet" and variant.endswith("-int8"):  # from the saved IR, whose other weights are fp16
