@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import build_full_depth
 
 from img2img import Engine, GenerationRequest
 from img2img.engine.samplers import build_scheduler
@@ -20,6 +19,7 @@ from img2img.engine.sizing import plan_sizes
 from img2img.imageio.resize import fit_to_size
 from img2img.models import ov_runtime
 from img2img.models.detect import inspect_model
+from tiny_models import build_full_depth
 
 pytest.importorskip("openvino")
 

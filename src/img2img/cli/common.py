@@ -98,6 +98,7 @@ def output_paths(output: Path | None, count: int, format_: str) -> Callable[[int
     """A function (index, seed) -> path, after checking that ``output`` can be written as asked.
 
     A folder gets A1111-style numbered names (00001-SEED.png, ...); a file name gets -SEED added for batches.
+    A name with no suffix is a folder, made when it does not exist yet (its parent must).
     """
     from img2img.imageio.metadata import SUFFIXES
     from img2img.imageio.output import check_writable
@@ -109,6 +110,11 @@ def output_paths(output: Path | None, count: int, format_: str) -> Callable[[int
             output.mkdir(exist_ok=True)
         except OSError as exc:
             raise OutputPathError(f"-o should be a writable folder, but ./outputs cannot be made ({exc})") from exc
+    if not output.suffix and not output.exists() and output.parent.is_dir():
+        try:
+            output.mkdir()
+        except OSError as exc:
+            raise OutputPathError(f"-o should be a writable folder, but {output} cannot be made ({exc})") from exc
     if output.is_dir():
         check_writable(output)
         first = next_number(output)

@@ -7,6 +7,10 @@
   handled by the resize mode (``img2img.imageio.resize``).
 - ``max_side=n``: the output keeps the source's aspect ratio with its long side n, in multiples of 8, and the model
   works at that size (upscaling small sources, unlike the default).
+
+A working size longer than 16 times its width (or the reverse) is refused: no model paints such a strip (SDXL's
+training buckets stop near 4:1), and a 16,000,000x1 file that passes the pixel cap would otherwise ask for a
+working size of 2,048,000x64.
 """
 
 from __future__ import annotations
@@ -14,11 +18,14 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+from img2img.errors import InvalidArgument
+
 ResizeMode = Literal["just", "crop", "fill"]
 RESIZE_MODES: tuple[str, ...] = ("just", "crop", "fill")
 LATENT_MULTIPLE = 8  # the VAE downsamples by 8
 MIN_SIDE = 64
 MAX_SIDE = 4096  # the largest working side we accept
+MAX_ASPECT = 16  # the longest working side over the shortest
 
 
 def plan_sizes(
@@ -26,11 +33,23 @@ def plan_sizes(
 ) -> tuple[tuple[int, int], tuple[int, int]]:
     """Return ``(output_size, working_size)`` as (width, height) pairs."""
     if size is not None:
+        check_aspect(size, "size")
         return size, size
     if max_side is not None:
         scaled = fit_long_side(*source, max_side)
+        check_aspect(scaled, "source", source)
         return scaled, scaled
-    return source, fit_working_size(*source, native_side)
+    working = fit_working_size(*source, native_side)
+    check_aspect(working, "source", source)
+    return source, working
+
+
+def check_aspect(working: tuple[int, int], field: str, given: tuple[int, int] | None = None) -> None:
+    """Refuse a working size more than MAX_ASPECT times longer than it is wide (or the reverse)."""
+    if max(working) > MAX_ASPECT * min(working) or max(working) > MAX_SIDE:
+        width, height = given or working
+        raise InvalidArgument(field, f"an image no more than {MAX_ASPECT} times longer than it is wide (and a working "
+                              f"size of at most {MAX_SIDE} px a side)", f"{width}x{height}")
 
 
 def fit_working_size(width: int, height: int, native_side: int) -> tuple[int, int]:

@@ -66,13 +66,16 @@ class Runner:
 
     @property
     def engine(self) -> Any:
-        if self._engine is None:
-            from img2img.api import Engine
+        """The engine, made on first use (request threads check sizes with it while the worker runs jobs)."""
+        with self._lock:
+            if self._engine is None:
+                from img2img.api import Engine
 
-            s = self.settings
-            self._engine = Engine(device=s.device, backend=s.backend, quantize=s.quantize,
-                                  max_images=s.max_images_per_job, max_source_pixels=s.max_pixels)
-        return self._engine
+                s = self.settings
+                self._engine = Engine(device=s.device, backend=s.backend, quantize=s.quantize,
+                                      max_images=s.max_images_per_job, max_source_pixels=s.max_pixels,
+                                      max_memory=s.max_memory)
+            return self._engine
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -81,8 +81,9 @@ class Service:
             if style_image is not None:
                 reading = "style_image"
                 style = read_source(style_image, max_pixels=settings.max_pixels)
-            GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
-                              style_image=style.rgb if style else None).validated(settings.max_images_per_job)
+            request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
+                                        style_image=style.rgb if style else None).validated(settings.max_images_per_job)
+            self.runner.engine.plan(request, picture, runs=request.strength > 0)  # sizes and memory, before queueing
         except InvalidArgument as exc:
             raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
         except SourceImageError as exc:

@@ -42,6 +42,7 @@ class ServerSettings(BaseSettings):
     quantize: str = "none"
     max_upload_bytes: int = Field(20 * 2**20, ge=1024)
     max_pixels: int = Field(16_000_000, ge=4096)
+    max_memory: str | None = None  # the estimated peak one job may need ("12GB"); None: 90% of physical memory
     max_prompt_chars: int = Field(2000, ge=1)
     max_images_per_job: int = Field(8, ge=1, le=64)
     max_queued_per_key: int = Field(20, ge=1)
