@@ -208,6 +208,27 @@ def test_a_non_image_file_gets_an_inline_error(page: Any, tmp_path: Path) -> Non
     assert "Choose a source image" in error.text_content()
 
 
+def test_a_dropped_picture_offers_the_settings_it_was_made_with(page: Any, tmp_path: Path) -> None:
+    from foreign_files import comfyui_graph
+
+    made = tmp_path / "ComfyUI_00012_.png"
+    made.write_bytes(comfyui_graph())
+    _upload(page, made)
+    found = page.locator("#params-found")
+    found.wait_for(state="visible")
+    text = page.text_content("#params-text")
+    assert "ComfyUI" in text and "a lighthouse at dusk" in text and "seed 1234" in text and "DPM++ 2M Karras" in text
+    assert "2 samplers" in page.text_content("#params-warnings")
+    page.click("#params-use")
+    assert page.input_value("#model") == "tiny"  # from the built-in engine to a diffusion model
+    assert page.input_value("#prompt") == "a lighthouse at dusk, oil painting"
+    assert page.input_value("#negative") == "blurry, text"
+    assert (page.input_value("#steps"), page.input_value("#guidance")) == ("20", "6.5")
+    assert page.input_value("#sampler") == "DPM++ 2M Karras" and page.input_value("#seed") == "1234"
+    assert page.is_checked("#seed-lock") and page.text_content("#strength-value") == "0.55"
+    assert found.is_hidden()
+
+
 def test_fits_a_phone_and_works_by_keyboard(browser: Any, server: ServerProcess, big_photo: Path) -> None:
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
                                   bypass_csp=True)

@@ -23,6 +23,8 @@ _EXPORTS = {
     "ModelEntry": "img2img.models.registry",
     "ModelRegistry": "img2img.models.registry",
     "Axis": "img2img.sweep",
+    "params_from": "img2img.imageio.foreign",
+    "FoundRequest": "img2img.imageio.foreign",
     "SweepResult": "img2img.sweep",
     **{name: "img2img.errors" for name in (
         "Img2ImgError", "InvalidArgument", "ModelError", "ModelNotFound", "OutputPathError", "PickleRefused",
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
         SourceImageError,
         UnknownModelFormat,
     )
+    from img2img.imageio.foreign import FoundRequest, params_from
     from img2img.models.registry import ModelEntry, ModelRegistry
     from img2img.sweep import Axis, SweepResult
 
@@ -59,6 +62,7 @@ __all__ = [
     "DEFAULT_SAMPLER",
     "Axis",
     "Engine",
+    "FoundRequest",
     "GenerationRecord",
     "GenerationRequest",
     "GenerationResult",
@@ -73,5 +77,6 @@ __all__ = [
     "SourceImageError",
     "SweepResult",
     "UnknownModelFormat",
+    "params_from",
     "sampler_names",
 ]

@@ -20,30 +20,37 @@ if TYPE_CHECKING:
 
     from img2img.imageio.metadata import Metadata
 
-File = Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP made by img2img (or A1111).")]
+File = Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP made by img2img or another generator.")]
 
 
 @app.command()
 def info(
     file: File,
-    as_json: Annotated[bool, typer.Option("--json", help="Print our full JSON record instead.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parameters as JSON (our full record for our "
+                                                         "own files).")] = False,
 ) -> None:
-    """Print the generation parameters stored in FILE (A1111's text, or our JSON record with --json).
+    """Print the generation parameters stored in FILE: ours, or those of A1111, ComfyUI, InvokeAI, Fooocus or NovelAI.
 
     [bold]Examples[/bold]
 
       img2img info outputs/00001-42.png
       img2img info result.jpg --json
+      img2img info ComfyUI_00012_.png
     """
-    metadata = _metadata(file)
-    if as_json:
-        if metadata.record is None:
-            raise SourceImageError(f"FILE should hold an img2img record, but {file} has only A1111 parameters")
-        typer.echo(json.dumps(json.loads(metadata.record), indent=2, sort_keys=True, ensure_ascii=False))
-    elif metadata.parameters is not None:
-        typer.echo(metadata.parameters)
-    else:
-        typer.echo(metadata.record)
+    from img2img.imageio.foreign import describe, read_foreign
+    from img2img.imageio.metadata import read_metadata
+
+    if not file.is_file():
+        raise SourceImageError(f"FILE should be an image file, but {file} does not exist")
+    metadata = read_metadata(file)
+    if metadata.record is not None:  # our own file: A1111's text, or our complete record
+        if as_json:
+            typer.echo(json.dumps(json.loads(metadata.record), indent=2, sort_keys=True, ensure_ascii=False))
+        else:
+            typer.echo(metadata.parameters if metadata.parameters is not None else metadata.record)
+        return
+    found = read_foreign(file)
+    typer.echo(json.dumps(found.to_dict(), indent=2, ensure_ascii=False) if as_json else describe(found))
 
 
 @app.command()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -55,10 +55,15 @@ once for the whole sweep.
 @app.command(help=RUN_HELP)
 def run(
     source: Annotated[Path, typer.Argument(help="The source image.")],
-    prompt: Annotated[str, typer.Argument(help="What the result should look like.")],
-    negative: c.Negative = "",
-    strength: Annotated[float, typer.Option(help="0..1: how much of the source is replaced.")] = 0.6,
-    seed: c.Seed = -1,
+    prompt: Annotated[str | None, typer.Argument(help="What the result should look like (optional with "
+                                                      "--params-from).")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="What the result should not look like.")] = None,
+    strength: Annotated[float | None, typer.Option(help="0..1: how much of the source is replaced [default: "
+                                                        "0.6]")] = None,
+    seed: Annotated[int | None, typer.Option(help="-1 picks one at random [default: -1]")] = None,
+    params_from: Annotated[Path | None, typer.Option(
+        "--params-from", help="Start from the parameters in this picture (ours, A1111, ComfyUI, InvokeAI, Fooocus, "
+                              "NovelAI); the options given override them.")] = None,
     steps: c.Steps = None,
     cfg: c.Cfg = None,
     sampler: c.Sampler = None,
@@ -87,9 +92,14 @@ def run(
 ) -> None:
     from img2img.engine.request import GenerationRequest
 
+    given = {"prompt": prompt, "negative_prompt": negative, "strength": strength, "guidance_scale": cfg,
+             "steps": steps, "sampler": sampler, "seed": seed}
+    fields = found_fields(params_from)
+    fields.update({key: value for key, value in given.items() if value is not None})
+    if "prompt" not in fields:
+        raise InvalidArgument("prompt", "given (or found in --params-from FILE)", None)
     request = GenerationRequest(
-        source=source, prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg, steps=steps,
-        sampler=sampler, seed=seed, num_images=count, steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
+        source=source, **fields, num_images=count, steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
         size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
         keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
     )
@@ -195,6 +205,18 @@ def sweep(
     grid_path = save(sheet, grid_path.with_name(f"{grid_path.stem.split('-')[0]}-sweep{grid_path.suffix}"),
                      swept.result.record, quality, overwrite)
     console.print(f"{grid_path}  grid of {cells}", highlight=False)
+
+
+def found_fields(params_from: Path | None) -> dict[str, Any]:
+    """Request fields from --params-from FILE (none without it), after printing what did not carry over."""
+    if params_from is None:
+        return {}
+    from img2img.imageio.foreign import params_from as read_params
+
+    found = read_params(params_from)
+    c.print_notes(list(found.warnings))
+    keep = ("prompt", "negative_prompt", "strength", "guidance_scale", "steps", "sampler", "seed")
+    return {key: value for key, value in found.fields.items() if key in keep}
 
 
 def prepare(

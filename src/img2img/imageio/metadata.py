@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, PngImagePlugin
 
@@ -72,7 +72,7 @@ def save_options(format_: str, metadata: Metadata, quality: int) -> dict[str, An
     return {"format": "WEBP", "quality": quality, "lossless": lossless, "method": 4, "exif": exif.tobytes()}
 
 
-def read_metadata(path: Path) -> Metadata:
+def read_metadata(path: Path | BinaryIO) -> Metadata:
     """The parameters text and our record from a PNG, JPEG or WebP file (either may be absent)."""
     try:
         with Image.open(path) as image:
@@ -81,7 +81,7 @@ def read_metadata(path: Path) -> Metadata:
                 return Metadata(text.get("parameters"), text.get("img2img"))
             fields = image.getexif().get_ifd(EXIF_IFD)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise SourceImageError(f"FILE should be an image made by img2img or A1111, but {path} is unreadable "
+        raise SourceImageError(f"FILE should be an image with generation parameters, but {path} is unreadable "
                                f"({exc})") from exc
     return Metadata(_decode_user_comment(fields.get(USER_COMMENT)), _decode_maker_note(fields.get(MAKER_NOTE)))
 

@@ -30,7 +30,7 @@ class JobFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(max_length=100_000)
+    prompt: str = Field("", max_length=100_000)
     negative_prompt: str = Field("", max_length=100_000)
     strength: float = Field(0.6, ge=0, le=1)
     guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
@@ -53,15 +53,18 @@ class JobFields(BaseModel):
 class JsonJob(JobFields):
     source: str = Field(description="the source image file, base64 (a data: URL prefix is allowed)")
     style_image: str | None = Field(None, description="a style picture, base64 (built-in engine only)")
+    params_from: str | None = Field(None, description="a picture whose generation parameters (ours, A1111, ComfyUI, "
+                                    "InvokeAI, Fooocus, NovelAI) the job starts from, base64; given fields override")
 
 
 @router.post("/jobs", status_code=202)
 def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Queue a job from JSON with the source image in base64."""
-    fields = body.model_dump(exclude={"source", "style_image"})
+    params = decode_base64(body.params_from, "params_from", svc) if body.params_from else None
+    fields, notes = _with_params(body, params)
     source = decode_base64(body.source, "source", svc)
     style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
-    return svc.view(svc.submit(who, fields, source, style))
+    return {**svc.view(svc.submit(who, fields, source, style)), "notes": notes}
 
 
 @router.post("/jobs/form", status_code=202)
@@ -69,17 +72,57 @@ async def submit_form(
     who: CallerDep, svc: ServiceDep, source: Annotated[UploadFile, File(description="the source image")],
     request: Annotated[str, Form(description="JobFields as JSON")] = '{"prompt": ""}',
     style_image: Annotated[UploadFile | None, File(description="a style picture (built-in engine)")] = None,
+    params_from: Annotated[UploadFile | None, File(description="a picture whose parameters the job starts from")
+                           ] = None,
 ) -> dict[str, Any]:
     """Queue a job from a multipart form: the source image file and the request as JSON."""
     try:
-        fields = JobFields.model_validate_json(request).model_dump()
+        body = JobFields.model_validate_json(request)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
         raise ApiError(422, "invalid_request", f"{field}: {first['msg'].lower()}", field) from exc
+    params = await _read_upload(params_from, "params_from", svc) if params_from else None
+    fields, notes = await asyncio.to_thread(_with_params, body, params)
     data = await _read_upload(source, "source", svc)
     style = await _read_upload(style_image, "style_image", svc) if style_image else None
-    return await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style)))
+    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style)))
+    return {**job, "notes": notes}
+
+
+@router.post("/parameters")
+async def read_parameters(
+    svc: ServiceDep, _who: CallerDep,
+    image: Annotated[UploadFile, File(description="a picture made by img2img, A1111, ComfyUI, InvokeAI, Fooocus or "
+                                                  "NovelAI")],
+) -> dict[str, Any]:
+    """The generation parameters found in a picture, as the job fields they map to, with what did not carry over."""
+    data = await _read_upload(image, "image", svc)
+    found = await asyncio.to_thread(_found, data, "image")
+    fields = {key: value for key, value in found.fields.items() if key in JobFields.model_fields}
+    return {"generator": found.generator, "fields": fields, "warnings": list(found.warnings)}
+
+
+def _found(data: bytes, field: str) -> Any:
+    from img2img.errors import SourceImageError
+    from img2img.imageio.foreign import params_from
+
+    try:
+        return params_from(data)
+    except SourceImageError as exc:
+        message = str(exc).replace("FILE should", f"{field} should", 1).replace("params_from should", f"{field} should")
+        raise ApiError(422, "no_parameters", message, field) from exc
+
+
+def _with_params(body: JobFields, params: bytes | None) -> tuple[dict[str, Any], list[str]]:
+    """The job's fields over those found in the ``params_from`` picture (fields the request sets win)."""
+    fields = body.model_dump(include=set(JobFields.model_fields))
+    if params is None:
+        return fields, []
+    found = _found(params, "params_from")
+    taken = {key: value for key, value in found.fields.items()
+             if key in JobFields.model_fields and key not in body.model_fields_set}
+    return {**fields, **taken}, list(found.warnings)
 
 
 @router.get("/jobs")

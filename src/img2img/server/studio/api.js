@@ -76,6 +76,16 @@ export async function getBlob(path) {
   return response.blob();
 }
 
+// The generation parameters another tool (or we) wrote into a picture; null when it holds none.
+export async function readParameters(file) {
+  const form = new FormData();
+  form.append("image", file, file.name || "image.png");
+  const response = await fetch("/v1/parameters", { method: "POST", headers: headers(), body: form });
+  if (response.status === 422) return null;
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 // Queue a job: the source (and style picture) as files, the request as JSON.
 export async function submit(source, fields, styleImage = null) {
   const form = new FormData();

@@ -1,12 +1,12 @@
 // The studio page: pick a source, set prompt and strength, generate, compare, keep or iterate.
 
-import { ApiError, explain, follow, getBlob, getJson, postJson, storeKey, submit } from "./api.js";
+import { ApiError, explain, follow, getBlob, getJson, postJson, readParameters, storeKey, submit } from "./api.js";
 import { mountCompare } from "./compare.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SEED = 4294967295;
 const SMALL_SIDE = 384; // below this the model has little to work with
-const state = { source: null, sourceUrl: null, style: null, job: null, result: null };
+const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null };
 const compare = mountCompare($("compare"));
 
 // Errors ---------------------------------------------------------------------------------------------------------
@@ -52,6 +52,49 @@ async function setSource(file) {
   $("source-info").textContent = `${size.width} × ${size.height} px` +
     (small ? ` — small: results look best from ${SMALL_SIDE} px a side or more` : "");
   $("source-info").classList.toggle("warning", small);
+  offerParameters(file);
+}
+
+// Parameters inside a dropped picture (ours, A1111, ComfyUI, InvokeAI, Fooocus, NovelAI), offered for reuse.
+async function offerParameters(file) {
+  $("params-found").hidden = true;
+  let found = null;
+  try {
+    found = await readParameters(file);
+  } catch {
+    return; // reading them is a courtesy: the source itself is fine
+  }
+  if (!found || state.source !== file) return;
+  const f = found.fields;
+  const parts = [f.seed !== undefined && `seed ${f.seed}`, f.steps && `${f.steps} steps`,
+    f.guidance_scale !== undefined && `CFG ${f.guidance_scale}`, f.sampler, f.strength !== undefined &&
+    `strength ${f.strength}`].filter(Boolean);
+  $("params-text").textContent = `Settings found (${found.generator}): “${f.prompt || ""}”` +
+    (f.negative_prompt ? `, avoiding “${f.negative_prompt}”` : "") + (parts.length ? ` — ${parts.join(", ")}` : "");
+  $("params-warnings").textContent = found.warnings.join("; ");
+  state.found = f;
+  $("params-found").hidden = false;
+}
+
+function useParameters() {
+  const f = state.found;
+  if (!f) return;
+  if (isBuiltin()) {
+    const model = [...$("model").options].find((option) => option.value !== "builtin");
+    if (model) $("model").value = model.value;
+    showModelControls();
+  }
+  $("prompt").value = f.prompt || "";
+  $("negative").value = f.negative_prompt || "";
+  $("steps").value = f.steps ?? "";
+  $("guidance").value = f.guidance_scale ?? "";
+  if (f.sampler && [...$("sampler").options].some((option) => option.value === f.sampler)) $("sampler").value = f.sampler;
+  if (f.strength !== undefined) setStrength(f.strength);
+  if (f.seed !== undefined) {
+    $("seed").value = String(f.seed);
+    $("seed-lock").checked = true;
+  }
+  $("params-found").hidden = true;
 }
 
 async function setStyle(file) {
@@ -384,6 +427,7 @@ async function init() {
 }
 
 $("model").addEventListener("change", showModelControls);
+$("params-use").addEventListener("click", useParameters);
 $("strength").addEventListener("input", () => setStrength($("strength").value));
 for (const preset of document.querySelectorAll("[data-strength]")) {
   preset.addEventListener("click", () => setStrength(preset.dataset.strength));
