@@ -118,6 +118,8 @@ def _with_params(body: JobFields, params: bytes | None) -> tuple[dict[str, Any],
     """The job's fields over those found in the ``params_from`` picture (fields the request sets win)."""
     fields = body.model_dump(include=set(JobFields.model_fields))
     if params is None:
+        if "prompt" not in body.model_fields_set:
+            raise ApiError(422, "invalid_request", "prompt: field required (or give params_from)", "prompt")
         return fields, []
     found = _found(params, "params_from")
     taken = {key: value for key, value in found.fields.items()
