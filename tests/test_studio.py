@@ -208,6 +208,21 @@ def test_a_non_image_file_gets_an_inline_error(page: Any, tmp_path: Path) -> Non
     assert "Choose a source image" in error.text_content()
 
 
+def test_a_strip_no_model_can_paint_is_refused_inline(page: Any, tmp_path: Path) -> None:
+    from corpus import strip_png
+
+    strip = tmp_path / "strip.png"
+    strip.write_bytes(strip_png(20_000, 1))
+    page.set_input_files("#source-file", str(strip))
+    error = page.locator("#error")
+    if not error.is_visible():  # the browser read it: the server refuses it when it is submitted
+        page.wait_for_function("document.querySelector('#source-info').textContent.includes('px')")
+        page.click("#generate")
+    error.wait_for(state="visible")
+    assert "16 times longer than it is wide" in error.text_content() or "not an image" in error.text_content()
+    assert page.locator("#compare").is_hidden()
+
+
 def test_a_dropped_picture_offers_the_settings_it_was_made_with(page: Any, tmp_path: Path) -> None:
     from foreign_files import comfyui_graph
 
