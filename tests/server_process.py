@@ -153,3 +153,15 @@ def image_from(data: bytes) -> Any:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
+
+
+def serving_tiny(tmp_path_factory: Any, tiny_sd: Path, name: str, **settings: Any) -> Iterator[ServerProcess]:
+    """A started server whose registry holds the tiny model as "tiny"; stopped when the generator is closed."""
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+    config = tmp_path_factory.mktemp(f"{name}-config")
+    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
+    process = ServerProcess(tmp_path_factory.mktemp(f"{name}-data"), config, **settings)
+    process.start()
+    yield process
+    process.stop()

@@ -14,8 +14,7 @@ from PIL import Image
 from corpus import corpus, expected_size
 from img2img import Engine, GenerationRequest, Img2ImgError, InvalidArgument
 from img2img.models.memory import diffusion_peak_bytes, parse_bytes, style_peak_bytes
-from img2img.models.registry import ModelEntry, ModelRegistry
-from server_process import ServerProcess, submit, wait_final
+from server_process import serving_tiny, submit, wait_final
 from test_cli import assert_one_line_error, img2img
 
 CORPUS = corpus()
@@ -105,12 +104,7 @@ def test_the_command_line_writes_a_result_or_fails_in_one_line_with_nothing_writ
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ignore[no-untyped-def]
-    config = tmp_path_factory.mktemp("corpus-config")
-    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
-    process = ServerProcess(tmp_path_factory.mktemp("corpus-server"), config, max_memory="3GB")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "corpus", max_memory="3GB")
 
 
 def test_the_server_answers_every_file_with_a_result_or_a_4xx_naming_the_field(server, files) -> None:

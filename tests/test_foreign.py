@@ -11,8 +11,7 @@ from PIL import Image
 from foreign_files import CFG, DENOISE, FORMATS, NEGATIVE, PROMPT, SEED, STEPS, comfyui_graph
 from img2img import Engine, GenerationRequest, params_from
 from img2img.imageio.foreign import our_sampler, read_foreign
-from img2img.models.registry import ModelEntry, ModelRegistry
-from server_process import ServerProcess, b64, wait_final
+from server_process import ServerProcess, b64, serving_tiny, wait_final
 from test_cli import assert_one_line_error, img2img
 
 # What each format can say: NovelAI and Fooocus keep no separate schedule; Fooocus and Dream files no strength.
@@ -114,12 +113,7 @@ def test_the_library_starts_a_request_from_a_file(made, tiny_sd, photo) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ignore[no-untyped-def]
-    config = tmp_path_factory.mktemp("foreign-config")
-    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
-    process = ServerProcess(tmp_path_factory.mktemp("foreign-server"), config)
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "foreign")
 
 
 def test_the_api_reads_parameters_and_starts_jobs_from_them(server: ServerProcess, made, photo) -> None:

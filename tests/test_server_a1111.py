@@ -11,18 +11,12 @@ from typing import Any
 
 import pytest
 
-from img2img.models.registry import ModelEntry, ModelRegistry
-from server_process import ServerProcess, b64, image_from
+from server_process import ServerProcess, b64, image_from, serving_tiny
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ignore[no-untyped-def]
-    config = tmp_path_factory.mktemp("a1111-config")
-    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
-    process = ServerProcess(tmp_path_factory.mktemp("a1111-data"), config)
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "a1111")
 
 
 def _img2img(server: ServerProcess, **fields: Any) -> Any:

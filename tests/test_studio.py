@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from img2img.models.registry import ModelEntry, ModelRegistry
-from server_process import ServerProcess
+from server_process import ServerProcess, serving_tiny
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("IMG2IMG_SCREENSHOTS", Path(__file__).parent.parent / ".artifacts" / "studio"))
@@ -33,12 +32,7 @@ if not Path(CHROMIUM).exists():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path) -> Iterator[ServerProcess]:
-    config = tmp_path_factory.mktemp("studio-config")
-    ModelRegistry(config).add(ModelEntry("tiny", str(tiny_sd)))
-    process = ServerProcess(tmp_path_factory.mktemp("studio-data"), config, model="builtin")
-    process.start()
-    yield process
-    process.stop()
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "studio", model="builtin")
 
 
 @pytest.fixture(scope="module")
