@@ -30,7 +30,9 @@ PROMPT, NEGATIVE, STRENGTH, STEPS, CFG, SEED, SAMPLER = "a red fox", "blurry", 0
 BF16_PSNR = 33.0
 
 
-@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
+# SD 1.x in the default run; the SD 2.x and SDXL layouts (about a minute each) with -m slow, which CI also runs.
+@pytest.fixture(scope="module", params=["sd1", pytest.param("sd2", marks=pytest.mark.slow),
+                                        pytest.param("sdxl", marks=pytest.mark.slow)])
 def deep_model(request, tmp_path_factory):  # type: ignore[no-untyped-def]
     return build_full_depth(tmp_path_factory.mktemp("deep") / request.param, request.param)
 
