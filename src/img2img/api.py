@@ -143,8 +143,8 @@ class Engine:
     def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True
              ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
         """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
-        engine), after checking that no model is loaded for nothing: the working shape is one a model can paint
-        and, when the request ``runs`` a model, its estimated peak memory fits the budget."""
+        engine), checked before any model loads: the working shape must be one a model can paint and, when the
+        request ``runs`` a model, its estimated peak memory must fit the budget."""
         if self.is_builtin(request.model):
             output, working = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, request.size, request.max_side)
             check_fits(style_peak_bytes(working), self.memory_budget,
