@@ -86,3 +86,22 @@ def test_serving_beyond_localhost_needs_a_key(tmp_path: Path) -> None:
     result = lonely.command("serve", "--host", "0.0.0.0")
     assert result.returncode == 2
     assert "host" in result.stderr and "keys add" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_removing_the_last_key_keeps_the_server_closed(tmp_path: Path, photo: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "config")
+    key = server.command("keys", "add", "dave").stdout.strip()
+    server.start()
+    try:
+        with server.client(key) as dave:
+            assert dave.get("/v1/jobs").status_code == 200
+        assert server.command("keys", "remove", "dave").returncode == 0
+        with server.client() as anyone, server.client("i2i_junk") as junk, server.client(key) as removed:
+            for client in (anyone, junk, removed):
+                assert client.get("/v1/jobs").status_code == 401
+                response = client.post("/v1/jobs", json={"source": b64(photo.read_bytes()), **STYLE})
+                assert response.status_code == 401, response.text
+            assert anyone.get("/v1/health").status_code == 200  # the server is up, just closed
+        assert "requires API keys and none is left" in server.log()
+    finally:
+        server.stop()

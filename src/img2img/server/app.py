@@ -19,7 +19,7 @@ from img2img.server.blobs import BlobStore
 from img2img.server.events import EventHub
 from img2img.server.runner import Runner
 from img2img.server.service import ApiError, Service
-from img2img.server.settings import ServerSettings
+from img2img.server.settings import LOCAL_HOSTS, ServerSettings
 from img2img.server.store import JobStore
 
 log = logging.getLogger("img2img.server")
@@ -38,6 +38,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         hub = EventHub(asyncio.get_running_loop())
         runner = Runner(settings, store, blobs, hub)
         app.state.service = Service(settings, store, blobs, hub, runner)
+        # Fixed now, for the server's life: keys stay required when the last one is removed (fail closed).
+        app.state.keys_required = store.has_keys() or settings.host not in LOCAL_HOSTS
         runner.start()
         try:
             yield
@@ -71,8 +73,11 @@ def caller(request: Request) -> Caller:
     """The API key's owner and tier (every route depends on this); 401 without a valid key when keys exist."""
     svc = service(request)
     key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    found = identify(svc.store, key, svc.settings.tiers)
+    found = identify(svc.store, key, svc.settings.tiers, request.app.state.keys_required)
     if found is None:
+        if not svc.store.has_keys():
+            log.warning("refused a request: this server requires API keys and none is left; add one with "
+                        "'img2img keys add NAME' (a restart on 127.0.0.1 without keys is local single-user mode)")
         raise ApiError(401, "unauthorized", "an API key is required: send it as 'Authorization: Bearer KEY' or "
                        "'X-API-Key: KEY'" if not key else "the API key is not valid", "authorization",
                        {"WWW-Authenticate": "Bearer"})

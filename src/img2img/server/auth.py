@@ -1,7 +1,9 @@
 """API keys: random tokens shown once, stored as SHA-256 hashes, each with a tier that sets its jobs' priority.
 
-With no key in the store the server is in local single-user mode: every request is the owner ``local`` at the
-highest tier, and the server refuses to listen beyond localhost.
+The mode is fixed when the server starts. Started on localhost with no key in the store, the server is in local
+single-user mode: every request is the owner ``local`` at the highest tier. Started with keys, or on any other
+address, it requires a valid key for as long as it runs: removing the last key then refuses everything (401)
+rather than opening the server to anyone.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def key_from_headers(authorization: str | None, api_key: str | None) -> str | No
     return None
 
 
-def identify(store: JobStore, key: str | None, tiers: dict[str, int]) -> Caller | None:
-    """The caller a key belongs to; None for a missing or unknown key when keys are configured."""
-    if not store.has_keys():
+def identify(store: JobStore, key: str | None, tiers: dict[str, int], keys_required: bool) -> Caller | None:
+    """The caller a key belongs to; None for a missing or unknown key when the server requires keys."""
+    if not keys_required:
         top = max(tiers, key=lambda name: tiers[name])
         return Caller(LOCAL_OWNER, top, tiers[top])
     if not key:
