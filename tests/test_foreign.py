@@ -82,7 +82,15 @@ def test_broken_metadata_is_one_line_and_exit_2(made, photo) -> None:
                           "its ComfyUI 'prompt' data is not valid JSON")
     assert_one_line_error(img2img("info", str(made / "empty.png")), "FILE should be", "empty.png")
     assert_one_line_error(img2img("info", str(photo)), "should hold generation parameters", "astronaut.png")
-    assert_one_line_error(img2img("run", str(photo), "--params-from", str(made / "empty.png")), "empty.png")
+    assert_one_line_error(img2img("run", str(photo), "--params-from", str(made / "empty.png")),
+                          "--params-from should be", "empty.png")
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("img2img", '{"prompt": "cut sho')
+    Image.new("RGB", (8, 8)).save(made / "broken-record.png", pnginfo=info)
+    assert_one_line_error(img2img("info", str(made / "broken-record.png"), "--json"),
+                          "FILE should hold a readable img2img record")
 
 
 def test_run_params_from_takes_the_settings_and_options_override(made, tiny_sd, photo, tmp_path) -> None:

@@ -144,8 +144,11 @@ class Engine:
              ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
         """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
         engine), checked before any model loads: the working shape must be one a model can paint and, when the
-        request ``runs`` a model, its estimated peak memory must fit the budget."""
+        request ``runs`` a model, its estimated peak memory must fit the budget (and its prompt name built-in
+        styles, for the built-in engine)."""
         if self.is_builtin(request.model):
+            if runs and request.strength > 0:
+                self.check_styles(request)
             output, working = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, request.size, request.max_side)
             check_fits(style_peak_bytes(working), self.memory_budget,
                        f"{working[0]}x{working[1]} with the built-in style engine")

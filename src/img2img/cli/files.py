@@ -45,7 +45,12 @@ def info(
     metadata = read_metadata(file)
     if metadata.record is not None:  # our own file: A1111's text, or our complete record
         if as_json:
-            typer.echo(json.dumps(json.loads(metadata.record), indent=2, sort_keys=True, ensure_ascii=False))
+            try:
+                record = json.loads(metadata.record)
+            except json.JSONDecodeError as exc:
+                raise SourceImageError(f"FILE should hold a readable img2img record, but {file}'s is broken "
+                                       f"({exc})") from exc
+            typer.echo(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False))
         else:
             typer.echo(metadata.parameters if metadata.parameters is not None else metadata.record)
         return

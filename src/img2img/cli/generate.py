@@ -94,7 +94,7 @@ def run(
 
     given = {"prompt": prompt, "negative_prompt": negative, "strength": strength, "guidance_scale": cfg,
              "steps": steps, "sampler": sampler, "seed": seed}
-    fields = found_fields(params_from)
+    fields = {key: value for key, value in found_fields(params_from).items() if key in given}
     fields.update({key: value for key, value in given.items() if value is not None})
     if "prompt" not in fields:
         raise InvalidArgument("prompt", "given (or found in --params-from FILE)", None)
@@ -213,10 +213,9 @@ def found_fields(params_from: Path | None) -> dict[str, Any]:
         return {}
     from img2img.imageio.foreign import params_from as read_params
 
-    found = read_params(params_from)
+    found = read_params(params_from, "--params-from")
     c.print_notes(list(found.warnings))
-    keep = ("prompt", "negative_prompt", "strength", "guidance_scale", "steps", "sampler", "seed")
-    return {key: value for key, value in found.fields.items() if key in keep}
+    return found.fields
 
 
 def prepare(

@@ -59,8 +59,9 @@ class FoundParameters:
                 "samplers": [asdict(sampler) for sampler in self.samplers]}
 
 
-def read_foreign(path: Path | io.BytesIO) -> FoundParameters:
-    """The parameters another tool wrote into the image at ``path``; a one-line error when there are none."""
+def read_foreign(path: Path | io.BytesIO, field: str = "FILE") -> FoundParameters:
+    """The parameters another tool wrote into the image at ``path``; a one-line error naming ``field`` when there
+    are none."""
     from PIL import Image, UnidentifiedImageError
     from sd_parsers import ParserManager
     from sd_parsers.extractors import Eagerness
@@ -78,15 +79,16 @@ def read_foreign(path: Path | io.BytesIO) -> FoundParameters:
                 rgba.format = "PNG"  # sd-parsers picks its readers by format, which a conversion drops
                 found = manager.parse(rgba, eagerness=Eagerness.EAGER)  # A1111's stealth info in the alpha bits
     except UnidentifiedImageError as exc:
-        raise SourceImageError(f"FILE should be an image, but {name} is not one") from exc
+        raise SourceImageError(f"{field} should be an image, but {name} is not one") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise SourceImageError(f"FILE should be a readable image, but {name} is truncated or corrupt ({exc})") from exc
+        raise SourceImageError(f"{field} should be a readable image, but {name} is truncated or corrupt ({exc})"
+                               ) from exc
     if found is None:
-        raise SourceImageError(f"FILE should hold generation parameters (img2img, A1111, ComfyUI, InvokeAI, Fooocus, "
-                               f"NovelAI), but {name} has none{_broken_json(text)}")
+        raise SourceImageError(f"{field} should hold generation parameters (img2img, A1111, ComfyUI, InvokeAI, "
+                               f"Fooocus, NovelAI), but {name} has none{_broken_json(text)}")
     samplers = tuple(_sampler(sampler, found.metadata) for sampler in found.samplers)
     if not samplers:
-        raise SourceImageError(f"FILE should hold generation parameters, but the {found.generator.value} data in "
+        raise SourceImageError(f"{field} should hold generation parameters, but the {found.generator.value} data in "
                                f"{name} names no sampler")
     return FoundParameters(found.generator.value, samplers, *size)
 
@@ -173,24 +175,27 @@ OWN_FIELDS = ("prompt", "negative_prompt", "strength", "guidance_scale", "steps"
               "color_match", "loops", "loop_decay")
 
 
-def params_from(picture: Path | str | bytes) -> FoundRequest:
+def params_from(picture: Path | str | bytes, field: str = "params_from") -> FoundRequest:
     """The generation parameters in ``picture`` (a path or a file's bytes) as GenerationRequest fields, from our own
     record or another tool's metadata: ``GenerationRequest(source=..., **params_from(path).fields, strength=0.4)``."""
     from img2img.imageio.metadata import read_metadata
 
     path: Any = io.BytesIO(picture) if isinstance(picture, bytes) else Path(picture)
     if isinstance(path, Path) and not path.is_file():
-        raise SourceImageError(f"params_from should be an image file, but {path} does not exist")
-    record = read_metadata(path).record
+        raise SourceImageError(f"{field} should be an image file, but {path} does not exist")
+    try:
+        record = read_metadata(path).record
+    except SourceImageError as exc:
+        raise SourceImageError(str(exc).replace("FILE", field, 1)) from exc
     if record is not None:
         try:
             values = json.loads(record)
         except json.JSONDecodeError as exc:
-            raise SourceImageError(f"params_from should hold a readable img2img record, but {path!s}'s is broken "
+            raise SourceImageError(f"{field} should hold a readable img2img record, but {path!s}'s is broken "
                                    f"({exc})") from exc
         fields = {key: values[key] for key in OWN_FIELDS if values.get(key) is not None}
         return FoundRequest("img2img", fields, ())
-    found = read_foreign(path)
+    found = read_foreign(path, field)
     fields, warnings = request_fields(found)
     return FoundRequest(found.generator, fields, tuple(warnings))
 

@@ -108,10 +108,9 @@ def _found(data: bytes, field: str) -> Any:
     from img2img.imageio.foreign import params_from
 
     try:
-        return params_from(data)
+        return params_from(data, field)
     except SourceImageError as exc:
-        message = str(exc).replace("FILE should", f"{field} should", 1).replace("params_from should", f"{field} should")
-        raise ApiError(422, "no_parameters", message, field) from exc
+        raise ApiError(422, "no_parameters", str(exc), field) from exc
 
 
 def _with_params(body: JobFields, params: bytes | None) -> tuple[dict[str, Any], list[str]]:

@@ -83,10 +83,7 @@ class Service:
                 style = read_source(style_image, max_pixels=settings.max_pixels)
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
-            engine = self.runner.engine
-            if engine.is_builtin(request.model) and request.strength > 0:
-                engine.check_styles(request)
-            engine.plan(request, picture, runs=request.strength > 0)  # sizes and memory, before queueing
+            self.runner.engine.plan(request, picture, runs=request.strength > 0)  # styles, sizes, memory
         except InvalidArgument as exc:
             raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
         except SourceImageError as exc:
