@@ -1,9 +1,11 @@
 """Load check of the server: many concurrent clients submit jobs while status reads are timed.
 
-Starts a real ``img2img serve`` (built-in style engine, keys in four tiers), lets ``--clients`` threads submit
-``--jobs`` jobs in all (each with its own seed) while ``--pollers`` threads read job status without pause until
-the queue has drained, then checks that every submitted job ran exactly once and produced its image. Prints
-one JSON object as its last line.
+``--mode builtin`` (the default) starts a real ``img2img serve`` (built-in style engine, keys in four tiers), lets
+``--clients`` threads submit ``--jobs`` jobs in all (each with its own seed) while ``--pollers`` threads read job
+status without pause until the queue has drained, then checks that every submitted job ran exactly once and
+produced its image. ``--mode diffusion`` and ``--mode a1111`` time the API while a diffusion model loads and runs,
+and while many A1111 clients wait for their jobs (``server_latency.py``). Each prints one JSON object as its last
+line.
 """
 
 from __future__ import annotations
@@ -55,7 +57,15 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--pollers", type=int, default=4)
     parser.add_argument("--side", type=int, default=256, help="source side in pixels")
+    parser.add_argument("--mode", choices=("builtin", "diffusion", "a1111"), default="builtin")
+    parser.add_argument("--waiters", type=int, default=75, help="a1111: concurrent blocking img2img calls")
+    parser.add_argument("--steps", type=int, default=10, help="diffusion: steps of each job (strength 0.6)")
     args = parser.parse_args()
+    if args.mode != "builtin":
+        from server_latency import run_mode
+
+        print(json.dumps(run_mode(args.mode, args)))
+        return
 
     root = Path(tempfile.mkdtemp(prefix="img2img-load-"))
     server = ServerProcess(root / "data", root / "config", model="builtin", max_queued_total=args.jobs,

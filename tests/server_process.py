@@ -29,8 +29,9 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m img2img serve`` with its own data and config folders; the log goes to ``data_dir/server.log``."""
 
-    def __init__(self, data_dir: Path, config_dir: Path, **settings: Any) -> None:
+    def __init__(self, data_dir: Path, config_dir: Path, env: dict[str, str] | None = None, **settings: Any) -> None:
         self.data_dir, self.config_dir, self.settings = data_dir, config_dir, settings
+        self.extra_env = env or {}
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -91,6 +92,7 @@ class ServerProcess:
         env["IMG2IMG_CONFIG_DIR"] = str(self.config_dir)
         env["IMG2IMG_BACKEND"] = "torch"
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.extra_env)
         for name, value in self.settings.items():
             env[f"IMG2IMG_SERVER_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
         return env

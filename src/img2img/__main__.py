@@ -2,4 +2,5 @@
 
 from img2img.cli import main
 
-main()
+if __name__ == "__main__":  # importing this module (as multiprocessing may) never starts the CLI
+    main()

@@ -47,6 +47,9 @@ NUMBERED = re.compile(r"^(\d{5})-")
 
 
 def flag_for(argument: str) -> str:
+    """How the command line spells a request field: its option, or a positional argument's own name (NAME)."""
+    if argument.isupper():
+        return argument
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
 
 

@@ -25,10 +25,8 @@ def serve(
     """Start the HTTP server: the job queue, the API under /v1, the A1111 API under /sdapi/v1, docs at /docs."""
     import logging
 
-    import uvicorn
-
     from img2img.models.device import choose_placement
-    from img2img.server.app import create_app
+    from img2img.server.app import run
     from img2img.server.settings import LOCAL_HOSTS, load_settings
     from img2img.server.store import JobStore
 
@@ -43,8 +41,7 @@ def serve(
         store.close()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"img2img serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    run(settings)
 
 
 @keys_app.command("add")

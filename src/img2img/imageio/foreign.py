@@ -17,6 +17,7 @@ from typing import Any
 
 from img2img.engine.samplers import SAMPLERS
 from img2img.errors import SourceImageError
+from img2img.imageio.source import DEFAULT_MAX_PIXELS, open_checked
 
 STEALTH_MAX_PIXELS = 4_000_000  # reading the alpha channel's low bits is slow: only smaller pictures are searched
 # Whose JSON a broken file most likely carries: the text chunk's name and the tool that writes it.
@@ -175,14 +176,18 @@ OWN_FIELDS = ("prompt", "negative_prompt", "strength", "guidance_scale", "steps"
               "color_match", "loops", "loop_decay")
 
 
-def params_from(picture: Path | str | bytes, field: str = "params_from") -> FoundRequest:
+def params_from(picture: Path | str | bytes, field: str = "params_from", max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> FoundRequest:
     """The generation parameters in ``picture`` (a path or a file's bytes) as GenerationRequest fields, from our own
-    record or another tool's metadata: ``GenerationRequest(source=..., **params_from(path).fields, strength=0.4)``."""
+    record or another tool's metadata: ``GenerationRequest(source=..., **params_from(path).fields, strength=0.4)``.
+    Pictures over ``max_pixels`` are refused before they are decoded."""
     from img2img.imageio.metadata import read_metadata
 
     path: Any = io.BytesIO(picture) if isinstance(picture, bytes) else Path(picture)
     if isinstance(path, Path) and not path.is_file():
         raise SourceImageError(f"{field} should be an image file, but {path} does not exist")
+    with open_checked(picture if isinstance(picture, bytes) else path, max_pixels, field):
+        pass
     try:
         record = read_metadata(path).record
     except SourceImageError as exc:

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageCms, ImageColor, ImageOps, UnidentifiedImageError
@@ -94,28 +95,42 @@ def _open(source: Image.Image | Path | str | bytes, max_pixels: int) -> tuple[st
             raise SourceImageError(f"source should be an image file, but {path} does not exist")
         name, stream = str(path), path.open("rb")
     try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb check works on its global limit; ours is per call and checked below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-            _check_pixels(name, image, max_pixels)
-            image.load()
-    except Image.DecompressionBombError as exc:  # Pillow's hard limit, hit in the header before ours
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found[1]):,} pixels" if found else "larger"
-        raise SourceImageError(f"source should have at most {max_pixels:,} pixels, but {name} is {size}") from exc
-    except UnidentifiedImageError as exc:
-        raise SourceImageError(f"source should be {READABLE}, but {name} is not one") from exc
+        image = open_checked(stream, max_pixels, "source", name)
+        image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise SourceImageError(f"source {name} is truncated or corrupt ({exc})") from exc
     return name, image
 
 
-def _check_pixels(name: str, image: Image.Image, max_pixels: int) -> None:
+def open_checked(file: bytes | BinaryIO | Path, max_pixels: int, field: str, name: str | None = None
+                 ) -> Image.Image:
+    """Open an image's header (nothing decoded yet) and refuse it, naming ``field``, when it is not an image or
+    has more than ``max_pixels``: every reader of untrusted pictures goes through here, so a decompression bomb
+    is refused before it is allocated."""
+    stream = io.BytesIO(file) if isinstance(file, bytes) else file
+    name = name or ("the upload" if isinstance(file, bytes) else str(file))
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb check works on its global limit; ours is per call and checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except Image.DecompressionBombError as exc:  # Pillow's hard limit, hit in the header before ours
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found[1]):,} pixels" if found else "larger"
+        raise SourceImageError(f"{field} should have at most {max_pixels:,} pixels, but {name} is {size}") from exc
+    except UnidentifiedImageError as exc:
+        raise SourceImageError(f"{field} should be {READABLE}, but {name} is not one") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise SourceImageError(f"{field} {name} is truncated or corrupt ({exc})") from exc
+    _check_pixels(name, image, max_pixels, field)
+    return image
+
+
+def _check_pixels(name: str, image: Image.Image, max_pixels: int, field: str = "source") -> None:
     if image.width < 1 or image.height < 1:
-        raise SourceImageError(f"source should have pixels, but {name} is {image.width}x{image.height}")
+        raise SourceImageError(f"{field} should have pixels, but {name} is {image.width}x{image.height}")
     if image.width * image.height > max_pixels:
-        raise SourceImageError(f"source should have at most {max_pixels:,} pixels, but {name} is "
+        raise SourceImageError(f"{field} should have at most {max_pixels:,} pixels, but {name} is "
                                f"{image.width}x{image.height} ({image.width * image.height:,})")
 
 

@@ -1,12 +1,14 @@
 """The A1111-compatible API under /sdapi/v1: field names, types and defaults as A1111 1.10 documents them.
 
-``POST /sdapi/v1/img2img`` goes through the same queue as the native API and blocks until its job ends. Fields
+``POST /sdapi/v1/img2img`` goes through the same queue as the native API and answers when its job ends; the wait
+holds no thread (it awaits the job's events), so any number of waiting clients costs nothing. Fields
 we do not support are accepted; those set to anything but A1111's default are named in ``info.warnings`` and in
 the server log, never silently dropped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -18,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from img2img.engine.seeds import MAX_SEED
 from img2img.server.app import caller, service
 from img2img.server.auth import Caller
 from img2img.server.service import ApiError, Service, decode_base64
@@ -26,7 +29,7 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[Service, Depends(service)]
 log = logging.getLogger("img2img.server")
-POLL_S = 0.1
+Count = Annotated[int, Field(ge=-1, le=2**31 - 1)]  # fields we accept and ignore: any sane integer
 RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
 SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
              "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
@@ -41,11 +44,11 @@ class Img2ImgRequest(BaseModel):
     prompt: str = Field("", max_length=100_000)
     negative_prompt: str = Field("", max_length=100_000)
     styles: list[str] | None = None
-    seed: int = -1
-    subseed: int = -1
+    seed: int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed: Count = -1
     subseed_strength: float = 0
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    seed_resize_from_h: Count = -1
+    seed_resize_from_w: Count = -1
     sampler_name: str | None = None
     scheduler: str | None = None
     batch_size: int = Field(1, ge=1, le=64)
@@ -75,13 +78,13 @@ class Img2ImgRequest(BaseModel):
     resize_mode: int = Field(0, ge=0, le=3)
     image_cfg_scale: float | None = None
     mask: str | None = None
-    mask_blur_x: int = 4
-    mask_blur_y: int = 4
-    mask_blur: int | None = None
-    inpainting_fill: int = 0
+    mask_blur_x: Count = 4
+    mask_blur_y: Count = 4
+    mask_blur: Count | None = None
+    inpainting_fill: Count = 0
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: int = 0
-    inpainting_mask_invert: int = 0
+    inpaint_full_res_padding: Count = 0
+    inpainting_mask_invert: Count = 0
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     sampler_index: str = "Euler"
@@ -98,19 +101,17 @@ class PngInfoRequest(BaseModel):
 
 
 @router.post("/img2img")
-def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Run an img2img job through the queue and answer when it is done, as A1111 does."""
     if not body.init_images:
         raise ApiError(422, "invalid_request", "init_images should hold one base64 image, but it is empty",
                        "init_images")
-    source = decode_base64(body.init_images[0], "init_images", svc)
     fields, warnings = _fields(body)
     for warning in warnings:
         log.warning("sdapi/v1/img2img: %s", warning)
-    job = svc.submit(who, fields, source)
-    while not job.final:
-        time.sleep(POLL_S)
-        job = svc.job(who, job.id)
+    submitted = await asyncio.to_thread(
+        lambda: svc.submit(who, fields, decode_base64(body.init_images[0], "init_images", svc)))  # type: ignore[index]
+    job = await svc.wait(who, submitted.id)
     if job.state != "done":
         status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
         raise ApiError(status, code, job.error or job.state)
@@ -210,13 +211,16 @@ def set_options(body: dict[str, Any], who: CallerDep, svc: ServiceDep) -> None:
 @router.post("/png-info")
 def png_info(body: PngInfoRequest, _who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """The generation parameters inside an image (PNG text chunks, or EXIF for JPEG and WebP)."""
-    from PIL import Image
-
+    from img2img.errors import SourceImageError
     from img2img.imageio.metadata import read_metadata
+    from img2img.imageio.source import open_checked
+
     data = decode_base64(body.image, "image", svc)
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_checked(data, svc.settings.max_pixels, "image") as image:  # a decompression bomb is refused here
             image.verify()
+    except SourceImageError as exc:
+        raise ApiError(422, "invalid_image", str(exc), "image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ApiError(422, "invalid_image", f"image should be a PNG, JPEG or WebP file ({exc})", "image") from exc
     metadata = read_metadata(io.BytesIO(data))  # type: ignore[arg-type]

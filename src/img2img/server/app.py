@@ -1,4 +1,8 @@
-"""The FastAPI application: settings, store, runner and event hub joined; errors as JSON; limits on bodies."""
+"""The FastAPI application: settings, store, runner and event hub joined; errors as JSON; limits on bodies.
+
+``run`` serves it with uvicorn and tells it when a stop begins (SIGTERM, Ctrl-C), so that waiting A1111 calls
+and event streams end at once instead of holding the shutdown; the running job goes back to the queue.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +25,29 @@ from img2img.server.runner import Runner
 from img2img.server.service import ApiError, Service
 from img2img.server.settings import LOCAL_HOSTS, ServerSettings
 from img2img.server.store import JobStore
+from img2img.server.worker import make_engine
 
 log = logging.getLogger("img2img.server")
 BASE64_OVERHEAD = 4 / 3
+GRACEFUL_SHUTDOWN_S = 10  # uvicorn's wait for open connections; ours end as soon as the stop begins
+
+
+def run(settings: ServerSettings) -> None:
+    """Serve until SIGTERM or Ctrl-C; then stop in a few seconds with one log line and nothing lost."""
+    import uvicorn
+
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            svc: Service | None = getattr(app.state, "service", None)
+            if svc is not None:
+                svc.begin_stop()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    Server(config).run()
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -37,14 +61,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
         blobs = BlobStore(settings.data_dir / "images")
         hub = EventHub(asyncio.get_running_loop())
         runner = Runner(settings, store, blobs, hub)
-        app.state.service = Service(settings, store, blobs, hub, runner)
+        runner.start()  # the worker process starts while this process makes its own engine for checks
+        planner = await asyncio.to_thread(make_engine, settings)
+        app.state.service = Service(settings, store, blobs, hub, runner, planner)
         # Fixed now, for the server's life: keys stay required when the last one is removed (fail closed).
         app.state.keys_required = store.has_keys() or settings.host not in LOCAL_HOSTS
-        runner.start()
         try:
             yield
         finally:
             await asyncio.to_thread(runner.stop)
+            waiting = store.counts().get("queued", 0)
+            log.info("stopped: %d queued jobs wait for the next start", waiting)
             store.close()
 
     app = FastAPI(title="img2img", summary="Image-to-image generation: a job queue, the native API and the "
@@ -131,27 +158,26 @@ class BodyLimit:
 
         async def limited() -> Message:
             nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.limit:
+            if received > self.limit:  # a body streamed in chunks, with no Content-Length to refuse it by
                 refused = True
-                raise _TooLarge
+                await self._refuse(send)
+                return {"type": "http.disconnect"}  # the app stops reading; what it answers is dropped
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            if refused:
-                await self._refuse(send)
+        async def guarded(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited, guarded)
 
     async def _refuse(self, send: Send) -> None:
         error = ApiError(413, "too_large", f"the request body should be at most {self.limit} bytes", "body")
         body = JSONResponse(error.body(), status_code=413)
         await body({"type": "http"}, _nothing, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 async def _nothing() -> Message:

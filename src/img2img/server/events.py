@@ -17,7 +17,7 @@ STREAM_QUEUE = 256  # events a slow reader may fall behind by; older step events
 
 class EventHub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        self.loop = loop
         self._lock = threading.Lock()
         self._streams: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._positions: dict[str, int] = {}
@@ -48,7 +48,17 @@ class EventHub:
         with self._lock:
             if job_id not in self._streams:
                 return
-        self._loop.call_soon_threadsafe(self._deliver, job_id, {"event": event, "job": job_id, **data})
+        self.loop.call_soon_threadsafe(self._deliver, job_id, {"event": event, "job": job_id, **data})
+
+    @staticmethod
+    async def next_event(queue: asyncio.Queue[dict[str, Any]], stopping: asyncio.Event, timeout_s: float
+                         ) -> dict[str, Any] | None:
+        """The stream's next event; None after ``timeout_s`` or as soon as ``stopping`` is set."""
+        getter, stopper = asyncio.ensure_future(queue.get()), asyncio.ensure_future(stopping.wait())
+        done, pending = await asyncio.wait({getter, stopper}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return getter.result() if getter in done else None
 
     def preview(self, job_id: str) -> str | None:
         with self._lock:

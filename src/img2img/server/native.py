@@ -22,6 +22,7 @@ router = APIRouter(prefix="/v1", tags=["native"])
 CallerDep = Annotated[Caller, Depends(caller)]
 ServiceDep = Annotated[Service, Depends(service)]
 KEEPALIVE_S = 15.0
+MAX_INT64 = 2**63 - 1  # SQLite's integers
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)]
 
 
@@ -61,7 +62,7 @@ class JsonJob(JobFields):
 def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Queue a job from JSON with the source image in base64."""
     params = decode_base64(body.params_from, "params_from", svc) if body.params_from else None
-    fields, notes = _with_params(body, params)
+    fields, notes = _with_params(body, params, svc.settings.max_pixels)
     source = decode_base64(body.source, "source", svc)
     style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
     return {**svc.view(svc.submit(who, fields, source, style)), "notes": notes}
@@ -83,7 +84,7 @@ async def submit_form(
         field = ".".join(str(part) for part in first["loc"]) or "request"
         raise ApiError(422, "invalid_request", f"{field}: {first['msg'].lower()}", field) from exc
     params = await _read_upload(params_from, "params_from", svc) if params_from else None
-    fields, notes = await asyncio.to_thread(_with_params, body, params)
+    fields, notes = await asyncio.to_thread(_with_params, body, params, svc.settings.max_pixels)
     data = await _read_upload(source, "source", svc)
     style = await _read_upload(style_image, "style_image", svc) if style_image else None
     job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style)))
@@ -98,29 +99,29 @@ async def read_parameters(
 ) -> dict[str, Any]:
     """The generation parameters found in a picture, as the job fields they map to, with what did not carry over."""
     data = await _read_upload(image, "image", svc)
-    found = await asyncio.to_thread(_found, data, "image")
+    found = await asyncio.to_thread(_found, data, "image", svc.settings.max_pixels)
     fields = {key: value for key, value in found.fields.items() if key in JobFields.model_fields}
     return {"generator": found.generator, "fields": fields, "warnings": list(found.warnings)}
 
 
-def _found(data: bytes, field: str) -> Any:
+def _found(data: bytes, field: str, max_pixels: int) -> Any:
     from img2img.errors import SourceImageError
     from img2img.imageio.foreign import params_from
 
     try:
-        return params_from(data, field)
+        return params_from(data, field, max_pixels)
     except SourceImageError as exc:
         raise ApiError(422, "no_parameters", str(exc), field) from exc
 
 
-def _with_params(body: JobFields, params: bytes | None) -> tuple[dict[str, Any], list[str]]:
+def _with_params(body: JobFields, params: bytes | None, max_pixels: int) -> tuple[dict[str, Any], list[str]]:
     """The job's fields over those found in the ``params_from`` picture (fields the request sets win)."""
     fields = body.model_dump(include=set(JobFields.model_fields))
     if params is None:
         if "prompt" not in body.model_fields_set:
             raise ApiError(422, "invalid_request", "prompt: field required (or give params_from)", "prompt")
         return fields, []
-    found = _found(params, "params_from")
+    found = _found(params, "params_from", max_pixels)
     taken = {key: value for key, value in found.fields.items()
              if key in JobFields.model_fields and key not in body.model_fields_set}
     return {**fields, **taken}, list(found.warnings)
@@ -128,7 +129,8 @@ def _with_params(body: JobFields, params: bytes | None) -> tuple[dict[str, Any],
 
 @router.get("/jobs")
 def list_jobs(who: CallerDep, svc: ServiceDep, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-              before: Annotated[int | None, Query(ge=0, description="the cursor of an earlier page")] = None,
+              before: Annotated[int | None, Query(ge=0, le=MAX_INT64, description="the cursor of an earlier page")
+                                ] = None,
               ) -> dict[str, Any]:
     """Your jobs, newest first."""
     jobs = svc.store.list(who.owner, limit, before)
@@ -182,9 +184,11 @@ async def job_events(job_id: str, request: Request, who: CallerDep, svc: Service
             if job.final:
                 return
             while not await request.is_disconnected():
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except TimeoutError:
+                event = await svc.hub.next_event(queue, svc.stopping, KEEPALIVE_S)
+                if svc.stopping.is_set():  # the job is kept: a client reconnects after the restart
+                    yield _sse("stopping", {"event": "stopping", "job": job_id})
+                    return
+                if event is None:
                     yield ": keep-alive\n\n"
                     continue
                 yield _sse(event["event"], event)
@@ -226,8 +230,10 @@ def styles(_who: CallerDep) -> dict[str, list[str]]:
 
 @router.get("/health")
 def health(svc: ServiceDep) -> dict[str, Any]:
+    """Up or not, the queue's length, and the worker process's state (starting, idle, running, restarting)."""
     counts = svc.store.counts()
-    return {"status": "ok", "queued": counts.get("queued", 0), "running": counts.get("running", 0)}
+    return {"status": "ok", "queued": counts.get("queued", 0), "running": counts.get("running", 0),
+            "worker": svc.runner.state}
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

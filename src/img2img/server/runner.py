@@ -1,20 +1,28 @@
-"""The in-process runner: one worker thread per server that takes jobs from the store and runs them on one engine.
+"""The runner: a thread of the server that takes jobs from the store and hands them to the worker process.
 
-Models stay loaded between jobs (the engine's cache). A job is cancelled between two denoising steps by raising
-from the progress callback; on shutdown the running job goes back to the queue without using up an attempt. The
-store does not know the runner: a runner spread over many machines would claim jobs from the same store.
+The worker (``worker.py``) keeps the models loaded between jobs and reports steps and previews, which the runner
+writes to the store and publishes as events. A job is cancelled between two denoising steps. When the worker
+dies (killed, out of memory) the runner starts a new one and the job is retried while it has attempts left
+(``max_attempts``), else it fails with the reason. On shutdown the running job goes back to the queue without
+using up an attempt. The store does not know the runner: a runner spread over many machines would claim jobs
+from the same store.
 """
 
 from __future__ import annotations
 
-import base64
-import io
+import contextlib
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any
 
-from img2img.errors import Img2ImgError
+from img2img.server import worker
 from img2img.server.blobs import BlobStore
 from img2img.server.events import EventHub
 from img2img.server.settings import ServerSettings
@@ -22,32 +30,59 @@ from img2img.server.store import Job, JobStore
 
 log = logging.getLogger("img2img.server")
 PROGRESS_WRITE_S = 0.25  # at most this often a running job's progress is written to the database
+WORKER_START_S = 300.0  # a worker that has not said ready by then is replaced
+STOP_GRACE_S = 2.0  # on shutdown, how long the running job may take to reach its next step before the worker is killed
+POLL_S = 0.1
+MAX_BACKOFF_S = 30.0
 
 
-class _Cancelled(Exception):
-    pass
+class WorkerDied(Exception):
+    """The worker process ended without an answer; the message says how (its exit status or signal)."""
 
 
-class _Stopping(Exception):
-    pass
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+
+    def reason(self) -> str:
+        self.process.join(1.0)
+        code = self.process.exitcode
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory, or killed by hand)" if -code == signal.SIGKILL else ""
+            return f"it was killed by {name}{hint}"
+        return f"it exited with status {code}"
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5.0)
+        self.conn.close()
 
 
 class Runner:
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub) -> None:
         self.settings, self.store, self.blobs, self.hub = settings, store, blobs, hub
+        self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
+        self._cancel, self._stop_job = self._context.Event(), self._context.Event()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._lock = threading.Lock()
-        self._cancel: set[str] = set()
         self._current: str | None = None
-        self._engine: Any = None
+        self._worker: _Worker | None = None
         self._thread: threading.Thread | None = None
+        self.state = "starting"  # starting, idle, running, restarting, stopped: shown by /v1/health
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="img2img-runner", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 30.0) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Put the running job back in the queue and end the worker; returns within a few seconds."""
         self._stop.set()
+        self._stop_job.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -61,24 +96,26 @@ class Runner:
         with self._lock:
             if self._current != job_id:
                 return False
-            self._cancel.add(job_id)
+            self._cancel.set()
             return True
 
-    @property
-    def engine(self) -> Any:
-        """The engine, made on first use (request threads check sizes with it while the worker runs jobs)."""
-        with self._lock:
-            if self._engine is None:
-                from img2img.api import Engine
-
-                s = self.settings
-                self._engine = Engine(device=s.device, backend=s.backend, quantize=s.quantize,
-                                      max_images=s.max_images_per_job, max_source_pixels=s.max_pixels,
-                                      max_memory=s.max_memory)
-            return self._engine
+    # The loop ---------------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        failures = 0
         while not self._stop.is_set():
+            if self._worker is None:
+                try:
+                    self._worker = self._start_worker()
+                    failures = 0
+                except WorkerDied as exc:
+                    failures += 1
+                    delay = min(MAX_BACKOFF_S, 2.0**failures)
+                    log.error("the worker process could not start: %s; trying again in %.0f s", exc, delay)
+                    self.state = "restarting"
+                    self._stop.wait(delay)
+                    continue
+            self.state = "idle"
             job = self.store.claim_next()
             if job is None:
                 self._wake.wait(1.0)
@@ -86,75 +123,133 @@ class Runner:
                 continue
             with self._lock:
                 self._current = job.id
+                self._cancel.clear()
+            self.state = "running"
             self.hub.publish_positions(self.store)
             try:
                 self._run(job)
             finally:
                 with self._lock:
                     self._current = None
-                    self._cancel.discard(job.id)
                 self.hub.publish_positions(self.store)
+        self._close_worker()
+        self.state = "stopped"
+
+    def _start_worker(self) -> _Worker:
+        ours, theirs = self._context.Pipe()
+        process = self._context.Process(target=worker.main, name="img2img-worker", args=(
+            theirs, self.settings, self._cancel, self._stop_job, os.getpid()))
+        process.start()
+        theirs.close()
+        started = _Worker(process, ours)
+        deadline = time.monotonic() + WORKER_START_S
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                if ours.poll(POLL_S):
+                    if ours.recv() == ("ready",):
+                        log.info("worker process %d ready", process.pid)
+                        return started
+                    break
+            except (EOFError, OSError):
+                break
+            if not process.is_alive():
+                break
+        reason = started.reason() if not process.is_alive() else "it did not say ready"
+        started.kill()
+        raise WorkerDied(reason)
+
+    def _close_worker(self) -> None:
+        if self._worker is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self._worker.conn.send(("quit",))
+        self._worker.process.join(STOP_GRACE_S)
+        self._worker.kill()
+        self._worker = None
+
+    # One job ----------------------------------------------------------------------------------------------------
 
     def _run(self, job: Job) -> None:
+        assert self._worker is not None
         self.hub.publish(job.id, "started", attempt=job.attempts)
+        fields = dict(job.request)
+        fields["model"] = fields.get("model") or self.settings.model  # jobs queued before models were resolved
         try:
-            outputs, notes = self._generate(job)
-        except _Cancelled:
+            self._worker.conn.send(("run", job.id, fields))
+            outcome = self._outcome(job)
+        except (WorkerDied, OSError) as exc:
+            reason = str(exc) if isinstance(exc, WorkerDied) else self._worker.reason()
+            self._worker.kill()
+            self._worker = None
+            self._after_death(job, reason)
+            return
+        kind = outcome[0]
+        if kind == "done":
+            outputs = [self._stored(output) for output in outcome[1]]
+            self.store.finish(job.id, "done", outputs=outputs, notes=outcome[2])
+            self.hub.publish(job.id, "done", outputs=[output["image"] for output in outputs])
+        elif kind == "cancelled":
             self.store.finish(job.id, "cancelled", error="cancelled while running")
             self.hub.publish(job.id, "cancelled")
-        except _Stopping:
+        elif kind == "stopped":
             self.store.requeue(job.id)
-        except Img2ImgError as exc:
-            self.store.finish(job.id, "failed", error=str(exc))
-            self.hub.publish(job.id, "failed", error=str(exc))
-        except Exception as exc:  # a fault of ours: keep serving, fail the job with a reason, log the traceback
-            log.exception("job %s failed", job.id)
-            message = f"internal error ({type(exc).__name__}: {exc})"
-            self.store.finish(job.id, "failed", error=message)
-            self.hub.publish(job.id, "failed", error=message)
+            log.info("stopping: job %s goes back to the queue and runs when the server starts again", job.id)
         else:
-            self.store.finish(job.id, "done", outputs=outputs, notes=notes)
-            self.hub.publish(job.id, "done", outputs=[output["image"] for output in outputs])
+            self.store.finish(job.id, "failed", error=outcome[1])
+            self.hub.publish(job.id, "failed", error=outcome[1])
 
-    def _generate(self, job: Job) -> tuple[list[dict[str, Any]], list[str]]:
-        from img2img.engine.request import GenerationRequest
-        from img2img.imageio.metadata import Metadata, save_options
-
-        fields = dict(job.request)
-        source, style = fields.pop("source"), fields.pop("style_image", None)
-        size = fields.pop("size", None)
-        fields["model"] = fields.get("model") or self.settings.model
-        request = GenerationRequest(source=self.blobs.path(source), size=tuple(size) if size else None,
-                                    style_image=self.blobs.path(style) if style else None, **fields)
-        engine = self.engine
-        diffusion = not engine.is_builtin(request.model)
-        state = {"step": 0, "total": 0, "written": 0.0}
-
-        def on_progress(index: int, done: int, total: int) -> None:
-            if job.id in self._cancel:
-                raise _Cancelled
+    def _outcome(self, job: Job) -> tuple[Any, ...]:
+        """Relay the worker's reports until it gives the job's outcome."""
+        assert self._worker is not None
+        conn, process = self._worker.conn, self._worker.process
+        progress = {"step": 0, "total": 0, "written": 0.0}
+        stop_deadline: float | None = None
+        while True:
+            if conn.poll(POLL_S):
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    raise WorkerDied(self._worker.reason()) from None
+                if message[0] == "progress":
+                    self._progress(job, progress, *message[1:])
+                elif message[0] == "preview":
+                    self.hub.publish(job.id, "step", step=progress["step"], total=progress["total"],
+                                     preview=message[1])
+                else:
+                    return message  # type: ignore[no-any-return]
+            elif not process.is_alive():
+                raise WorkerDied(self._worker.reason())
             if self._stop.is_set():
-                raise _Stopping
-            state["step"], state["total"] = index * total + done, total * request.num_images
-            now = time.monotonic()
-            if now - state["written"] >= PROGRESS_WRITE_S or done == total:
-                self.store.progress(job.id, state["step"], state["total"])
-                state["written"] = now
-            if not diffusion:
-                self.hub.publish(job.id, "step", step=state["step"], total=state["total"])
+                stop_deadline = stop_deadline or time.monotonic() + STOP_GRACE_S
+                if time.monotonic() > stop_deadline:  # loading or converting: no step to stop at soon
+                    self._worker.kill()
+                    self._worker = None
+                    return ("stopped",)
 
-        def on_preview(_index: int, image: Any) -> None:
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=70)
-            preview = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-            self.hub.publish(job.id, "step", step=state["step"], total=state["total"], preview=preview)
+    def _progress(self, job: Job, progress: dict[str, Any], step: int, total: int, diffusion: bool) -> None:
+        progress["step"], progress["total"] = step, total
+        now = time.monotonic()
+        if now - progress["written"] >= PROGRESS_WRITE_S or step == total:
+            self.store.progress(job.id, step, total)
+            progress["written"] = now
+        if not diffusion:  # diffusion steps are published with their previews
+            self.hub.publish(job.id, "step", step=step, total=total)
 
-        result = engine.generate(request, on_progress=on_progress, on_preview=on_preview)
-        outputs = []
-        for image, record in zip(result.images, result.records, strict=True):
-            buffer = io.BytesIO()
-            image.save(buffer, **save_options("png", Metadata(record.to_parameters_text(), record.to_json()), 0))
-            outputs.append({"image": self.blobs.put(buffer.getvalue(), ".png"), "seed": record.seed,
-                            "width": image.width, "height": image.height,
-                            "parameters": record.to_parameters_text()})
-        return outputs, list(result.notes)
+    def _stored(self, output: dict[str, Any]) -> dict[str, Any]:
+        """An output as the store keeps it: the PNG written to the image store, its name in place of the bytes."""
+        kept = {key: value for key, value in output.items() if key != "png"}
+        return {"image": self.blobs.put(output["png"], ".png"), **kept}
+
+    def _after_death(self, job: Job, reason: str) -> None:
+        """Retry the job on a new worker while it has attempts left; else fail it, saying why."""
+        if job.attempts >= self.settings.max_attempts:
+            error = (f"the worker process died while running this job, {job.attempts} times (last: {reason}); "
+                     "not retried again")
+            self.store.finish(job.id, "failed", error=error)
+            self.hub.publish(job.id, "failed", error=error)
+            log.error("job %s failed: %s", job.id, error)
+            return
+        self.store.retry(job.id)
+        self.hub.publish(job.id, "queued", reason=f"the worker process died ({reason}); retrying")
+        log.error("the worker process died while running job %s (%s); a new one starts and the job runs again "
+                  "(attempt %d of %d)", job.id, reason, job.attempts + 1, self.settings.max_attempts)

@@ -6,6 +6,7 @@ one-line message; ``app`` turns it into the JSON error body.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -26,6 +27,8 @@ from img2img.server.store import Job, JobStore, QueueFull
 
 RETRY_AFTER_S = 10
 BUILTIN = ("builtin", "builtin-style")
+FINAL_EVENTS = ("done", "failed", "cancelled")
+RECHECK_S = 5.0  # a waiting call reads its job again this often, in case an event was dropped
 
 
 @dataclass
@@ -41,9 +44,18 @@ class ApiError(Exception):
 
 
 class Service:
+    """``planner`` is an engine that checks requests (styles, sizes, memory) and loads no model: the runner's
+    worker process runs them. ``stopping`` is set when the server begins to stop."""
+
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub,
-                 runner: Runner) -> None:
+                 runner: Runner, planner: Any) -> None:
         self.settings, self.store, self.blobs, self.hub, self.runner = settings, store, blobs, hub, runner
+        self.planner = planner
+        self.stopping = asyncio.Event()
+
+    def begin_stop(self) -> None:
+        """Safe from a signal handler or any thread: waiting calls and event streams end at once."""
+        self.hub.loop.call_soon_threadsafe(self.stopping.set)
 
     # Submitting -------------------------------------------------------------------------------------------------
 
@@ -71,6 +83,7 @@ class Service:
                 raise ApiError(422, "invalid_argument", f"{name} should be at most {settings.max_prompt_chars} "
                                f"characters, but got {len(text)}", name)
         fields = dict(fields)
+        # Resolved now, so a later change of the default model does not change queued jobs.
         fields["model"] = self.model_name(caller, fields.get("model"))
         fields["seed"] = resolve_seed(fields.get("seed"))  # fixed now, so a retried job gives the same images
         size = fields.get("size")
@@ -83,7 +96,11 @@ class Service:
                 style = read_source(style_image, max_pixels=settings.max_pixels)
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
-            self.runner.engine.plan(request, picture, runs=request.strength > 0)  # styles, sizes, memory
+            files = self.planner.plan(request, picture, runs=request.strength > 0)[2]  # styles, sizes, memory
+            if files is not None:  # the weights the job will run on: the worker refuses others
+                from img2img.models.loading import weights_sha256
+
+                fields["model_sha256"] = weights_sha256(files.path)
         except InvalidArgument as exc:
             raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
         except SourceImageError as exc:
@@ -96,20 +113,40 @@ class Service:
         fields["style_image"] = self.blobs.put(style_image, _suffix(style_image)) if style_image else None
         return fields
 
-    def model_name(self, caller: Caller, model: str | None) -> str | None:
-        """A registry name or the built-in engine; never a path or a repo id from a request."""
+    def model_name(self, caller: Caller, model: str | None) -> str:
+        """A registry name or the built-in engine; never a path or a repo id from a request. With none asked
+        for: the caller's A1111 option, the server's default, the registry's default, else the built-in engine."""
         from img2img.models.registry import ModelRegistry
 
-        model = model or self.store.options(caller.owner).get("sd_model_checkpoint") or self.settings.model
-        if model is None or model in BUILTIN:
+        registry = ModelRegistry()
+        model = (model or self.store.options(caller.owner).get("sd_model_checkpoint") or self.settings.model
+                 or registry.default_name() or "builtin")
+        if model in BUILTIN:
             return model
-        names = [entry.name for entry in ModelRegistry().entries()]
+        names = [entry.name for entry in registry.entries()]
         if model not in names:
             choices = ", ".join([*names, "builtin"])
             raise ApiError(422, "unknown_model", f"model should be one of {choices}, but got {model!r}", "model")
         return model
 
     # Reading --------------------------------------------------------------------------------------------------
+
+    async def wait(self, caller: Caller, job_id: str) -> Job:
+        """The job once it has ended, awaited on its events (no thread is held while it runs); 503 when the
+        server begins to stop first (the job stays queued, or goes back to the queue, and runs after a restart)."""
+        queue = self.hub.subscribe(job_id)
+        try:
+            job = await asyncio.to_thread(self.job, caller, job_id)  # read after subscribing: no event is missed
+            while not job.final:
+                event = await self.hub.next_event(queue, self.stopping, RECHECK_S)
+                if event is None or event["event"] in FINAL_EVENTS or self.stopping.is_set():
+                    job = await asyncio.to_thread(self.job, caller, job_id)
+                if self.stopping.is_set() and not job.final:
+                    raise ApiError(503, "stopping", f"the server is stopping; job {job_id} is kept and runs when "
+                                   f"it starts again (read it at /v1/jobs/{job_id})", None, {"Retry-After": "30"})
+            return job
+        finally:
+            self.hub.unsubscribe(job_id, queue)
 
     def job(self, caller: Caller, job_id: str) -> Job:
         job = self.store.get(job_id)

@@ -187,6 +187,12 @@ class JobStore:
             self._db.execute("UPDATE jobs SET state = 'queued', step = 0, attempts = MAX(attempts - 1, 0) "
                              "WHERE id = ? AND state = 'running'", (job_id,))
 
+    def retry(self, job_id: str) -> None:
+        """Put a running job back at its place in the queue after its worker died; the attempt it used counts."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET state = 'queued', step = 0 WHERE id = ? AND state = 'running'",
+                             (job_id,))
+
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False when it is not queued (any more)."""
         with self._lock:

@@ -1,0 +1,135 @@
+"""The worker process: it holds the engine and its loaded models and runs one job at a time for the runner.
+
+Generation, model loading and conversion run here, in a process of their own, so they never hold the server's
+interpreter: the API answers at once while a model loads or converts. The worker writes nothing that lasts; the
+runner owns the job store and the image files, so killing the worker at any moment loses no state.
+
+It talks to the runner over a pipe. From the runner: ``("run", job_id, fields)`` and ``("quit",)``. To the runner:
+``("ready",)`` once the engine exists, then for each job any number of ``("progress", step, total, diffusion)`` and
+``("preview", data_url)``, and one outcome: ``("done", outputs, notes)``, ``("failed", message)``,
+``("cancelled",)`` or ``("stopped",)``. Two shared events ask the running job to end at its next step: ``cancel``
+(this job) and ``stop`` (the server is stopping).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import signal
+import threading
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
+from typing import Any
+
+from img2img.errors import Img2ImgError, ModelError
+from img2img.server.settings import ServerSettings
+
+log = logging.getLogger("img2img.worker")
+PARENT_CHECK_S = 1.0  # how often the worker looks whether the server that started it is still alive
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Stopping(Exception):
+    pass
+
+
+def make_engine(settings: ServerSettings) -> Any:
+    """The engine both processes use: the server's to check requests, the worker's to run them."""
+    from img2img.api import Engine
+
+    return Engine(device=settings.device, backend=settings.backend, quantize=settings.quantize,
+                  max_images=settings.max_images_per_job, max_source_pixels=settings.max_pixels,
+                  max_memory=settings.max_memory)
+
+
+def main(conn: Connection, settings: ServerSettings, cancel: Event, stop: Event, parent_pid: int) -> None:
+    """The worker's life: make the engine, say ready, run jobs until told to quit or the server is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    engine = make_engine(settings)
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] != "run":
+            return
+        _, job_id, fields = message
+        conn.send(_outcome(engine, settings, conn, job_id, fields, cancel, stop))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A server killed with SIGKILL cannot stop its worker: the worker notices and ends itself."""
+    while os.getppid() == parent_pid:
+        threading.Event().wait(PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _outcome(engine: Any, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+             cancel: Event, stop: Event) -> tuple[Any, ...]:
+    try:
+        outputs, notes = _generate(engine, settings, conn, fields, cancel, stop)
+    except _Cancelled:
+        return ("cancelled",)
+    except _Stopping:
+        return ("stopped",)
+    except Img2ImgError as exc:
+        return ("failed", str(exc))
+    except Exception as exc:  # a fault of ours: the job fails with a reason, the traceback goes to the log
+        log.exception("job %s failed", job_id)
+        return ("failed", f"internal error ({type(exc).__name__}: {exc})")
+    return ("done", outputs, notes)
+
+
+def _generate(engine: Any, settings: ServerSettings, conn: Connection, fields: dict[str, Any], cancel: Event,
+              stop: Event) -> tuple[list[dict[str, Any]], list[str]]:
+    from img2img.engine.request import GenerationRequest
+    from img2img.imageio.metadata import Metadata, save_options
+    from img2img.server.blobs import BlobStore
+
+    blobs = BlobStore(settings.data_dir / "images")
+    fields = dict(fields)
+    source, style = fields.pop("source"), fields.pop("style_image", None)
+    size = fields.pop("size", None)
+    expected_sha256 = fields.pop("model_sha256", None)
+    request = GenerationRequest(source=blobs.path(source), size=tuple(size) if size else None,
+                                style_image=blobs.path(style) if style else None, **fields)
+    diffusion = not engine.is_builtin(request.model)
+    if diffusion and expected_sha256:
+        _check_model(engine, request.model, expected_sha256)
+
+    def on_progress(index: int, done: int, total: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled
+        if stop.is_set():
+            raise _Stopping
+        conn.send(("progress", index * total + done, total * request.num_images, diffusion))
+
+    def on_preview(_index: int, image: Any) -> None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=70)
+        conn.send(("preview", "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")))
+
+    result = engine.generate(request, on_progress=on_progress, on_preview=on_preview)
+    outputs = []
+    for image, record in zip(result.images, result.records, strict=True):
+        buffer = io.BytesIO()
+        image.save(buffer, **save_options("png", Metadata(record.to_parameters_text(), record.to_json()), 0))
+        outputs.append({"png": buffer.getvalue(), "seed": record.seed, "width": image.width,
+                        "height": image.height, "parameters": record.to_parameters_text()})
+    return outputs, list(result.notes)
+
+
+def _check_model(engine: Any, name: str, expected: str) -> None:
+    """The job runs on the weights it was accepted with, or not at all."""
+    found = engine.load(name).sha256
+    if found != expected:
+        raise ModelError(f"model {name} should have the weights the job was accepted with (sha256 {expected[:12]}), "
+                         f"but its files changed (now {found[:12]}); submit the job again")
