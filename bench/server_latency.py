@@ -8,7 +8,8 @@ stream's first event and a small submission, back to back; each answer is filed 
 (``loading`` until its first step, then ``denoising``).
 
 ``a1111``: ``--waiters`` blocking ``POST /sdapi/v1/img2img`` calls from three keys (built-in engine) at once, with
-health, progress and status probes running until the last call has its answer.
+health, progress and model-list probes running until the last call has its answer, filed under ``submitting``
+until every call's job is stored, then ``waiting``.
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ def a1111(args: argparse.Namespace) -> dict[str, Any]:
     server.start()
     source = b64(photo_bytes(args.side))
     probes = Probes(server, keys[0])
-    probes.phase = "waiting"
+    probes.phase = "submitting"  # until every call's job is in the store; then only waiting is left
     probes.add("health", lambda http: _ok(http.get("/v1/health", timeout=PROBE_TIMEOUT_S)))
     probes.add("progress", lambda http: _ok(http.get("/sdapi/v1/progress", timeout=PROBE_TIMEOUT_S)))
     probes.add("models", lambda http: _ok(http.get("/v1/models", timeout=PROBE_TIMEOUT_S)))
@@ -175,9 +176,17 @@ def a1111(args: argparse.Namespace) -> dict[str, Any]:
             with lock:
                 answers.append((code, time.perf_counter() - began))
 
+    def stored() -> None:
+        clients = [server.client(key) for key in keys]
+        while sum(len(http.get("/v1/jobs", params={"limit": 200}).json()["jobs"]) for http in clients) < args.waiters:
+            time.sleep(0.25)
+        probes.phase = "waiting"
+        for http in clients:
+            http.close()
+
     began = time.perf_counter()
     threads = [threading.Thread(target=waiter, args=(i,)) for i in range(args.waiters)]
-    for thread in threads:
+    for thread in [*threads, threading.Thread(target=stored, daemon=True)]:
         thread.start()
     for thread in threads:
         thread.join()

@@ -12,6 +12,7 @@ from typing import Any
 
 from img2img.server.store import JobStore
 
+FINAL_EVENTS = ("done", "failed", "cancelled")
 STREAM_QUEUE = 256  # events a slow reader may fall behind by; older step events are dropped first
 
 
@@ -20,21 +21,25 @@ class EventHub:
         self.loop = loop
         self._lock = threading.Lock()
         self._streams: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._waiters: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}  # told only how the job ended
         self._positions: dict[str, int] = {}
         self._previews: dict[str, str] = {}
 
-    def subscribe(self, job_id: str) -> asyncio.Queue[dict[str, Any]]:
+    def subscribe(self, job_id: str, outcome_only: bool = False) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of the job's events; with ``outcome_only``, only the last one (done, failed or cancelled)."""
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(STREAM_QUEUE)
         with self._lock:
-            self._streams.setdefault(job_id, set()).add(queue)
+            (self._waiters if outcome_only else self._streams).setdefault(job_id, set()).add(queue)
         return queue
 
     def unsubscribe(self, job_id: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
         with self._lock:
-            streams = self._streams.get(job_id, set())
-            streams.discard(queue)
-            if not streams:
-                self._streams.pop(job_id, None)
+            for table in (self._streams, self._waiters):
+                queues = table.get(job_id, set())
+                queues.discard(queue)
+                if not queues:
+                    table.pop(job_id, None)
+            if job_id not in self._streams:
                 self._positions.pop(job_id, None)
 
     def publish(self, job_id: str, event: str, **data: Any) -> None:
@@ -42,11 +47,12 @@ class EventHub:
         if event == "step" and "preview" in data:
             with self._lock:
                 self._previews[job_id] = data["preview"]
-        if event in ("done", "failed", "cancelled"):
+        final = event in FINAL_EVENTS
+        if final:
             with self._lock:
                 self._previews.pop(job_id, None)
         with self._lock:
-            if job_id not in self._streams:
+            if job_id not in self._streams and not (final and job_id in self._waiters):
                 return
         self.loop.call_soon_threadsafe(self._deliver, job_id, {"event": event, "job": job_id, **data})
 
@@ -76,7 +82,8 @@ class EventHub:
                 self.publish(job_id, "position", position=place)
 
     def _deliver(self, job_id: str, event: dict[str, Any]) -> None:
-        for queue in list(self._streams.get(job_id, ())):
+        waiting = self._waiters.get(job_id, set()) if event["event"] in FINAL_EVENTS else set()
+        for queue in [*self._streams.get(job_id, ()), *waiting]:
             if queue.full():
                 _drop_oldest_step(queue)
             if not queue.full():

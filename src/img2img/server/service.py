@@ -20,14 +20,13 @@ from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
 from img2img.server.auth import Caller
 from img2img.server.blobs import BlobStore
-from img2img.server.events import EventHub
+from img2img.server.events import FINAL_EVENTS, EventHub
 from img2img.server.runner import Runner
 from img2img.server.settings import ServerSettings
 from img2img.server.store import Job, JobStore, QueueFull
 
 RETRY_AFTER_S = 10
 BUILTIN = ("builtin", "builtin-style")
-FINAL_EVENTS = ("done", "failed", "cancelled")
 RECHECK_S = 5.0  # a waiting call reads its job again this often, in case an event was dropped
 
 
@@ -134,7 +133,7 @@ class Service:
     async def wait(self, caller: Caller, job_id: str) -> Job:
         """The job once it has ended, awaited on its events (no thread is held while it runs); 503 when the
         server begins to stop first (the job stays queued, or goes back to the queue, and runs after a restart)."""
-        queue = self.hub.subscribe(job_id)
+        queue = self.hub.subscribe(job_id, outcome_only=True)
         try:
             job = await asyncio.to_thread(self.job, caller, job_id)  # read after subscribing: no event is missed
             while not job.final:
