@@ -79,6 +79,30 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait(30)
 
+    def worker_pid(self, other_than: int | None = None, timeout_s: float = 120.0) -> int:
+        """The pid of the server's worker process (a spawned child; not multiprocessing's resource tracker)."""
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                    command = (entry / "cmdline").read_bytes()
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid == self.process.pid and b"spawn_main" in command and int(entry.name) != other_than:
+                    return int(entry.name)
+            time.sleep(0.1)
+        raise AssertionError(f"no worker process under the server:\n{self.log()}")
+
+    def threads(self) -> int:
+        """How many threads the server process runs now."""
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
     def log(self) -> str:
         path = self.data_dir / "server.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
