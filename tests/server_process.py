@@ -97,12 +97,6 @@ class ServerProcess:
             time.sleep(0.1)
         raise AssertionError(f"no worker process under the server:\n{self.log()}")
 
-    def threads(self) -> int:
-        """How many threads the server process runs now."""
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
-
     def log(self) -> str:
         path = self.data_dir / "server.log"
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""

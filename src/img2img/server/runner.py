@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import threading
 import time
@@ -43,7 +42,12 @@ class WorkerDied(Exception):
 @dataclass
 class _Worker:
     process: BaseProcess
-    conn: Connection
+    conn: Connection  # jobs down, reports up
+    control: Connection  # cancel and stop, read by a thread of the worker while a job runs
+
+    def tell(self, *message: Any) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a worker that just died: its outcome says so
+            self.control.send(message)
 
     def reason(self) -> str:
         self.process.join(1.0)
@@ -61,13 +65,13 @@ class _Worker:
             self.process.kill()
         self.process.join(5.0)
         self.conn.close()
+        self.control.close()
 
 
 class Runner:
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub) -> None:
         self.settings, self.store, self.blobs, self.hub = settings, store, blobs, hub
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
-        self._cancel, self._stop_job = self._context.Event(), self._context.Event()
         self._wake, self._stop = threading.Event(), threading.Event()
         self._lock = threading.Lock()
         self._current: str | None = None
@@ -82,7 +86,9 @@ class Runner:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Put the running job back in the queue and end the worker; returns within a few seconds."""
         self._stop.set()
-        self._stop_job.set()
+        with self._lock:
+            if self._worker is not None:
+                self._worker.tell("stop")
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
@@ -94,9 +100,9 @@ class Runner:
     def cancel_running(self, job_id: str) -> bool:
         """Ask the running job ``job_id`` to stop at its next step; False when it is not the one running."""
         with self._lock:
-            if self._current != job_id:
+            if self._current != job_id or self._worker is None:
                 return False
-            self._cancel.set()
+            self._worker.tell("cancel", job_id)
             return True
 
     # The loop ---------------------------------------------------------------------------------------------------
@@ -123,7 +129,6 @@ class Runner:
                 continue
             with self._lock:
                 self._current = job.id
-                self._cancel.clear()
             self.state = "running"
             self.hub.publish_positions(self.store)
             try:
@@ -137,11 +142,13 @@ class Runner:
 
     def _start_worker(self) -> _Worker:
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=worker.main, name="img2img-worker", args=(
-            theirs, self.settings, self._cancel, self._stop_job, os.getpid()))
+        control_reader, control_writer = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=worker.main, name="img2img-worker",
+                                        args=(theirs, control_reader, self.settings))
         process.start()
         theirs.close()
-        started = _Worker(process, ours)
+        control_reader.close()
+        started = _Worker(process, ours, control_writer)
         deadline = time.monotonic() + WORKER_START_S
         while time.monotonic() < deadline and not self._stop.is_set():
             try:

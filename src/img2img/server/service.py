@@ -37,9 +37,11 @@ class ApiError(Exception):
     message: str
     field: str | None = None
     headers: dict[str, str] | None = None
+    choices: list[str] | None = None  # the values the field accepts, where they are a short list
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "field": self.field}}
+        error = {"code": self.code, "message": self.message, "field": self.field}
+        return {"error": error | ({"choices": self.choices} if self.choices is not None else {})}
 
 
 class Service:
@@ -101,7 +103,12 @@ class Service:
 
                 fields["model_sha256"] = weights_sha256(files.path)
         except InvalidArgument as exc:
-            raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
+            choices = None
+            if exc.argument == "prompt" and fields["model"] in BUILTIN:  # a prompt that names no built-in style
+                from img2img.styles.catalog import style_names
+
+                choices = style_names()
+            raise ApiError(422, "invalid_argument", str(exc), exc.argument, choices=choices) from exc
         except SourceImageError as exc:
             raise ApiError(422, "invalid_image", f"{reading}: {exc}", reading) from exc
         except Img2ImgError as exc:

@@ -4,11 +4,12 @@ Generation, model loading and conversion run here, in a process of their own, so
 interpreter: the API answers at once while a model loads or converts. The worker writes nothing that lasts; the
 runner owns the job store and the image files, so killing the worker at any moment loses no state.
 
-It talks to the runner over a pipe. From the runner: ``("run", job_id, fields)`` and ``("quit",)``. To the runner:
-``("ready",)`` once the engine exists, then for each job any number of ``("progress", step, total, diffusion)`` and
-``("preview", data_url)``, and one outcome: ``("done", outputs, notes)``, ``("failed", message)``,
-``("cancelled",)`` or ``("stopped",)``. Two shared events ask the running job to end at its next step: ``cancel``
-(this job) and ``stop`` (the server is stopping).
+It talks to the runner over two pipes. On the first, from the runner: ``("run", job_id, fields)`` and ``("quit",)``;
+to the runner: ``("ready",)`` once the engine exists, then for each job any number of ``("progress", step, total,
+diffusion)`` and ``("preview", data_url)``, and one outcome: ``("done", outputs, notes)``, ``("failed", message)``,
+``("cancelled",)`` or ``("stopped",)``. The second carries ``("cancel", job_id)`` and ``("stop",)`` to a thread
+of the worker that the running job asks between two steps; when the runner's end of it closes (the server ended,
+even by SIGKILL) the worker ends too.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ import logging
 import os
 import signal
 import threading
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from typing import Any
 
 from img2img.errors import Img2ImgError, ModelError
 from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.worker")
-PARENT_CHECK_S = 1.0  # how often the worker looks whether the server that started it is still alive
 # Below the server in CPU priority: on a busy machine the API answers first, and the worker still has every core
 # that nothing else wants.
 NICENESS = 10
@@ -50,12 +50,21 @@ def make_engine(settings: ServerSettings) -> Any:
                   max_memory=settings.max_memory)
 
 
-def main(conn: Connection, settings: ServerSettings, cancel: Event, stop: Event, parent_pid: int) -> None:
+@dataclass
+class _Controls:
+    """What the runner asked of the running job, set by the control thread."""
+
+    cancelled: set[str] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+def main(conn: Connection, control: Connection, settings: ServerSettings) -> None:
     """The worker's life: make the engine, say ready, run jobs until told to quit or the server is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
     os.nice(NICENESS)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    controls = _Controls()
+    threading.Thread(target=_listen, args=(control, controls), name="control", daemon=True).start()
     engine = make_engine(settings)
     conn.send(("ready",))
     while True:
@@ -66,20 +75,25 @@ def main(conn: Connection, settings: ServerSettings, cancel: Event, stop: Event,
         if message[0] != "run":
             return
         _, job_id, fields = message
-        conn.send(_outcome(engine, settings, conn, job_id, fields, cancel, stop))
+        conn.send(_outcome(engine, settings, conn, job_id, fields, controls))
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """A server killed with SIGKILL cannot stop its worker: the worker notices and ends itself."""
-    while os.getppid() == parent_pid:
-        threading.Event().wait(PARENT_CHECK_S)
-    os._exit(0)
+def _listen(control: Connection, controls: _Controls) -> None:
+    while True:
+        try:
+            message = control.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the server is gone (a SIGKILL runs no cleanup there): nothing is left to work for
+        if message[0] == "cancel":
+            controls.cancelled.add(message[1])
+        elif message[0] == "stop":
+            controls.stop.set()
 
 
 def _outcome(engine: Any, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
-             cancel: Event, stop: Event) -> tuple[Any, ...]:
+             controls: _Controls) -> tuple[Any, ...]:
     try:
-        outputs, notes = _generate(engine, settings, conn, fields, cancel, stop)
+        outputs, notes = _generate(engine, settings, conn, job_id, fields, controls)
     except _Cancelled:
         return ("cancelled",)
     except _Stopping:
@@ -92,8 +106,8 @@ def _outcome(engine: Any, settings: ServerSettings, conn: Connection, job_id: st
     return ("done", outputs, notes)
 
 
-def _generate(engine: Any, settings: ServerSettings, conn: Connection, fields: dict[str, Any], cancel: Event,
-              stop: Event) -> tuple[list[dict[str, Any]], list[str]]:
+def _generate(engine: Any, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+              controls: _Controls) -> tuple[list[dict[str, Any]], list[str]]:
     from img2img.engine.request import GenerationRequest
     from img2img.imageio.metadata import Metadata, save_options
     from img2img.server.blobs import BlobStore
@@ -110,9 +124,9 @@ def _generate(engine: Any, settings: ServerSettings, conn: Connection, fields: d
         _check_model(engine, request.model, expected_sha256)
 
     def on_progress(index: int, done: int, total: int) -> None:
-        if cancel.is_set():
+        if job_id in controls.cancelled:
             raise _Cancelled
-        if stop.is_set():
+        if controls.stop.is_set():
             raise _Stopping
         conn.send(("progress", index * total + done, total * request.num_images, diffusion))
 
