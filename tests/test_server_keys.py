@@ -25,6 +25,9 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ign
         made = process.command("keys", "add", name, "--tier", tier)
         assert made.returncode == 0, made.stderr
         keys[name] = made.stdout.strip()
+    again = process.command("keys", "add", "alice")  # a positional argument is named as the usage line shows it
+    assert again.returncode == 2
+    assert again.stderr.strip() == "error: NAME should be a name without a key yet, but got 'alice'"
     listed = process.command("keys", "list")
     assert listed.stdout.split() == ["alice", "free", "bob", "pro", "carol", "max"]
     assert all(key not in listed.stdout for key in keys.values())
