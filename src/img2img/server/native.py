@@ -24,6 +24,15 @@ ServiceDep = Annotated[Service, Depends(service)]
 KEEPALIVE_S = 15.0
 MAX_INT64 = 2**63 - 1  # SQLite's integers
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)]
+# OpenAPI links: where a submitted job's id goes next (clients and schema-driven testers follow them).
+_JOB_ID = {"job_id": "$response.body#/id"}
+JOB_LINKS = {"responses": {202: {"description": "the job, queued", "links": {
+    "read": {"operationId": "read_job", "parameters": _JOB_ID},
+    "events": {"operationId": "job_events", "parameters": _JOB_ID},
+    "source": {"operationId": "job_source", "parameters": _JOB_ID},
+    "image": {"operationId": "job_image", "parameters": {**_JOB_ID, "index": 0}},
+    "cancel": {"operationId": "cancel_job", "parameters": _JOB_ID},
+}}}}
 
 
 class JobFields(BaseModel):
@@ -58,7 +67,7 @@ class JsonJob(JobFields):
                                     "InvokeAI, Fooocus, NovelAI) the job starts from, base64; given fields override")
 
 
-@router.post("/jobs", status_code=202)
+@router.post("/jobs", status_code=202, **JOB_LINKS)
 def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Queue a job from JSON with the source image in base64."""
     params = decode_base64(body.params_from, "params_from", svc) if body.params_from else None
@@ -68,7 +77,7 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     return {**svc.view(svc.submit(who, fields, source, style)), "notes": notes}
 
 
-@router.post("/jobs/form", status_code=202)
+@router.post("/jobs/form", status_code=202, **JOB_LINKS)
 async def submit_form(
     who: CallerDep, svc: ServiceDep, source: Annotated[UploadFile, File(description="the source image")],
     request: Annotated[str, Form(description="JobFields as JSON")] = '{"prompt": ""}',
@@ -138,19 +147,19 @@ def list_jobs(who: CallerDep, svc: ServiceDep, limit: Annotated[int, Query(ge=1,
     return {"jobs": [svc.view(job) for job in jobs], "next": cursor}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", operation_id="read_job")
 def read_job(job_id: str, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """State, queue position, progress, seconds left, error and images of one of your jobs."""
     return svc.view(svc.job(who, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", operation_id="cancel_job")
 def cancel_job(job_id: str, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Cancel a queued job at once, or a running one between two denoising steps."""
     return svc.view(svc.cancel(who, job_id))
 
 
-@router.get("/jobs/{job_id}/images/{index}", response_class=Response,
+@router.get("/jobs/{job_id}/images/{index}", operation_id="job_image", response_class=Response,
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
 def job_image(job_id: str, index: int, who: CallerDep, svc: ServiceDep,
               format: Annotated[str, Query(max_length=8, description="png, jpeg or webp")] = "png",
@@ -162,7 +171,7 @@ def job_image(job_id: str, index: int, who: CallerDep, svc: ServiceDep,
     return Response(data, media_type=media, headers={"Content-Disposition": disposition})
 
 
-@router.get("/jobs/{job_id}/source", response_class=Response,
+@router.get("/jobs/{job_id}/source", operation_id="job_source", response_class=Response,
             responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}})
 def job_source(job_id: str, who: CallerDep, svc: ServiceDep) -> Response:
     """The source image the job was submitted with, as uploaded."""
@@ -170,7 +179,7 @@ def job_source(job_id: str, who: CallerDep, svc: ServiceDep) -> Response:
     return Response(data, media_type=media)
 
 
-@router.get("/jobs/{job_id}/events", response_class=StreamingResponse,
+@router.get("/jobs/{job_id}/events", operation_id="job_events", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
 async def job_events(job_id: str, request: Request, who: CallerDep, svc: ServiceDep) -> StreamingResponse:
     """Server-sent events: state, position, started, step (with a small preview), done, failed, cancelled."""
