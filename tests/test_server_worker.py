@@ -109,7 +109,7 @@ def test_sigterm_stops_in_seconds_keeps_every_job_and_ends_waits(tmp_path: Path,
     assert stopped_s < 15, f"the stop took {stopped_s:.1f} s"
     log = server.log()
     assert "Traceback" not in log and "Cancel" not in log, log
-    assert f"job {running['id']} goes back to the queue" in log
+    assert f"job {running['id']} went back to the queue; 4 queued jobs wait for the next start" in log
     assert answers["a1111"].status_code == 503 and answers["a1111"].json()["error"]["code"] == "stopping"
     assert answers["sse"][-1] == "stopping"
     with sqlite3.connect(server.data_dir / "img2img.db") as db:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -69,9 +70,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
+            began = time.monotonic()
             await asyncio.to_thread(runner.stop)
             waiting = store.counts().get("queued", 0)
-            log.info("stopped: %d queued jobs wait for the next start", waiting)
+            put_back = f"job {runner.put_back} went back to the queue; " if runner.put_back else ""
+            log.info("stopped in %.1f s: %s%d queued jobs wait for the next start", time.monotonic() - began,
+                     put_back, waiting)
             store.close()
 
     app = FastAPI(title="img2img", summary="Image-to-image generation: a job queue, the native API and the "

@@ -78,6 +78,7 @@ class Runner:
         self._worker: _Worker | None = None
         self._thread: threading.Thread | None = None
         self.state = "starting"  # starting, idle, running, restarting, stopped: shown by /v1/health
+        self.put_back: str | None = None  # the job that was running when the server stopped, queued again
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="img2img-runner", daemon=True)
@@ -110,11 +111,17 @@ class Runner:
     def _loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            if self._worker is not None and not self._worker.process.is_alive():  # died while idle
+                log.error("the worker process ended while idle (%s); a new one starts", self._worker.reason())
+                self._worker.kill()
+                self._worker = None
             if self._worker is None:
                 try:
                     self._worker = self._start_worker()
                     failures = 0
                 except WorkerDied as exc:
+                    if self._stop.is_set():
+                        break
                     failures += 1
                     delay = min(MAX_BACKOFF_S, 2.0**failures)
                     log.error("the worker process could not start: %s; trying again in %.0f s", exc, delay)
@@ -200,7 +207,7 @@ class Runner:
             self.hub.publish(job.id, "cancelled")
         elif kind == "stopped":
             self.store.requeue(job.id)
-            log.info("stopping: job %s goes back to the queue and runs when the server starts again", job.id)
+            self.put_back = job.id
         else:
             self.store.finish(job.id, "failed", error=outcome[1])
             self.hub.publish(job.id, "failed", error=outcome[1])
