@@ -48,6 +48,9 @@ class ServerSettings(BaseSettings):
     max_queued_per_key: int = Field(20, ge=1)
     max_queued_total: int = Field(200, ge=1)
     max_attempts: int = Field(2, ge=1, le=10)
+    # The worker process's CPU priority below the server's (Unix nice): on a busy machine the API answers first,
+    # and the worker still has every core that nothing else wants. 0 gives both the same share.
+    worker_niceness: int = Field(5, ge=0, le=19)
     cors_origins: list[str] = Field(default_factory=list)
     tiers: dict[str, int] = Field(default_factory=lambda: {"free": 0, "pro": 10, "max": 20})
     default_tier: str = "free"

@@ -28,9 +28,6 @@ from img2img.errors import Img2ImgError, ModelError
 from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.worker")
-# Below the server in CPU priority: on a busy machine the API answers first, and the worker still has every core
-# that nothing else wants.
-NICENESS = 10
 
 
 class _Cancelled(Exception):
@@ -61,7 +58,7 @@ class _Controls:
 def main(conn: Connection, control: Connection, settings: ServerSettings) -> None:
     """The worker's life: make the engine, say ready, run jobs until told to quit or the server is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
-    os.nice(NICENESS)
+    os.nice(settings.worker_niceness)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     controls = _Controls()
     threading.Thread(target=_listen, args=(control, controls), name="control", daemon=True).start()
