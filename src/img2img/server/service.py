@@ -12,7 +12,7 @@ import binascii
 import io
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -24,6 +24,9 @@ from img2img.server.events import FINAL_EVENTS, EventHub
 from img2img.server.runner import Runner
 from img2img.server.settings import ServerSettings
 from img2img.server.store import Job, JobStore, QueueFull
+
+if TYPE_CHECKING:
+    from img2img.api import Engine
 
 RETRY_AFTER_S = 10
 BUILTIN = ("builtin", "builtin-style")
@@ -49,7 +52,7 @@ class Service:
     worker process runs them. ``stopping`` is set when the server begins to stop."""
 
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub,
-                 runner: Runner, planner: Any) -> None:
+                 runner: Runner, planner: Engine) -> None:
         self.settings, self.store, self.blobs, self.hub, self.runner = settings, store, blobs, hub, runner
         self.planner = planner
         self.stopping = asyncio.Event()

@@ -22,10 +22,13 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from img2img.errors import Img2ImgError, ModelError
 from img2img.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from img2img.api import Engine
 
 log = logging.getLogger("img2img.worker")
 
@@ -38,7 +41,7 @@ class _Stopping(Exception):
     pass
 
 
-def make_engine(settings: ServerSettings) -> Any:
+def make_engine(settings: ServerSettings) -> Engine:
     """The engine both processes use: the server's to check requests, the worker's to run them."""
     from img2img.api import Engine
 
@@ -87,7 +90,7 @@ def _listen(control: Connection, controls: _Controls) -> None:
             controls.stop.set()
 
 
-def _outcome(engine: Any, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
              controls: _Controls) -> tuple[Any, ...]:
     try:
         outputs, notes = _generate(engine, settings, conn, job_id, fields, controls)
@@ -103,7 +106,7 @@ def _outcome(engine: Any, settings: ServerSettings, conn: Connection, job_id: st
     return ("done", outputs, notes)
 
 
-def _generate(engine: Any, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+def _generate(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
               controls: _Controls) -> tuple[list[dict[str, Any]], list[str]]:
     from img2img.engine.request import GenerationRequest
     from img2img.imageio.metadata import Metadata, save_options
@@ -142,7 +145,7 @@ def _generate(engine: Any, settings: ServerSettings, conn: Connection, job_id: s
     return outputs, list(result.notes)
 
 
-def _check_model(engine: Any, name: str, expected: str) -> None:
+def _check_model(engine: Engine, name: str, expected: str) -> None:
     """The job runs on the weights it was accepted with, or not at all."""
     found = engine.load(name).sha256
     if found != expected:
