@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
 from img2img.engine.preview import latent_preview
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
@@ -185,6 +186,9 @@ class Engine:
         on_preview: PreviewCallback | None = None,
     ) -> GenerationResult:
         if self.is_builtin(cells[0].model):
+            if cells[0].conditions:
+                raise InvalidArgument("conditions", "used with diffusion models only (the built-in style engine "
+                                      "has no denoising loop)", ", ".join(c.kind for c in cells[0].conditions))
             return self._run_style(cells, source, on_progress)
         if cells[0].style_image is not None:
             raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
@@ -315,7 +319,14 @@ class Engine:
             quantize=self.placement.quantize, versions=library_versions(), size=cell.size, max_side=cell.max_side,
             resize_mode=cell.resize_mode, background=cell.background, keep_alpha=cell.keep_alpha,
             color_match=cell.color_match, loops=cell.loops, loop_decay=cell.loop_decay,
+            conditions=tuple(entry for entry in (_described(c) for c in cell.conditions) if entry is not None),
         )
+
+
+def _described(conditioner: Conditioner) -> dict[str, Any] | None:
+    """A conditioner's record entry: its metadata, with its kind."""
+    metadata = conditioner.metadata()
+    return None if metadata is None else {"kind": conditioner.kind, **metadata}
 
 
 def _ignored_by_styles(request: GenerationRequest) -> list[str]:
@@ -336,7 +347,7 @@ def _job(cell: GenerationRequest, family: Family, strength: float | None = None)
         strength=cell.strength if strength is None else strength,
         guidance_scale=_default(cell.guidance_scale, family.default_guidance),
         steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
-        seeds=(cell.seed,), steps_mode=cell.steps_mode,
+        seeds=(cell.seed,), steps_mode=cell.steps_mode, conditions=cell.conditions,
     )
 
 

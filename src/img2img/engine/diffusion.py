@@ -1,5 +1,6 @@
 """The img2img denoising run, in the stages a reader expects: encode the prompt, plan the steps, encode the
-source, and for each seed prepare the noised latent, denoise it and decode it.
+source, and for each seed prepare the noised latent, denoise it and decode it. What acts inside the loop is a
+conditioner (``img2img.engine.conditioning``): the prompt's, and any the request adds.
 
 It works on the components of a loaded diffusers pipeline (UNet, VAE, text encoders) and reuses the pipeline's
 own prompt encoding and image processor, so it matches ``StableDiffusion(XL)Img2ImgPipeline`` step for step;
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from img2img.engine.conditioning import Conditioner, StartLatents, Step, TextConditioner, unet_inputs
 from img2img.engine.samplers import build_scheduler
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.strength import StepPlan, plan_steps
@@ -40,6 +42,7 @@ class DiffusionJob:
     sampler: str
     seeds: tuple[int, ...]
     steps_mode: str = "diffusers"
+    conditions: tuple[Conditioner, ...] = ()  # beside the prompt's own
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,6 @@ class DiffusionOutput:
     steps_run: int
     start_sigma: float
     seconds: tuple[float, ...]  # per image; the first includes encoding the prompt and the source
-
-
-@dataclass(frozen=True)
-class TextConditioning:
-    embeddings: torch.Tensor  # (2, 77, C) as [negative, positive] when guided, else (1, 77, C)
-    added: dict[str, torch.Tensor] | None  # SDXL's pooled text embedding and size conditioning
-    timestep_cond: torch.Tensor | None  # LCM's guidance embedding
 
 
 class DiffusionSession:
@@ -68,7 +64,7 @@ class DiffusionSession:
         self.pipeline = pipeline
         self.source = source  # already at the working size, multiples of 8
         self._latent_dist: Any = None
-        self._texts: dict[tuple[str, str, bool], TextConditioning] = {}
+        self._texts: dict[tuple[str, str, bool], TextConditioner] = {}
 
     @torch.inference_mode()
     def run(self, job: DiffusionJob, on_step: StepCallback | None = None,
@@ -99,7 +95,7 @@ class DiffusionSession:
             steps_run = plan.steps_to_run
 
             # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
-            latents = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
+            start = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
 
             # 5. Denoise.
             def report(done: int, total: int, latents: torch.Tensor, index: int = index) -> None:
@@ -108,8 +104,8 @@ class DiffusionSession:
                 if on_latents:
                     on_latents(index, latents)
 
-            latents = denoise(pipeline, scheduler, timesteps, latents, text, job.guidance_scale, guided, generator,
-                              report)
+            latents = denoise(pipeline, scheduler, timesteps, start, (text, *job.conditions), job.guidance_scale,
+                              guided, generator, report)
 
             # 6. Decode.
             images.append(decode(pipeline, latents))
@@ -132,7 +128,7 @@ class DiffusionSession:
                 self._latent_dist = vae.encode(pixels).latent_dist
         return self._latent_dist
 
-    def text(self, prompt: str, negative_prompt: str, guided: bool, guidance_scale: float) -> TextConditioning:
+    def text(self, prompt: str, negative_prompt: str, guided: bool, guidance_scale: float) -> TextConditioner:
         key = (prompt, negative_prompt, guided)
         if key not in self._texts:
             self._texts[key] = encode_text(self.pipeline, prompt, negative_prompt, guided, self.source.size[::-1])
@@ -148,7 +144,7 @@ def run_diffusion(
 
 def encode_text(
     pipeline: Any, prompt: str, negative_prompt: str, guided: bool, size: tuple[int, int]
-) -> TextConditioning:
+) -> TextConditioner:
     """Prompt embeddings through the pipeline's own encoder (tokenisation, clip skip and SDXL's two encoders)."""
     device, dtype = pipeline.unet.device, pipeline.unet.dtype
     negative = negative_prompt or None  # None lets SDXL use zeros for an empty negative prompt, as it was trained
@@ -166,7 +162,7 @@ def encode_text(
     else:
         positive, negative_embeds = pipeline.encode_prompt(prompt, device, 1, guided, negative_prompt=negative)
     embeddings = torch.cat([negative_embeds, positive]) if guided else positive
-    return TextConditioning(embeddings, added, None)
+    return TextConditioner(embeddings, added, None)
 
 
 def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:
@@ -200,24 +196,25 @@ def sigma_at(scheduler: Any, index: int, timestep: torch.Tensor) -> float:
 def prepare_latents(
     pipeline: Any, scheduler: Any, latent_dist: Any, first_timestep: torch.Tensor,
     generator: torch.Generator, size: tuple[int, int],
-) -> torch.Tensor:
-    """The starting latents, in float32 whatever the UNet's dtype.
+) -> StartLatents:
+    """The starting latents, in float32 whatever the UNet's dtype, with the clean latents and the noise kept.
 
     Noise is drawn in float32 and the sampler works in float32: PyTorch's normal draws in bf16 or fp16 are a
     different sequence from float32's (for tensors of more than a few elements), so drawing in the model's dtype
     would make a seed mean another picture on another dtype. In float32 this is exactly diffusers' draw order.
     """
-    unet, vae = pipeline.unet, pipeline.vae
-    device = unet.device
-    if latent_dist is None:
-        shape = (1, unet.config.in_channels, size[0] // pipeline.vae_scale_factor, size[1] // pipeline.vae_scale_factor)
-        return draw_noise(shape, generator, device) * scheduler.init_noise_sigma
+    vae = pipeline.vae
+    device = pipeline.unet.device
+    if latent_dist is None:  # the VAE's channels: an inpainting UNet takes more than it returns
+        scale = pipeline.vae_scale_factor
+        noise = draw_noise((1, vae.config.latent_channels, size[0] // scale, size[1] // scale), generator, device)
+        return StartLatents(None, noise, noise * scheduler.init_noise_sigma)
     mean = latent_dist.mean.float()  # the posterior sample, then the noise: diffusers' order
     latents = mean + latent_dist.std.float() * draw_noise(mean.shape, generator, device)
     shift, std = _latent_stats(vae, latents)
-    latents = (latents - shift) * vae.config.scaling_factor / std
-    noise = draw_noise(latents.shape, generator, device)
-    return scheduler.add_noise(latents, noise, first_timestep.reshape(1))
+    clean = (latents - shift) * vae.config.scaling_factor / std
+    noise = draw_noise(clean.shape, generator, device)
+    return StartLatents(clean, noise, scheduler.add_noise(clean, noise, first_timestep.reshape(1)))
 
 
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -228,23 +225,29 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch
 
 
 def denoise(
-    pipeline: Any, scheduler: Any, timesteps: torch.Tensor, latents: torch.Tensor, text: TextConditioning,
-    guidance_scale: float, guided: bool, generator: torch.Generator,
+    pipeline: Any, scheduler: Any, timesteps: torch.Tensor, start: StartLatents,
+    conditioners: tuple[Conditioner, ...], guidance_scale: float, guided: bool, generator: torch.Generator,
     on_step: Callable[[int, int, torch.Tensor], None],
 ) -> torch.Tensor:
+    """The sampler's loop: each step asks the conditioners for UNet inputs, guides, lets them adjust the
+    prediction, steps, and lets them act on the latents."""
     step_options = _step_options(scheduler, generator)
-    for done, timestep in enumerate(timesteps, start=1):
+    latents = start.noised
+    for index, timestep in enumerate(timesteps):
+        step = Step(index, len(timesteps), timestep, guided, start, scheduler)
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
-        noise_pred = pipeline.unet(
-            model_input.to(pipeline.unet.dtype), timestep, encoder_hidden_states=text.embeddings,
-            timestep_cond=text.timestep_cond, added_cond_kwargs=text.added, return_dict=False,
-        )[0].float()
+        noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
+                                   **unet_inputs(conditioners, step))[0].float()
         if guided:
             unconditional, conditional = noise_pred.chunk(2)
             noise_pred = unconditional + guidance_scale * (conditional - unconditional)
+        for conditioner in conditioners:
+            noise_pred = conditioner.adjust_prediction(step, noise_pred)
         latents = scheduler.step(noise_pred, timestep, latents, **step_options, return_dict=False)[0]
-        on_step(done, len(timesteps), latents)
+        for conditioner in conditioners:
+            latents = conditioner.after_step(step, latents)
+        on_step(index + 1, len(timesteps), latents)
     return latents
 
 

@@ -9,6 +9,7 @@ from typing import Literal
 
 from PIL import Image, ImageColor
 
+from img2img.engine.conditioning import Conditioner, check_conditions
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
 from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
@@ -54,6 +55,8 @@ class GenerationRequest:
         loops: loopback: feed each result back as the next source this many times in all; loop k uses seed+k.
         loop_decay: multiply the strength by this after each loop, 0 < decay <= 1.
         style_image: a picture to take the style from (the built-in style engine only, ``model="builtin"``).
+        conditions: conditioners that act inside the denoising loop beside the prompt
+            (``img2img.engine.conditioning``; diffusion models only). Each one's metadata goes into the records.
     """
 
     source: Image.Image | Path | str
@@ -76,6 +79,7 @@ class GenerationRequest:
     loops: int = 1
     loop_decay: float = 1.0
     style_image: Image.Image | Path | str | None = None
+    conditions: tuple[Conditioner, ...] = ()
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -115,7 +119,7 @@ class GenerationRequest:
         if self.loop_decay == 0:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
-        return replace(self, sampler=sampler)
+        return replace(self, sampler=sampler, conditions=check_conditions(self.conditions))
 
 
 def _check_text(name: str, value: object) -> None:

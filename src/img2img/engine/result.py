@@ -51,9 +51,13 @@ class GenerationRecord:
     loops: int = 1
     loop_decay: float = 1.0
     style_image_sha256: str | None = None  # the built-in engine's style picture, if any
+    conditions: tuple[dict[str, Any], ...] = ()  # each conditioner's metadata, beside the prompt's
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        data = asdict(self)
+        if not data["conditions"]:  # records without conditioners read as they did before they existed
+            del data["conditions"]
+        return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> GenerationRecord:
@@ -72,6 +76,10 @@ class GenerationRecord:
         self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None
     ) -> GenerationRequest:
         """The request that produced this image, to run again on ``source`` (``img2img reproduce``)."""
+        if self.conditions:
+            kinds = ", ".join(str(entry.get("kind", "?")) for entry in self.conditions)
+            raise InvalidArgument("record", "one without conditioners (their objects cannot be rebuilt from a file)",
+                                  kinds)
         diffusion = self.engine == "diffusion"  # the style engine has no guidance, steps or sampler to set
         return GenerationRequest(
             source=source, prompt=self.prompt, negative_prompt=self.negative_prompt, strength=self.strength,

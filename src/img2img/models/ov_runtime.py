@@ -148,7 +148,7 @@ class _Fallback:
         self.part, self._loader, self.notes = part, loader, notes
         self.module: torch.nn.Module | None = None
 
-    def take_over(self, failure: OpenVinoFailure) -> torch.nn.Module:
+    def take_over(self, failure: OpenVinoFailure | str) -> torch.nn.Module:
         if self.module is None:
             self.module = self._loader(self.part)
         self.notes.append(f"OpenVINO could not run the {self.part} ({failure}); it runs with PyTorch instead")
@@ -239,12 +239,17 @@ class OpenVinoUNet:
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                return_dict: bool = False) -> tuple[torch.Tensor]:
+                return_dict: bool = False, **others: Any) -> tuple[torch.Tensor]:
+        """``others``: inputs the traced graph does not take (a conditioner's); given any, the UNet runs with
+        PyTorch from then on, with a note, rather than drop them."""
+        others = {name: value for name, value in others.items() if value is not None}
         inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
         if added_cond_kwargs:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
         if timestep_cond is not None:
             inputs.append(_array(timestep_cond))
+        if self.fallback.module is None and others:
+            self.fallback.take_over(f"its graph takes no {', '.join(sorted(others))}")
         if self.fallback.module is None:
             try:
                 return (self._request(inputs),)
@@ -254,9 +259,21 @@ class OpenVinoUNet:
         assert unet is not None
         extra = {} if added_cond_kwargs is None else {
             "added_cond_kwargs": {key: value.to(dtype) for key, value in added_cond_kwargs.items()}}
+        extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
         output = unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
                       timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
         return (output.float(),)
+
+
+def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (alone, or in a list, tuple or dict) in ``dtype``; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list | tuple):
+        return type(value)(_to_dtype(item, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _to_dtype(item, dtype) for key, item in value.items()}
+    return value
 
 
 class OpenVinoVAE:

@@ -1,0 +1,106 @@
+"""Conditioners: the kinds of conditioning that act inside the denoising loop, on one small protocol.
+
+The loop (``img2img.engine.diffusion.denoise``) knows nothing of prompts, masks or control maps. At every step it
+asks each conditioner of the run for extra UNet inputs, lets each adjust the guided noise prediction, and lets each
+act on the latents after the sampler's step. Text conditioning is the first conditioner; a new kind (a mask, a
+control unit, an image prompt) is a new class here or beside it, and never an edit of the loop.
+
+Every hook is optional: ``Conditioner``'s own do nothing. A conditioner is an immutable value that describes
+itself (``metadata``, written into each result's record, and ``cache_key``, what makes two of them the same).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class StartLatents:
+    """Where a run starts, with its parts kept for conditioners that need them (inpainting blends the clean
+    latents, noised to the current step, back into the areas it keeps)."""
+
+    clean: torch.Tensor | None  # the source's latents, scaled for the UNet; None when the run starts from noise
+    noise: torch.Tensor  # the noise added at the first timestep (standard normal, float32)
+    noised: torch.Tensor  # the sampler's starting latents
+
+
+@dataclass(frozen=True)
+class Step:
+    """Where the loop is: the hooks' view of it."""
+
+    index: int  # 0 for the first step that runs
+    total: int  # steps that run in all
+    timestep: torch.Tensor
+    guided: bool  # classifier-free guidance: the UNet sees a batch of two, [unconditional, conditional]
+    start: StartLatents
+    scheduler: Any
+
+
+class Conditioner:
+    """One kind of conditioning. Subclasses override the hooks they need; the defaults change nothing."""
+
+    kind = "conditioner"  # the name of the kind, in records and errors
+
+    def unet_inputs(self, step: Step) -> dict[str, Any]:
+        """Keyword inputs for the UNet at ``step`` (batched as the step says: two rows when guided)."""
+        return {}
+
+    def adjust_prediction(self, step: Step, noise_pred: torch.Tensor) -> torch.Tensor:
+        """The noise prediction after guidance, before the sampler's step."""
+        return noise_pred
+
+    def after_step(self, step: Step, latents: torch.Tensor) -> torch.Tensor:
+        """The latents after the sampler's step."""
+        return latents
+
+    def metadata(self) -> dict[str, Any] | None:
+        """This conditioner's entry in the record of each result (JSON values), or None for no entry."""
+        return None
+
+    def cache_key(self) -> tuple[Any, ...]:
+        """What makes two conditioners of this kind the same (by default: their kind and metadata)."""
+        return (self.kind, json.dumps(self.metadata(), sort_keys=True))
+
+
+@dataclass(frozen=True, eq=False)
+class TextConditioner(Conditioner):
+    """The prompt: text embeddings as cross-attention input, SDXL's pooled embedding and size conditioning, and
+    LCM's guidance embedding."""
+
+    embeddings: torch.Tensor  # (2, 77, C) as [negative, positive] when guided, else (1, 77, C)
+    added: dict[str, torch.Tensor] | None  # SDXL's text_embeds and time_ids
+    timestep_cond: torch.Tensor | None  # LCM's guidance embedding
+    kind = "text"
+
+    def unet_inputs(self, step: Step) -> dict[str, Any]:
+        return {"encoder_hidden_states": self.embeddings, "timestep_cond": self.timestep_cond,
+                "added_cond_kwargs": self.added}
+
+
+def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, Any]:
+    """Every conditioner's UNet inputs in one dict; two that give the same input are a fault of ours."""
+    inputs: dict[str, Any] = {}
+    for conditioner in conditioners:
+        for name, value in conditioner.unet_inputs(step).items():
+            if name in inputs:
+                raise ValueError(f"two conditioners give the UNet's {name} ({conditioner.kind} and another)")
+            inputs[name] = value
+    return inputs
+
+
+def check_conditions(conditions: object) -> tuple[Conditioner, ...]:
+    """A request's ``conditions``: a tuple of conditioners (the text one is the engine's own, never given)."""
+    from img2img.errors import InvalidArgument
+
+    if not isinstance(conditions, tuple | list) or not all(isinstance(c, Conditioner) for c in conditions):
+        raise InvalidArgument("conditions", "a tuple of img2img.engine.conditioning.Conditioner objects",
+                              type(conditions).__name__)
+    if any(isinstance(c, TextConditioner) for c in conditions):
+        raise InvalidArgument("conditions", "conditioners other than text (the prompt is the request's prompt)",
+                              "a TextConditioner")
+    return tuple(conditions)

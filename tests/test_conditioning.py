@@ -1,0 +1,97 @@
+"""A conditioner defined here, and only here, acts inside the denoising loop and leaves its entry in the record:
+the protocol lets a new kind of conditioning in without touching the loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from img2img import Engine, GenerationRequest, InvalidArgument
+from img2img.engine.conditioning import Conditioner, Step
+from img2img.engine.result import GenerationRecord
+
+
+@dataclass(frozen=True, eq=False)
+class ShiftFrom(Conditioner):
+    """Adds ``amount`` to the guided noise prediction from step ``from_step`` on."""
+
+    amount: float
+    from_step: int
+    seen: list[tuple[int, int, bool]] = field(default_factory=list)  # (index, total, had clean latents)
+    kind = "shift"
+
+    def adjust_prediction(self, step: Step, noise_pred: torch.Tensor) -> torch.Tensor:
+        self.seen.append((step.index, step.total, step.start.clean is not None))
+        return noise_pred + self.amount if step.index >= self.from_step else noise_pred
+
+    def metadata(self) -> dict[str, Any]:
+        return {"amount": self.amount, "from_step": self.from_step}
+
+
+@dataclass(frozen=True, eq=False)
+class AttentionMask(Conditioner):
+    """Gives the UNet an input the OpenVINO graph was not traced with: a cross-attention mask of ones."""
+
+    kind = "mask-of-ones"
+
+    def unet_inputs(self, step: Step) -> dict[str, Any]:
+        return {"encoder_attention_mask": torch.ones(2 if step.guided else 1, 77)}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(device="cpu", dtype="float32")
+
+
+def _request(photo: Path, model: Path, **fields: Any) -> GenerationRequest:
+    values = {"prompt": "a watercolor painting", "strength": 0.6, "steps": 10, "seed": 7, "guidance_scale": 5.0}
+    return GenerationRequest(source=photo, model=str(model), **{**values, **fields})
+
+
+def test_a_conditioner_acts_from_its_step_and_is_recorded(engine: Engine, tiny_sd: Path, photo: Path) -> None:
+    plain = engine.generate(_request(photo, tiny_sd))
+    shift = ShiftFrom(2.0, from_step=2)
+    shifted = engine.generate(_request(photo, tiny_sd, conditions=(shift,)))
+    never = engine.generate(_request(photo, tiny_sd, conditions=(ShiftFrom(0.5, from_step=99),)))
+
+    assert shift.seen == [(index, 6, True) for index in range(6)]  # 10 steps at 0.6 run 6, from the source
+    assert never.images[0].tobytes() == plain.images[0].tobytes()  # a hook that changes nothing changes nothing
+    difference = np.abs(np.asarray(shifted.images[0], float) - np.asarray(plain.images[0], float)).mean()
+    assert difference > 1, difference
+    assert shifted.record.conditions == ({"kind": "shift", "amount": 2.0, "from_step": 2},)
+    assert '"conditions": [{"amount": 2.0, "from_step": 2, "kind": "shift"}]' in shifted.record.to_json()
+    assert "conditions" not in plain.record.to_json()  # records without conditioners read as before
+    with pytest.raises(InvalidArgument, match="record should be one without conditioners"):
+        GenerationRecord.from_json(shifted.record.to_json()).to_request(photo)
+
+
+def test_start_latents_are_kept_and_pure_noise_has_no_clean_latents(engine: Engine, tiny_sd: Path,
+                                                                      photo: Path) -> None:
+    shift = ShiftFrom(0.0, from_step=0)
+    engine.generate(_request(photo, tiny_sd, strength=1.0, conditions=(shift,)))
+    assert shift.seen and not any(had_clean for _, _, had_clean in shift.seen)
+
+
+def test_conditions_are_checked(engine: Engine, photo: Path, tiny_sd: Path) -> None:
+    with pytest.raises(InvalidArgument, match="conditions should be a tuple of"):
+        engine.generate(_request(photo, tiny_sd, conditions=("shift",)))
+    with pytest.raises(InvalidArgument, match="conditions should be used with diffusion models only"):
+        engine.generate(GenerationRequest(source=photo, prompt="fauve", model="builtin",
+                                          conditions=(ShiftFrom(0.5, 0),)))
+
+
+def test_openvino_hands_an_input_it_cannot_take_to_pytorch_with_a_note(tiny_sd: Path, photo: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("openvino")
+    request = _request(photo, tiny_sd, conditions=(AttentionMask(),))
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
+    fast = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    assert any("its graph takes no encoder_attention_mask); it runs with PyTorch" in note for note in fast.notes)
+    assert not any("encoder_attention_mask" in note for note in reference.notes)
+    gap = np.abs(np.asarray(fast.images[0], float) - np.asarray(reference.images[0], float)).max()
+    assert gap <= 2, gap
