@@ -25,10 +25,10 @@ def serve(
     """Start the HTTP server: the job queue, the API under /v1, the A1111 API under /sdapi/v1, docs at /docs."""
     import logging
 
+    from img2img.jobs.store import JobStore
     from img2img.models.device import choose_placement
     from img2img.server.app import run
     from img2img.server.settings import LOCAL_HOSTS, load_settings
-    from img2img.server.store import JobStore
 
     settings = load_settings(config, host=host, port=port, data_dir=data_dir, model=model)
     choose_placement(settings.device, "auto", settings.backend, settings.quantize)  # a bad choice stops here
@@ -51,9 +51,9 @@ def keys_add(
     data_dir: DataDir = None, config: Config = None,
 ) -> None:
     """Create an API key and print it (it is stored only as a hash, so this is the only time it is shown)."""
+    from img2img.jobs.store import JobStore
     from img2img.server.auth import hash_key, new_key
     from img2img.server.settings import load_settings
-    from img2img.server.store import JobStore
 
     settings = load_settings(config, data_dir=data_dir)
     tier = tier or settings.default_tier
@@ -75,8 +75,8 @@ def keys_add(
 @keys_app.command("list")
 def keys_list(data_dir: DataDir = None, config: Config = None) -> None:
     """List key names and tiers (never the keys)."""
+    from img2img.jobs.store import JobStore
     from img2img.server.settings import load_settings
-    from img2img.server.store import JobStore
 
     store = JobStore(load_settings(config, data_dir=data_dir).database)
     try:
@@ -89,8 +89,8 @@ def keys_list(data_dir: DataDir = None, config: Config = None) -> None:
 @keys_app.command("remove")
 def keys_remove(name: Annotated[str, typer.Argument()], data_dir: DataDir = None, config: Config = None) -> None:
     """Remove a key; its holder can no longer call the server."""
+    from img2img.jobs.store import JobStore
     from img2img.server.settings import load_settings
-    from img2img.server.store import JobStore
 
     store = JobStore(load_settings(config, data_dir=data_dir).database)
     try:

@@ -17,17 +17,14 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from img2img.engine.seeds import MAX_SEED
-from img2img.server.app import caller, service
-from img2img.server.auth import Caller
-from img2img.server.service import ApiError, Service, decode_base64
+from img2img.server.deps import CallerDep, ServiceDep
+from img2img.server.service import ApiError, decode_base64
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
-CallerDep = Annotated[Caller, Depends(caller)]
-ServiceDep = Annotated[Service, Depends(service)]
 log = logging.getLogger("img2img.server")
 Count = Annotated[int, Field(ge=-1, le=2**31 - 1)]  # fields we accept and ignore: any sane integer
 RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
@@ -123,9 +120,9 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
         "prompt": body.prompt, "all_prompts": [body.prompt] * len(images), "negative_prompt": body.negative_prompt,
         "all_negative_prompts": [body.negative_prompt] * len(images), "seed": seeds[0], "all_seeds": seeds,
         "subseed": -1, "all_subseeds": [-1] * len(images), "subseed_strength": 0, "width": first["width"],
-        "height": first["height"], "sampler_name": job.request.get("sampler") or "", "cfg_scale": body.cfg_scale,
+        "height": first["height"], "sampler_name": job.request.fields.get("sampler") or "", "cfg_scale": body.cfg_scale,
         "steps": body.steps, "batch_size": body.batch_size, "restore_faces": False, "face_restoration_model": None,
-        "sd_model_name": job.request.get("model") or "", "sd_model_hash": _model_hash(infotexts[0]),
+        "sd_model_name": job.request.fields.get("model") or "", "sd_model_hash": _model_hash(infotexts[0]),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": body.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
         "job_timestamp": _timestamp(job.created), "clip_skip": 1, "is_using_inpainting_conditioning": False,

@@ -19,14 +19,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from img2img.server.auth import Caller, identify, key_from_headers
-from img2img.server.blobs import BlobStore
+from img2img.jobs.blobs import BlobStore
+from img2img.jobs.runner import Runner
+from img2img.jobs.store import JobStore
+from img2img.jobs.worker import make_engine
+from img2img.server import a1111, native, studio
 from img2img.server.events import EventHub
-from img2img.server.runner import Runner
 from img2img.server.service import ApiError, Service
 from img2img.server.settings import LOCAL_HOSTS, ServerSettings
-from img2img.server.store import JobStore
-from img2img.server.worker import make_engine
 
 log = logging.getLogger("img2img.server")
 BASE64_OVERHEAD = 4 / 3
@@ -80,8 +80,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     app = FastAPI(title="img2img", summary="Image-to-image generation: a job queue, the native API and the "
                   "A1111-compatible API", lifespan=lifespan)
-    from img2img.server import a1111, native, studio
-
     app.include_router(native.router)
     app.include_router(a1111.router)
     studio.mount(app)
@@ -94,25 +92,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     limit = int(settings.max_upload_bytes * BASE64_OVERHEAD) + 64 * 1024  # base64 in JSON, plus the fields
     app.add_middleware(BodyLimit, limit=limit)
     return app
-
-
-def service(request: Request) -> Service:
-    return request.app.state.service  # type: ignore[no-any-return]
-
-
-def caller(request: Request) -> Caller:
-    """The API key's owner and tier (every route depends on this); 401 without a valid key when keys exist."""
-    svc = service(request)
-    key = key_from_headers(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    found = identify(svc.store, key, svc.settings.tiers, request.app.state.keys_required)
-    if found is None:
-        if not svc.store.has_keys():
-            log.warning("refused a request: this server requires API keys and none is left; add one with "
-                        "'img2img keys add NAME' (a restart on 127.0.0.1 without keys is local single-user mode)")
-        raise ApiError(401, "unauthorized", "an API key is required: send it as 'Authorization: Bearer KEY' or "
-                       "'X-API-Key: KEY'" if not key else "the API key is not valid", "authorization",
-                       {"WWW-Authenticate": "Bearer"})
-    return found
 
 
 def _errors(app: FastAPI) -> None:

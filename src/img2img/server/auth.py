@@ -14,7 +14,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from img2img.server.store import JobStore
+from img2img.jobs.store import JobStore
 
 KEY_PREFIX = "i2i_"
 LOCAL_OWNER = "local"

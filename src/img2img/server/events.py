@@ -10,7 +10,7 @@ import asyncio
 import threading
 from typing import Any
 
-from img2img.server.store import JobStore
+from img2img.jobs.store import JobStore
 
 FINAL_EVENTS = ("done", "failed", "cancelled")
 STREAM_QUEUE = 256  # events a slow reader may fall behind by; older step events are dropped first

@@ -7,20 +7,17 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from img2img.engine.request import MAX_GUIDANCE, MAX_LOOPS, MAX_STEPS
 from img2img.engine.seeds import MAX_SEED
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
-from img2img.server.app import caller, service
-from img2img.server.auth import Caller
+from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import ApiError, Service, decode_base64
 
 router = APIRouter(prefix="/v1", tags=["native"])
-CallerDep = Annotated[Caller, Depends(caller)]
-ServiceDep = Annotated[Service, Depends(service)]
 KEEPALIVE_S = 15.0
 MAX_INT64 = 2**63 - 1  # SQLite's integers
 Side = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE, multiple_of=8)]

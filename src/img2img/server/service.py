@@ -18,12 +18,13 @@ from PIL import Image
 
 from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
+from img2img.jobs.blobs import BlobStore
+from img2img.jobs.request import JobRequest
+from img2img.jobs.runner import Runner
+from img2img.jobs.store import Job, JobStore, QueueFull
 from img2img.server.auth import Caller
-from img2img.server.blobs import BlobStore
 from img2img.server.events import FINAL_EVENTS, EventHub
-from img2img.server.runner import Runner
 from img2img.server.settings import ServerSettings
-from img2img.server.store import Job, JobStore, QueueFull
 
 if TYPE_CHECKING:
     from img2img.api import Engine
@@ -76,7 +77,8 @@ class Service:
         self.hub.publish_positions(self.store)
         return job
 
-    def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None) -> dict:
+    def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None
+              ) -> JobRequest:
         from img2img.engine.request import GenerationRequest
         from img2img.imageio.source import read_source
 
@@ -101,10 +103,11 @@ class Service:
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
             files = self.planner.plan(request, picture, runs=request.strength > 0)[2]  # styles, sizes, memory
+            model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
                 from img2img.models.loading import weights_sha256
 
-                fields["model_sha256"] = weights_sha256(files.path)
+                model_sha256 = weights_sha256(files.path)
         except InvalidArgument as exc:
             choices = None
             if exc.argument == "prompt" and fields["model"] in BUILTIN:  # a prompt that names no built-in style
@@ -118,9 +121,8 @@ class Service:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         except TypeError as exc:  # a field GenerationRequest does not have
             raise ApiError(422, "invalid_request", str(exc)) from exc
-        fields["source"] = self.blobs.put(source, _suffix(source))
-        fields["style_image"] = self.blobs.put(style_image, _suffix(style_image)) if style_image else None
-        return fields
+        return JobRequest(self.blobs.put(source, _suffix(source)), fields,
+                          self.blobs.put(style_image, _suffix(style_image)) if style_image else None, model_sha256)
 
     def model_name(self, caller: Caller, model: str | None) -> str:
         """A registry name or the built-in engine; never a path or a repo id from a request. With none asked
@@ -165,7 +167,7 @@ class Service:
 
     def view(self, job: Job) -> dict[str, Any]:
         fraction = job.step / job.total if job.total else (1.0 if job.state == "done" else 0.0)
-        request = {key: value for key, value in job.request.items() if key not in ("source", "style_image")}
+        request = {key: value for key, value in job.request.to_dict().items() if key not in ("source", "style_image")}
         return {
             "id": job.id, "state": job.state, "position": self.store.position(job),
             "progress": {"step": job.step, "total": job.total, "fraction": round(fraction, 4)},
@@ -217,7 +219,7 @@ class Service:
 
     def source(self, caller: Caller, job_id: str) -> tuple[bytes, str]:
         """The job's source image as it was uploaded, and its media type."""
-        name = self.job(caller, job_id).request["source"]
+        name = self.job(caller, job_id).request.source
         media = {".jpg": "image/jpeg", ".webp": "image/webp", ".bmp": "image/bmp", ".tif": "image/tiff",
                  ".gif": "image/gif"}.get(name[name.index("."):], "image/png")
         return self.blobs.read(name), media

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from img2img.jobs.request import JobRequest
+
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FINAL_STATES: tuple[str, ...] = ("done", "failed", "cancelled")
 
@@ -70,7 +72,7 @@ class Job:
     owner: str
     priority: int
     state: JobState
-    request: dict[str, Any]
+    request: JobRequest
     created: float
     seq: int = 0
     started: float | None = None
@@ -116,7 +118,7 @@ class JobStore:
 
     # Jobs -----------------------------------------------------------------------------------------------------
 
-    def submit(self, owner: str, priority: int, request: dict[str, Any], *, max_per_owner: int,
+    def submit(self, owner: str, priority: int, request: JobRequest, *, max_per_owner: int,
                max_total: int) -> Job:
         """Queue a job, unless the owner or the whole queue is at its limit (``QueueFull``)."""
         job = Job(secrets.token_urlsafe(16), owner, priority, "queued", request, time.time())
@@ -129,7 +131,7 @@ class JobStore:
                 raise QueueFull("owner", max_per_owner)
             cursor = db.execute(
                 "INSERT INTO jobs (id, owner, priority, state, request, created) VALUES (?, ?, ?, 'queued', ?, ?)",
-                (job.id, owner, priority, json.dumps(request), job.created))
+                (job.id, owner, priority, json.dumps(request.to_dict()), job.created))
             job.seq = int(cursor.lastrowid or 0)
         return job
 
@@ -280,7 +282,8 @@ class JobStore:
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"], owner=row["owner"], priority=row["priority"], state=row["state"],
-        request=json.loads(row["request"]), created=row["created"], seq=row["seq"], started=row["started"],
-        finished=row["finished"], step=row["step"], total=row["total"], attempts=row["attempts"],
-        error=row["error"], outputs=json.loads(row["outputs"]), notes=json.loads(row["notes"]),
+        request=JobRequest.from_dict(json.loads(row["request"])), created=row["created"], seq=row["seq"],
+        started=row["started"], finished=row["finished"], step=row["step"], total=row["total"],
+        attempts=row["attempts"], error=row["error"], outputs=json.loads(row["outputs"]),
+        notes=json.loads(row["notes"]),
     )

@@ -19,13 +19,14 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from img2img.server import worker
-from img2img.server.blobs import BlobStore
-from img2img.server.events import EventHub
-from img2img.server.settings import ServerSettings
-from img2img.server.store import Job, JobStore
+from img2img.jobs import worker
+from img2img.jobs.blobs import BlobStore
+from img2img.jobs.store import Job, JobStore
+
+if TYPE_CHECKING:
+    from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.server")
 PROGRESS_WRITE_S = 0.25  # at most this often a running job's progress is written to the database
@@ -33,6 +34,14 @@ WORKER_START_S = 300.0  # a worker that has not said ready by then is replaced
 STOP_GRACE_S = 2.0  # on shutdown, how long the running job may take to reach its next step before the worker is killed
 POLL_S = 0.1
 MAX_BACKOFF_S = 30.0
+
+
+class Events(Protocol):
+    """Where the runner tells what happens to jobs (the server's event hub, for its streams)."""
+
+    def publish(self, job_id: str, event: str, **data: Any) -> None: ...
+
+    def publish_positions(self, store: JobStore) -> None: ...
 
 
 class WorkerDied(Exception):
@@ -69,7 +78,7 @@ class _Worker:
 
 
 class Runner:
-    def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub) -> None:
+    def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: Events) -> None:
         self.settings, self.store, self.blobs, self.hub = settings, store, blobs, hub
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         self._wake, self._stop = threading.Event(), threading.Event()
@@ -186,10 +195,8 @@ class Runner:
     def _run(self, job: Job) -> None:
         assert self._worker is not None
         self.hub.publish(job.id, "started", attempt=job.attempts)
-        fields = dict(job.request)
-        fields["model"] = fields.get("model") or self.settings.model  # jobs queued before models were resolved
         try:
-            self._worker.conn.send(("run", job.id, fields))
+            self._worker.conn.send(("run", job.id, job.request))
             outcome = self._outcome(job)
         except (WorkerDied, OSError) as exc:
             reason = str(exc) if isinstance(exc, WorkerDied) else self._worker.reason()

@@ -4,7 +4,8 @@ Generation, model loading and conversion run here, in a process of their own, so
 interpreter: the API answers at once while a model loads or converts. The worker writes nothing that lasts; the
 runner owns the job store and the image files, so killing the worker at any moment loses no state.
 
-It talks to the runner over two pipes. On the first, from the runner: ``("run", job_id, fields)`` and ``("quit",)``;
+It talks to the runner over two pipes. On the first, from the runner: ``("run", job_id, JobRequest)`` and
+``("quit",)``;
 to the runner: ``("ready",)`` once the engine exists, then for each job any number of ``("progress", step, total,
 diffusion)`` and ``("preview", data_url)``, and one outcome: ``("done", outputs, notes)``, ``("failed", message)``,
 ``("cancelled",)`` or ``("stopped",)``. The second carries ``("cancel", job_id)`` and ``("stop",)`` to a thread
@@ -25,10 +26,11 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from img2img.errors import Img2ImgError, ModelError
-from img2img.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from img2img.api import Engine
+    from img2img.jobs.request import JobRequest
+    from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.worker")
 
@@ -74,8 +76,8 @@ def main(conn: Connection, control: Connection, settings: ServerSettings) -> Non
             return
         if message[0] != "run":
             return
-        _, job_id, fields = message
-        conn.send(_outcome(engine, settings, conn, job_id, fields, controls))
+        _, job_id, job = message
+        conn.send(_outcome(engine, settings, conn, job_id, job, controls))
 
 
 def _listen(control: Connection, controls: _Controls) -> None:
@@ -90,10 +92,10 @@ def _listen(control: Connection, controls: _Controls) -> None:
             controls.stop.set()
 
 
-def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, job: JobRequest,
              controls: _Controls) -> tuple[Any, ...]:
     try:
-        outputs, notes = _generate(engine, settings, conn, job_id, fields, controls)
+        outputs, notes = _generate(engine, settings, conn, job_id, job, controls)
     except _Cancelled:
         return ("cancelled",)
     except _Stopping:
@@ -106,22 +108,15 @@ def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id:
     return ("done", outputs, notes)
 
 
-def _generate(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, fields: dict[str, Any],
+def _generate(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, job: JobRequest,
               controls: _Controls) -> tuple[list[dict[str, Any]], list[str]]:
-    from img2img.engine.request import GenerationRequest
     from img2img.imageio.metadata import Metadata, save_options
-    from img2img.server.blobs import BlobStore
+    from img2img.jobs.blobs import BlobStore
 
-    blobs = BlobStore(settings.data_dir / "images")
-    fields = dict(fields)
-    source, style = fields.pop("source"), fields.pop("style_image", None)
-    size = fields.pop("size", None)
-    expected_sha256 = fields.pop("model_sha256", None)
-    request = GenerationRequest(source=blobs.path(source), size=tuple(size) if size else None,
-                                style_image=blobs.path(style) if style else None, **fields)
+    request = job.generation_request(BlobStore(settings.data_dir / "images"), settings.model)
     diffusion = not engine.is_builtin(request.model)
-    if diffusion and expected_sha256:
-        _check_model(engine, request.model, expected_sha256)
+    if diffusion and job.model_sha256:
+        _check_model(engine, request.model, job.model_sha256)
 
     def on_progress(index: int, done: int, total: int) -> None:
         if job_id in controls.cancelled:

@@ -1,0 +1,42 @@
+"""A queued job's request, typed from the API to the worker: the engine's request fields, checked at submission,
+with the images stored as blobs and the model fixed (its name and its weights' hash)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from img2img.engine.request import GenerationRequest
+    from img2img.jobs.blobs import BlobStore
+
+STORED_APART = ("source", "style_image", "model_sha256")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    source: str  # the source image's blob name
+    fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest's other fields, as JSON values
+    style_image: str | None = None  # a style picture's blob name (the built-in engine)
+    model_sha256: str | None = None  # the weights the job was accepted with; None for the built-in engine
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: one flat JSON object (the same as before this type existed)."""
+        return {**self.fields, "source": self.source, "style_image": self.style_image,
+                **({"model_sha256": self.model_sha256} if self.model_sha256 else {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRequest:
+        return cls(data["source"], {key: value for key, value in data.items() if key not in STORED_APART},
+                   data.get("style_image"), data.get("model_sha256"))
+
+    def generation_request(self, blobs: BlobStore, default_model: str | None = None) -> GenerationRequest:
+        """The engine's request, its images read from ``blobs``; ``default_model`` for jobs stored before models
+        were fixed at submission."""
+        from img2img.engine.request import GenerationRequest
+
+        values = dict(self.fields)
+        values["model"] = values.get("model") or default_model
+        size = values.pop("size", None)
+        return GenerationRequest(source=blobs.path(self.source), size=tuple(size) if size else None,
+                                 style_image=blobs.path(self.style_image) if self.style_image else None, **values)
