@@ -80,8 +80,7 @@ class DiffusionSession:
         text = self.text(job.prompt, job.negative_prompt, guided, job.guidance_scale)
 
         # 2. Steps: where strength becomes timesteps.
-        train_steps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
-        plan = plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
+        plan = self.plan(job)
 
         # 3. The source's latent distribution, encoded once per session.
         latent_dist = None if plan.from_pure_noise else self.latent_dist()
@@ -112,6 +111,11 @@ class DiffusionSession:
             seconds.append(time.perf_counter() - started)
             started = time.perf_counter()
         return DiffusionOutput(np.concatenate(images), steps_run, start_sigma, tuple(seconds))
+
+    def plan(self, job: DiffusionJob) -> StepPlan:
+        """Where ``job``'s strength becomes steps on this pipeline's schedule (``img2img.engine.strength``)."""
+        train_steps = int(self.pipeline.scheduler.config.get("num_train_timesteps", 1000))
+        return plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
 
     def latent_dist(self) -> Any:
         if self._latent_dist is None:

@@ -1,0 +1,243 @@
+"""The generation pipeline for the cells of one call (a batch's seeds, or a sweep's combinations) on one source.
+
+The facade (``img2img.api.Engine``) checks the request, plans the sizes and resolves the model; from there every
+image goes through the same numbered stages, whichever engine paints it:
+
+1. fit: the source at the working size (``Prepared.working``);
+2. paint, for each cell: strength 0 is the source itself (no model run, no VAE round trip); otherwise the
+   diffusion stages of ``DiffusionSession`` (encode source, prepare latents, denoise, decode) or the built-in
+   style networks, once per loopback pass, with colour matching after each pass when asked;
+3. finish: back to the output size, the source's transparency put back when asked;
+4. record: everything that reproduces the image.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib import metadata
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from PIL import Image
+
+from img2img.engine.conditioning import Conditioner
+from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
+from img2img.engine.preview import latent_preview
+from img2img.engine.request import GenerationRequest
+from img2img.engine.result import GenerationRecord, GenerationResult
+from img2img.engine.seeds import MAX_SEED
+from img2img.imageio.color import match_colors
+from img2img.imageio.resize import fit_to_size
+from img2img.imageio.source import SourceImage
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from img2img.models.device import Placement
+    from img2img.models.families import Family
+    from img2img.styles.engine import StyleEngine
+
+# on_progress(image_index, step_done, steps_total); may raise to stop the run between two steps
+ProgressCallback = Callable[[int, int, int], None]
+# on_preview(image_index, small RGB preview of the latents after a step); diffusion models only
+PreviewCallback = Callable[[int, Image.Image], None]
+T = TypeVar("T")
+STYLE_SAMPLER = "style transfer"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: Family
+    sha256: str
+    label: str = ""  # the family's name in records; Family.label when empty
+
+    @property
+    def family_label(self) -> str:
+        return self.label or self.family.label
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the facade resolved for a call: the source, the sizes, the model, and where it runs."""
+
+    source: SourceImage
+    output_size: tuple[int, int]
+    working: Image.Image  # stage 1: the source fitted to the working size
+    model: ModelInfo
+    placement: Placement
+
+
+def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: Any | None,
+                  on_progress: ProgressCallback | None, on_preview: PreviewCallback | None) -> GenerationResult:
+    """Every cell through a diffusion model's ``pipeline`` (None when no cell has a strength above 0)."""
+    session = DiffusionSession(pipeline, prepared.working) if pipeline is not None else None
+    images, records, seconds = [], [], []
+    for index, cell in enumerate(cells):
+        started = time.perf_counter()
+        report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
+        preview = _previewer(index, on_preview, prepared.model.family.base == "sdxl") if on_preview else None
+        if session is None or cell.strength == 0:
+            picture = _unpainted(cell, prepared)
+            record = make_record(cell, to_job(cell, prepared.model.family, 0.0), prepared, 0, 0.0)
+        else:
+            picture, record = _loopback(cell, prepared, session, report, preview)
+        images.append(finish(cell, picture, prepared))
+        records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1]))
+        seconds.append(time.perf_counter() - started)
+    return GenerationResult(images, records, sum(seconds), seconds, list(prepared.source.notes))
+
+
+def _loopback(
+    cell: GenerationRequest, prepared: Prepared, session: DiffusionSession,
+    report: Callable[[int, int], None] | None, preview: LatentsCallback | None = None,
+) -> tuple[Image.Image, GenerationRecord]:
+    """Run the cell, feeding each result back as the next source for ``loops`` passes (seed+k on pass k).
+
+    The record describes the whole chain: the first pass's strength, seed, steps and starting sigma.
+    """
+    strengths = [cell.strength * cell.loop_decay**loop for loop in range(cell.loops)]
+    job = to_job(cell, prepared.model.family)
+    totals = [session.plan(replace(job, strength=strength)).steps_to_run for strength in strengths]
+    reference, record, picture = session.source, None, session.source
+    for loop, strength in enumerate(strengths):
+        base = sum(totals[:loop])
+        on_step = (lambda _i, done, _t, base=base: report(base + done, sum(totals))) if report else None
+        pass_job = replace(job, strength=strength, seeds=((job.seeds[0] + loop) % (MAX_SEED + 1),))
+        output = session.run(pass_job, on_step, preview)
+        picture = _to_image(output.images[0])
+        if cell.color_match:
+            picture = match_colors(picture, reference)
+        if record is None:
+            record = make_record(cell, job, prepared, output.steps_run, output.start_sigma)
+        if loop + 1 < cell.loops:
+            session = DiffusionSession(session.pipeline, picture)
+    assert record is not None
+    return picture, record
+
+
+def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: StyleEngine,
+               style_image: Image.Image | None, style_weights: Callable[[GenerationRequest], dict[int, float]],
+               on_progress: ProgressCallback | None) -> GenerationResult:
+    """Every cell through the built-in style networks: the same fitting, loops, colour match, finishing and
+    records as diffusion."""
+    from img2img.imageio.source import pixels_sha256
+
+    style_sha256 = pixels_sha256(style_image) if style_image else None
+    images, records, seconds = [], [], []
+    for index, cell in enumerate(cells):
+        started = time.perf_counter()
+        recipe = engine.recipe(style_weights(cell), style_image)
+        picture = _unpainted(cell, prepared)
+        if cell.strength > 0:
+            picture = prepared.working
+            for loop in range(cell.loops):
+                picture = engine.restyle(picture, recipe, cell.strength * cell.loop_decay**loop,
+                                         ((cell.seed or 0) + loop) % (MAX_SEED + 1))
+                if cell.color_match:
+                    picture = match_colors(picture, prepared.working)
+                if on_progress:
+                    on_progress(index, loop + 1, cell.loops)
+        job = DiffusionJob(cell.prompt, "", cell.strength, 0.0, 1, STYLE_SAMPLER, (cell.seed or 0,))
+        record = make_record(cell, job, prepared, int(cell.strength > 0), 0.0)
+        records.append(replace(record, engine="style", width=prepared.output_size[0],
+                               height=prepared.output_size[1], style_image_sha256=style_sha256))
+        images.append(finish(cell, picture, prepared))
+        seconds.append(time.perf_counter() - started)
+    notes = [*prepared.source.notes, *_ignored_by_styles(cells[0])]
+    return GenerationResult(images, records, sum(seconds), seconds, notes)
+
+
+def _unpainted(cell: GenerationRequest, prepared: Prepared) -> Image.Image:
+    """Strength 0: the source itself, at its own size unless the request asks for another."""
+    keeps_size = cell.size is None and cell.max_side is None
+    return (prepared.source.rgb if keeps_size else prepared.working).copy()
+
+
+def finish(cell: GenerationRequest, picture: Image.Image, prepared: Prepared) -> Image.Image:
+    """Bring the result to the output size and put the source's transparency back when asked."""
+    output_size, source = prepared.output_size, prepared.source
+    if picture.size != output_size:
+        picture = picture.resize(output_size, Image.LANCZOS)
+    if cell.keep_alpha and source.alpha is not None:
+        alpha = source.alpha if source.alpha.size == output_size else fit_to_size(
+            source.alpha, output_size, cell.resize_mode)
+        picture = picture.convert("RGBA")
+        picture.putalpha(alpha)
+    return picture
+
+
+def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, steps_run: int,
+                start_sigma: float) -> GenerationRecord:
+    """The record of one image (its output size is set by the caller)."""
+    working, model, placement = prepared.working.size, prepared.model, prepared.placement
+    return GenerationRecord(
+        engine="diffusion", prompt=job.prompt, negative_prompt=job.negative_prompt, strength=job.strength,
+        steps=job.steps, steps_mode=job.steps_mode, steps_run=steps_run, start_sigma=round(start_sigma, 6),
+        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0],
+        width=working[0], height=working[1], working_width=working[0], working_height=working[1],
+        model=model.name, model_family=model.family_label, model_hash=model.sha256,
+        source_sha256=prepared.source.sha256, device=placement.device, dtype=placement.dtype_name,
+        quantize=placement.quantize, versions=library_versions(), size=cell.size, max_side=cell.max_side,
+        resize_mode=cell.resize_mode, background=cell.background, keep_alpha=cell.keep_alpha,
+        color_match=cell.color_match, loops=cell.loops, loop_decay=cell.loop_decay,
+        conditions=tuple(entry for entry in (_described(c) for c in cell.conditions) if entry is not None),
+    )
+
+
+def to_job(cell: GenerationRequest, family: Family, strength: float | None = None) -> DiffusionJob:
+    """The cell with the family's defaults filled in (its seed is resolved by now)."""
+    assert cell.seed is not None
+    return DiffusionJob(
+        prompt=cell.prompt, negative_prompt=cell.negative_prompt,
+        strength=cell.strength if strength is None else strength,
+        guidance_scale=_default(cell.guidance_scale, family.default_guidance),
+        steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
+        seeds=(cell.seed,), steps_mode=cell.steps_mode, conditions=cell.conditions,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    names = ("img2img", "torch", "diffusers", "transformers")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "unknown"
+    return versions
+
+
+def _described(conditioner: Conditioner) -> dict[str, Any] | None:
+    """A conditioner's record entry: its metadata, with its kind."""
+    metadata_ = conditioner.metadata()
+    return None if metadata_ is None else {"kind": conditioner.kind, **metadata_}
+
+
+def _ignored_by_styles(request: GenerationRequest) -> list[str]:
+    """Name the options that the built-in style engine has no use for."""
+    options = (("negative prompt", request.negative_prompt), ("guidance", request.guidance_scale),
+               ("steps", request.steps), ("sampler", request.sampler))
+    given = [name for name, value in options if value]
+    if not given:
+        return []
+    return [f"the built-in style engine restyles and has no {', '.join(given)}; ignored"]
+
+
+def _previewer(index: int, on_preview: PreviewCallback, xl: bool) -> LatentsCallback:
+    def preview(_pass_index: int, latents: torch.Tensor) -> None:
+        image = latent_preview(latents, xl)
+        if image is not None:
+            on_preview(index, image)
+
+    return preview
+
+
+def _default(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def _to_image(array: np.ndarray) -> Image.Image:
+    return Image.fromarray((array * 255).round().astype("uint8"))
