@@ -244,3 +244,19 @@ def test_many_status_reads_during_submissions_stay_consistent(server: ServerProc
         finals = [wait_final(client, job_id) for job_id in ids]
     assert all(job["state"] == "done" for job in finals)
     assert sorted(job["images"][0]["seed"] for job in finals) == list(range(8))
+
+
+def test_fields_are_served_from_the_one_field_table(server: ServerProcess) -> None:
+    """The API's schema, its field list and the library's request share defaults and limits."""
+    from img2img import GenerationRequest
+    from img2img.engine.fields import FIELDS
+
+    with server.client() as client:
+        served = {field["name"]: field for field in client.get("/v1/fields").json()["fields"]}
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["JobFields"]["properties"]
+    request = GenerationRequest(source="x.png", prompt="")
+    for spec in FIELDS:
+        assert served[spec.name]["default"] == spec.default == getattr(request, spec.name), spec.name
+        assert schema[spec.name].get("default") == spec.default, spec.name
+    assert served["strength"] | {"low": 0.0, "high": 1.0, "a1111": "denoising_strength"} == served["strength"]
+    assert served["steps_mode"]["choices"] == ["diffusers", "exact"]

@@ -89,6 +89,9 @@ def _wait_result(page: Any) -> None:
 
 
 def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, photo: Path) -> None:
+    # The defaults and limits come from the server's field table, not from the page.
+    page.wait_for_function("document.querySelector('#strength-value').textContent === '0.60'")
+    assert page.get_attribute("#steps", "max") == "150" and page.get_attribute("#guidance", "max") == "30"
     _upload(page, photo)
     assert "64 × 48 px" in page.text_content("#source-info") and "small" in page.text_content("#source-info")
     page.select_option("#model", "tiny")

@@ -7,29 +7,34 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from img2img.engine.fields import FIELDS, MAX_GUIDANCE, MAX_STEPS, SPEC
 from img2img.errors import InvalidArgument, OutputPathError
 
-# Options shared by run, sweep, batch and reproduce.
-Negative = Annotated[str, typer.Option("--negative", help="What the result should not look like.")]
+# Options shared by run, sweep, batch and reproduce; the request's fields take their help and defaults from the
+# field table (img2img.engine.fields), so a command's signature says only which flag spells which field.
+DEFAULT = MappingProxyType({spec.name: spec.default for spec in FIELDS})
+Negative = Annotated[str, typer.Option("--negative", help=SPEC["negative_prompt"].help)]
 Seed = Annotated[int, typer.Option(help="-1 picks one at random.")]
-Steps = Annotated[int | None, typer.Option(help="1..150 [default: the model's, 25 for SD]")]
-Cfg = Annotated[float | None, typer.Option("--cfg", help="Guidance 0..30 [default: the model's, 7 for SD]")]
+Steps = Annotated[int | None, typer.Option(help=f"1..{MAX_STEPS} [default: the model's, 25 for SD]")]
+Cfg = Annotated[float | None, typer.Option("--cfg", help=f"Guidance 0..{MAX_GUIDANCE:g} [default: the model's, 7 for "
+                                                      "SD]")]
 Sampler = Annotated[str | None, typer.Option(help="An A1111 sampler name [default: DPM++ 2M Karras]")]
 Model = Annotated[str | None, typer.Option(help="Registry name, path or cached repo id.")]
-StepsMode = Annotated[str, typer.Option(help="diffusers or exact")]
+StepsMode = Annotated[str, typer.Option(help=SPEC["steps_mode"].help)]
 Size = Annotated[str | None, typer.Option(help="Output size WxH, multiples of 8 [default: the source's size]")]
-MaxSide = Annotated[int | None, typer.Option(help="Scale so the long side is N px (multiple of 8).")]
-Resize = Annotated[str, typer.Option(help="For another aspect ratio: just (stretch), crop or fill.")]
-Background = Annotated[str, typer.Option(help="Colour behind transparent areas of the source.")]
-KeepAlpha = Annotated[bool, typer.Option(help="Put the source's transparency back on the result.")]
-ColorMatch = Annotated[bool, typer.Option(help="Match the result's colours to the source (LAB).")]
-Loops = Annotated[int, typer.Option(help="Loopback: feed each result back in, N passes in all.")]
-LoopDecay = Annotated[float, typer.Option(help="Multiply the strength by this after each loop.")]
+MaxSide = Annotated[int | None, typer.Option(help=SPEC["max_side"].help)]
+Resize = Annotated[str, typer.Option(help=SPEC["resize_mode"].help)]
+Background = Annotated[str, typer.Option(help=SPEC["background"].help)]
+KeepAlpha = Annotated[bool, typer.Option(help=SPEC["keep_alpha"].help)]
+ColorMatch = Annotated[bool, typer.Option(help=SPEC["color_match"].help)]
+Loops = Annotated[int, typer.Option(help=SPEC["loops"].help)]
+LoopDecay = Annotated[float, typer.Option(help=SPEC["loop_decay"].help)]
 Format = Annotated[str | None, typer.Option("--format", help="png, jpeg or webp [default: png or -o's suffix]")]
 Quality = Annotated[int, typer.Option(help="JPEG/WebP quality 1..100 (WebP 100 is lossless).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]

@@ -58,8 +58,8 @@ def run(
     prompt: Annotated[str | None, typer.Argument(help="What the result should look like (optional with "
                                                       "--params-from).")] = None,
     negative: Annotated[str | None, typer.Option("--negative", help="What the result should not look like.")] = None,
-    strength: Annotated[float | None, typer.Option(help="0..1: how much of the source is replaced [default: "
-                                                        "0.6]")] = None,
+    strength: Annotated[float | None, typer.Option(help=f"0..1: how much of the source is replaced [default: "
+                                                        f"{c.DEFAULT['strength']}]")] = None,
     seed: Annotated[int | None, typer.Option(help="-1 picks one at random [default: -1]")] = None,
     params_from: Annotated[Path | None, typer.Option(
         "--params-from", help="Start from the parameters in this picture (ours, A1111, ComfyUI, InvokeAI, Fooocus, "
@@ -75,14 +75,14 @@ def run(
     quality: c.Quality = 90,
     size: c.Size = None,
     max_side: c.MaxSide = None,
-    resize: c.Resize = "just",
-    background: c.Background = "white",
-    keep_alpha: c.KeepAlpha = False,
-    color_match: c.ColorMatch = False,
-    loops: c.Loops = 1,
-    loop_decay: c.LoopDecay = 1.0,
+    resize: c.Resize = c.DEFAULT["resize_mode"],
+    background: c.Background = c.DEFAULT["background"],
+    keep_alpha: c.KeepAlpha = c.DEFAULT["keep_alpha"],
+    color_match: c.ColorMatch = c.DEFAULT["color_match"],
+    loops: c.Loops = c.DEFAULT["loops"],
+    loop_decay: c.LoopDecay = c.DEFAULT["loop_decay"],
     style_image: c.StyleImage = None,
-    steps_mode: c.StepsMode = "diffusers",
+    steps_mode: c.StepsMode = c.DEFAULT["steps_mode"],
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
@@ -132,24 +132,24 @@ def run(
 def sweep(
     source: Annotated[Path, typer.Argument(help="The source image.")],
     prompt: Annotated[str, typer.Argument(help="The (first) prompt.")],
-    strength: Annotated[str, typer.Option(help="Strengths, comma-separated.")] = "0.6",
+    strength: Annotated[str, typer.Option(help="Strengths, comma-separated.")] = str(c.DEFAULT["strength"]),
     cfg: Annotated[str | None, typer.Option("--cfg", help="Guidance scales, comma-separated.")] = None,
     steps: Annotated[str | None, typer.Option(help="Step counts, comma-separated.")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler names, comma-separated.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated.")] = None,
     prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
     seed: c.Seed = -1,
-    negative: c.Negative = "",
+    negative: c.Negative = c.DEFAULT["negative_prompt"],
     model: c.Model = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="A folder [default: ./outputs]")] = None,
     format_: c.Format = None,
     quality: c.Quality = 90,
     size: c.Size = None,
     max_side: c.MaxSide = None,
-    resize: c.Resize = "just",
-    background: c.Background = "white",
+    resize: c.Resize = c.DEFAULT["resize_mode"],
+    background: c.Background = c.DEFAULT["background"],
     style_image: c.StyleImage = None,
-    steps_mode: c.StepsMode = "diffusers",
+    steps_mode: c.StepsMode = c.DEFAULT["steps_mode"],
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
@@ -171,7 +171,7 @@ def sweep(
     if not axes:
         axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
     request = GenerationRequest(
-        source=source, prompt=prompt, negative_prompt=negative, strength=fixed.get("strength", 0.6),  # type: ignore[arg-type]
+        source=source, prompt=prompt, negative_prompt=negative, strength=fixed.get("strength", c.DEFAULT["strength"]),  # type: ignore[arg-type]
         guidance_scale=fixed.get("cfg"), steps=fixed.get("steps"), sampler=fixed.get("sampler"),  # type: ignore[arg-type]
         seed=fixed.get("seed", seed), steps_mode=steps_mode, model=model, size=c.parse_size(size),  # type: ignore[arg-type]
         max_side=max_side, resize_mode=resize, background=background, style_image=style_image,  # type: ignore[arg-type]

@@ -10,19 +10,15 @@ from typing import Literal
 from PIL import Image, ImageColor
 
 from img2img.engine.conditioning import Conditioner, check_conditions
+from img2img.engine.fields import FIELDS, SPEC, FieldSpec
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
-from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
+from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, ResizeMode
 from img2img.errors import InvalidArgument
 
 StepsMode = Literal["diffusers", "exact"]
-STEPS_MODES: tuple[str, ...] = ("diffusers", "exact")
 
-MAX_STEPS = 150  # A1111's slider limit; more steps only cost time
-MAX_GUIDANCE = 30.0  # beyond this every sampler saturates
 DEFAULT_MAX_IMAGES = 16  # per request; the server and CLI can lower it
-MAX_PROMPT_CHARS = 4000  # CLIP reads 77 tokens; this only stops absurd payloads
-MAX_LOOPS = 32  # loopback passes per image
 
 
 @dataclass(frozen=True)
@@ -61,23 +57,23 @@ class GenerationRequest:
 
     source: Image.Image | Path | str
     prompt: str
-    negative_prompt: str = ""
-    strength: float = 0.6
-    guidance_scale: float | None = None
-    steps: int | None = None
-    sampler: str | None = None
-    seed: int | None = None
-    num_images: int = 1
-    steps_mode: StepsMode = "diffusers"
-    model: str | None = None
+    negative_prompt: str = SPEC["negative_prompt"].default
+    strength: float = SPEC["strength"].default
+    guidance_scale: float | None = SPEC["guidance_scale"].default
+    steps: int | None = SPEC["steps"].default
+    sampler: str | None = SPEC["sampler"].default
+    seed: int | None = SPEC["seed"].default
+    num_images: int = SPEC["num_images"].default
+    steps_mode: StepsMode = SPEC["steps_mode"].default
+    model: str | None = SPEC["model"].default
     size: tuple[int, int] | None = field(default=None)
-    max_side: int | None = None
-    resize_mode: ResizeMode = "just"
-    background: str = "white"
-    keep_alpha: bool = False
-    color_match: bool = False
-    loops: int = 1
-    loop_decay: float = 1.0
+    max_side: int | None = SPEC["max_side"].default
+    resize_mode: ResizeMode = SPEC["resize_mode"].default
+    background: str = SPEC["background"].default
+    keep_alpha: bool = SPEC["keep_alpha"].default
+    color_match: bool = SPEC["color_match"].default
+    loops: int = SPEC["loops"].default
+    loop_decay: float = SPEC["loop_decay"].default
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
 
@@ -86,47 +82,50 @@ class GenerationRequest:
 
         Raises InvalidArgument naming the first field that is wrong.
         """
-        _check_text("prompt", self.prompt)
-        _check_text("negative_prompt", self.negative_prompt)
-        _check_number("strength", self.strength, 0.0, 1.0)
-        if self.guidance_scale is not None:
-            _check_number("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
-        if self.steps is not None:
-            _check_int("steps", self.steps, 1, MAX_STEPS)
-        _check_int("num_images", self.num_images, 1, max_images)
-        if self.seed is not None and self.seed != -1:
-            _check_int("seed", self.seed, 0, MAX_SEED)
-            if self.seed + self.num_images - 1 > MAX_SEED:
-                raise InvalidArgument("seed", f"at most {MAX_SEED - self.num_images + 1} for {self.num_images} "
-                                      "images (image k uses seed+k)", self.seed)
-        if self.steps_mode not in STEPS_MODES:
-            raise InvalidArgument("steps_mode", f"one of {', '.join(STEPS_MODES)}", self.steps_mode)
+        for spec in FIELDS:  # types, ranges and choices, as the field table defines them
+            value = getattr(self, spec.name)
+            if value is not None or spec.default is not None:
+                _check_field(spec, value, max_images)
+        if self.seed is not None and self.seed != -1 and self.seed + self.num_images - 1 > MAX_SEED:
+            raise InvalidArgument("seed", f"at most {MAX_SEED - self.num_images + 1} for {self.num_images} "
+                                  "images (image k uses seed+k)", self.seed)
         if self.size is not None:
             _check_size(self.size)
         if self.max_side is not None:
             if self.size is not None:
                 raise InvalidArgument("max_side", "left out when size is given", self.max_side)
-            _check_int("max_side", self.max_side, MIN_SIDE, MAX_SIDE)
             if self.max_side % LATENT_MULTIPLE:
                 raise InvalidArgument("max_side", f"a multiple of {LATENT_MULTIPLE}", self.max_side)
-        if self.resize_mode not in RESIZE_MODES:
-            raise InvalidArgument("resize_mode", f"one of {', '.join(RESIZE_MODES)}", self.resize_mode)
         _check_colour("background", self.background)
-        _check_flag("keep_alpha", self.keep_alpha)
-        _check_flag("color_match", self.color_match)
-        _check_int("loops", self.loops, 1, MAX_LOOPS)
-        _check_number("loop_decay", self.loop_decay, 0.0, 1.0)
         if self.loop_decay == 0:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions))
 
 
-def _check_text(name: str, value: object) -> None:
+def _check_field(spec: FieldSpec, value: object, max_images: int) -> None:
+    """One scalar field against its spec; ``num_images`` against the engine's own limit."""
+    name = spec.name
+    if spec.choices is not None:
+        if value not in spec.choices:
+            raise InvalidArgument(name, f"one of {', '.join(spec.choices)}", value)
+    elif spec.kind is str:
+        _check_text(name, value, int(spec.high) if spec.high is not None else None)
+    elif spec.kind is bool:
+        _check_flag(name, value)
+    elif spec.kind is int:
+        high = max_images if name == "num_images" else int(spec.high)  # type: ignore[arg-type]
+        low = 0 if name == "seed" and value != -1 else int(spec.low)  # type: ignore[arg-type]
+        _check_int(name, value, low, high)
+    else:
+        _check_number(name, value, spec.low, spec.high)  # type: ignore[arg-type]
+
+
+def _check_text(name: str, value: object, limit: int | None) -> None:
     if not isinstance(value, str):
         raise InvalidArgument(name, "a string", value)
-    if len(value) > MAX_PROMPT_CHARS:
-        raise InvalidArgument(name, f"at most {MAX_PROMPT_CHARS} characters", f"{len(value)} characters")
+    if limit is not None and len(value) > limit:
+        raise InvalidArgument(name, f"at most {limit} characters", f"{len(value)} characters")
 
 
 def _check_number(name: str, value: object, low: float, high: float) -> None:

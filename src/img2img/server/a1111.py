@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
+from img2img.engine.fields import FIELDS, MAX_PROMPT_CHARS
 from img2img.engine.seeds import MAX_SEED
 from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import ApiError, decode_base64
@@ -38,8 +39,8 @@ class Img2ImgRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field("", max_length=100_000)
-    negative_prompt: str = Field("", max_length=100_000)
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     styles: list[str] | None = None
     seed: int = Field(-1, ge=-1, le=MAX_SEED)
     subseed: Count = -1
@@ -296,10 +297,9 @@ def _fields(body: Img2ImgRequest) -> tuple[dict[str, Any], list[str]]:
     model = overrides.get("sd_model_checkpoint")
     warnings += [f"override_settings.{key} is not supported and was ignored" for key in overrides
                  if key != "sd_model_checkpoint"]
-    fields = {
-        "prompt": body.prompt, "negative_prompt": body.negative_prompt, "strength": body.denoising_strength,
-        "guidance_scale": body.cfg_scale, "steps": body.steps, "sampler": sampler, "seed": body.seed,
-        "num_images": body.batch_size * body.n_iter, "size": (width, height),
+    fields = {spec.name: getattr(body, spec.a1111) for spec in FIELDS if spec.a1111}  # the one-to-one fields
+    fields |= {
+        "sampler": sampler, "num_images": body.batch_size * body.n_iter, "size": (width, height),
         "resize_mode": RESIZE_MODES.get(body.resize_mode, "just"),
         "model": str(model).split(" [", 1)[0] if model else None,
     }

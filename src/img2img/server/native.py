@@ -9,10 +9,9 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from img2img.engine.request import MAX_GUIDANCE, MAX_LOOPS, MAX_STEPS
-from img2img.engine.seeds import MAX_SEED
+from img2img.engine.fields import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
 from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import ApiError, Service, decode_base64
@@ -32,32 +31,27 @@ JOB_LINKS = {"responses": {202: {"description": "the job, queued", "links": {
 }}}}
 
 
-class JobFields(BaseModel):
-    """The request, as ``img2img.GenerationRequest`` takes it (without the images)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field("", max_length=100_000)
-    negative_prompt: str = Field("", max_length=100_000)
-    strength: float = Field(0.6, ge=0, le=1)
-    guidance_scale: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    sampler: str | None = Field(None, max_length=64)
-    seed: int | None = Field(None, ge=-1, le=MAX_SEED, description="None or -1: a random seed, fixed at submission")
-    num_images: int = Field(1, ge=1, le=64)
-    steps_mode: Literal["diffusers", "exact"] = "diffusers"
-    model: str | None = Field(None, max_length=200, description="a registered model name, or builtin")
-    size: tuple[Side, Side] | None = None
-    max_side: Side | None = None
-    resize_mode: Literal["just", "crop", "fill"] = "just"
-    background: str = Field("white", max_length=32)
-    keep_alpha: bool = False
-    color_match: bool = False
-    loops: int = Field(1, ge=1, le=MAX_LOOPS)
-    loop_decay: float = Field(1.0, gt=0, le=1)
+def _job_fields() -> type[BaseModel]:
+    """The request's fields as the API takes them, from the one field table (``img2img.engine.fields``)."""
+    fields: dict[str, Any] = {}
+    for spec in FIELDS:
+        kind: Any = Literal[spec.choices] if spec.choices else spec.kind  # type: ignore[valid-type]
+        constraints: dict[str, Any] = {}
+        if spec.kind in (int, float) and spec.choices is None:
+            constraints = {"ge": spec.low, "le": spec.high}
+        elif spec.kind is str and spec.high is not None:
+            constraints = {"max_length": int(spec.high)}
+        fields[spec.name] = (kind if spec.default is not None else kind | None,
+                             Field(spec.default, description=spec.help, **constraints))
+    fields["size"] = (tuple[Side, Side] | None, Field(None, description="the output size (width, height)"))
+    return create_model("JobFields", __config__=ConfigDict(extra="forbid"),  # type: ignore[call-overload]
+                        __doc__="The request, as img2img.GenerationRequest takes it (without the images).", **fields)
 
 
-class JsonJob(JobFields):
+JobFields = _job_fields()
+
+
+class JsonJob(JobFields):  # type: ignore[valid-type, misc]
     source: str = Field(description="the source image file, base64 (a data: URL prefix is allowed)")
     style_image: str | None = Field(None, description="a style picture, base64 (built-in engine only)")
     params_from: str | None = Field(None, description="a picture whose generation parameters (ours, A1111, ComfyUI, "
@@ -217,6 +211,12 @@ def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     entries = [{"name": entry.name, "default": entry.name == default} for entry in registry.entries()]
     return {"models": [*entries, {"name": "builtin", "default": default == "builtin",
                                   "description": "built-in style transfer: restyles, adds no new content"}]}
+
+
+@router.get("/fields")
+def fields(_who: CallerDep) -> dict[str, list[dict[str, Any]]]:
+    """Each request field's type, default, range or choices, help and A1111 name (the studio's defaults)."""
+    return {"fields": [spec.describe() for spec in FIELDS]}
 
 
 @router.get("/samplers")

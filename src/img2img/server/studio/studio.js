@@ -407,6 +407,20 @@ function fill(select, values, keep = []) {
   select.replaceChildren(...keep, ...values.map((value) => new Option(value.label ?? value, value.value ?? value)));
 }
 
+// The request's defaults and limits come from the server's field table (GET /v1/fields), not from this page.
+function applyFields(fields) {
+  const byName = Object.fromEntries(fields.map((field) => [field.name, field]));
+  const inputs = { strength: "strength", steps: "steps", guidance_scale: "guidance", seed: "seed" };
+  for (const [name, id] of Object.entries(inputs)) {
+    const field = byName[name];
+    if (!field) continue;
+    if (field.low !== null) $(id).min = Math.max(0, field.low);
+    if (field.high !== null) $(id).max = field.high;
+  }
+  if (!state.fieldsApplied && byName.strength) setStrength(byName.strength.default);
+  state.fieldsApplied = true;
+}
+
 async function init() {
   let models;
   try {
@@ -416,7 +430,9 @@ async function init() {
     else showError(error);
     return;
   }
-  const [samplers, styles] = await Promise.all([getJson("/v1/samplers"), getJson("/v1/styles")]);
+  const [samplers, styles, spec] = await Promise.all([getJson("/v1/samplers"), getJson("/v1/styles"),
+    getJson("/v1/fields")]);
+  applyFields(spec.fields);
   fill($("model"), models.map((model) => ({
     value: model.name, label: model.name === "builtin" ? "Built-in styles (no model)" : model.name })));
   $("model").value = (models.find((model) => model.default) || models[0]).name;
