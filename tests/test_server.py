@@ -253,7 +253,7 @@ def test_fields_are_served_from_the_one_field_table(server: ServerProcess) -> No
 
     with server.client() as client:
         served = {field["name"]: field for field in client.get("/v1/fields").json()["fields"]}
-        schema = client.get("/openapi.json").json()["components"]["schemas"]["JobFields"]["properties"]
+        schema = client.get("/openapi.json").json()["components"]["schemas"]["JsonJob"]["properties"]
     request = GenerationRequest(source="x.png", prompt="")
     for spec in FIELDS:
         assert served[spec.name]["default"] == spec.default == getattr(request, spec.name), spec.name
