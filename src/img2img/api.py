@@ -34,6 +34,7 @@ from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
+from img2img.models.parts import PartCache
 from img2img.models.registry import ModelRegistry
 from img2img.styles.catalog import parse_styles, style_names
 from img2img.styles.engine import NATIVE_SIDE as STYLE_NATIVE_SIDE
@@ -84,6 +85,7 @@ class Engine:
         self.allow_pickle = allow_pickle
         self.max_source_pixels = max_source_pixels
         self._models = ModelCache(cache_capacity)
+        self.parts = PartCache()  # ControlNets, adapters, image encoders that conditioners bring, shared by runs
         self._style_networks = style_networks
         self._style_engine: StyleEngine | None = None
 
