@@ -71,10 +71,23 @@ def test_a_conditioner_acts_from_its_step_and_is_recorded(engine: Engine, tiny_s
 
 
 def test_start_latents_are_kept_and_pure_noise_has_no_clean_latents(engine: Engine, tiny_sd: Path,
-                                                                      photo: Path) -> None:
-    shift = ShiftFrom(0.0, from_step=0)
-    engine.generate(_request(photo, tiny_sd, strength=1.0, conditions=(shift,)))
-    assert shift.seen and not any(had_clean for _, _, had_clean in shift.seen)
+                                                                      tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    coffee = tmp_path / "coffee.png"  # a photo's own size, not a multiple of 64
+    Image.fromarray(data.coffee()).resize((130, 97), Image.LANCZOS).save(coffee)
+    for strength, clean in ((1.0, False), (0.6, True)):
+        shift = ShiftFrom(0.0, from_step=0)
+        result = engine.generate(_request(coffee, tiny_sd, strength=strength, conditions=(shift,)))
+        assert shift.seen and all(had_clean is clean for _, _, had_clean in shift.seen)
+        assert result.images[0].size == (130, 97)
+
+
+def test_a_model_given_as_a_path_object_is_accepted(engine: Engine, tiny_sd: Path, photo: Path) -> None:
+    by_path = engine.generate(GenerationRequest(source=photo, prompt="a boat", model=tiny_sd, steps=4, seed=1))
+    by_text = engine.generate(GenerationRequest(source=photo, prompt="a boat", model=str(tiny_sd), steps=4, seed=1))
+    assert by_path.images[0].tobytes() == by_text.images[0].tobytes()
 
 
 def test_conditions_are_checked(engine: Engine, photo: Path, tiny_sd: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from os import PathLike
 from pathlib import Path
 from typing import Literal
 
@@ -82,6 +83,8 @@ class GenerationRequest:
 
         Raises InvalidArgument naming the first field that is wrong.
         """
+        if isinstance(self.model, PathLike):  # a model's folder or file given as a path object
+            return replace(self, model=str(self.model)).validated(max_images)
         for spec in FIELDS:  # types, ranges and choices, as the field table defines them
             value = getattr(self, spec.name)
             if value is not None or spec.default is not None:

@@ -78,6 +78,7 @@ def main(conn: Connection, control: Connection, settings: ServerSettings) -> Non
             return
         _, job_id, job = message
         conn.send(_outcome(engine, settings, conn, job_id, job, controls))
+        controls.cancelled.discard(job_id)  # a cancel that came after the job ended has nothing left to stop
 
 
 def _listen(control: Connection, controls: _Controls) -> None:
