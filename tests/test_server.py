@@ -249,7 +249,7 @@ def test_many_status_reads_during_submissions_stay_consistent(server: ServerProc
 def test_fields_are_served_from_the_one_field_table(server: ServerProcess) -> None:
     """The API's schema, its field list and the library's request share defaults and limits."""
     from img2img import GenerationRequest
-    from img2img.engine.fields import FIELDS
+    from img2img.engine.request import FIELDS
 
     with server.client() as client:
         served = {field["name"]: field for field in client.get("/v1/fields").json()["fields"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from rich.markup import escape
 from img2img.cli import common as c
 from img2img.cli.app import app
 from img2img.cli.generate import _make_folder, announce_model, prepare, save
+from img2img.cli.options import request_options
 from img2img.errors import InvalidArgument, SourceImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -31,36 +32,23 @@ A file that cannot be read is reported at the end and does not stop the others; 
 
 
 @app.command(help=BATCH_HELP)
+@request_options(leave_out=("num_images",))
 def batch(
     in_dir: Annotated[Path, typer.Argument(help="A folder of source images.")],
     prompt: Annotated[str, typer.Argument(help="What the results should look like.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The folder for the results (made if missing).")],
-    negative: c.Negative = c.DEFAULT["negative_prompt"],
-    strength: Annotated[float, typer.Option(help="0..1: how much of each source is replaced.")] = c.DEFAULT[
-        "strength"],
-    seed: c.Seed = -1,
-    steps: c.Steps = None,
-    cfg: c.Cfg = None,
-    sampler: c.Sampler = None,
-    model: c.Model = None,
     format_: c.Format = None,
     quality: c.Quality = 90,
     size: c.Size = None,
-    max_side: c.MaxSide = None,
-    resize: c.Resize = c.DEFAULT["resize_mode"],
-    background: c.Background = c.DEFAULT["background"],
-    keep_alpha: c.KeepAlpha = c.DEFAULT["keep_alpha"],
-    color_match: c.ColorMatch = c.DEFAULT["color_match"],
-    loops: c.Loops = c.DEFAULT["loops"],
-    loop_decay: c.LoopDecay = c.DEFAULT["loop_decay"],
     style_image: c.StyleImage = None,
-    steps_mode: c.StepsMode = c.DEFAULT["steps_mode"],
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
     quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
+    *,
+    fields: dict[str, Any],
 ) -> None:
     from img2img.engine.request import GenerationRequest
     from img2img.engine.seeds import resolve_seed
@@ -73,12 +61,9 @@ def batch(
     if not sources:
         raise InvalidArgument("IN_DIR", f"a folder with images ({', '.join(IMAGE_SUFFIXES)})", str(in_dir))
     _make_folder(output)
-    request = GenerationRequest(
-        source=sources[0], prompt=prompt, negative_prompt=negative, strength=strength, guidance_scale=cfg,
-        steps=steps, sampler=sampler, seed=resolve_seed(seed), steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
-        size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
-        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
-    )
+    seed = resolve_seed(fields.pop("seed", None))  # one seed for the whole folder
+    request = GenerationRequest(source=sources[0], prompt=prompt, **fields, seed=seed, size=c.parse_size(size),
+                                style_image=style_image)
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
                                            quantize)
     targets = _target_names(sources, output, SUFFIXES[format_name])

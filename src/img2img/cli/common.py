@@ -7,47 +7,31 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import MappingProxyType
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from img2img.engine.fields import FIELDS, MAX_GUIDANCE, MAX_STEPS, SPEC
+from img2img.engine.request import SPEC
 from img2img.errors import InvalidArgument, OutputPathError
 
-# Options shared by run, sweep, batch and reproduce; the request's fields take their help and defaults from the
-# field table (img2img.engine.fields), so a command's signature says only which flag spells which field.
-DEFAULT = MappingProxyType({spec.name: spec.default for spec in FIELDS})
-Negative = Annotated[str, typer.Option("--negative", help=SPEC["negative_prompt"].help)]
-Seed = Annotated[int, typer.Option(help="-1 picks one at random.")]
-Steps = Annotated[int | None, typer.Option(help=f"1..{MAX_STEPS} [default: the model's, 25 for SD]")]
-Cfg = Annotated[float | None, typer.Option("--cfg", help=f"Guidance 0..{MAX_GUIDANCE:g} [default: the model's, 7 for "
-                                                      "SD]")]
-Sampler = Annotated[str | None, typer.Option(help="An A1111 sampler name [default: DPM++ 2M Karras]")]
-Model = Annotated[str | None, typer.Option(help="Registry name, path or cached repo id.")]
-StepsMode = Annotated[str, typer.Option(help=SPEC["steps_mode"].help)]
-Size = Annotated[str | None, typer.Option(help="Output size WxH, multiples of 8 [default: the source's size]")]
-MaxSide = Annotated[int | None, typer.Option(help=SPEC["max_side"].help)]
-Resize = Annotated[str, typer.Option(help=SPEC["resize_mode"].help)]
-Background = Annotated[str, typer.Option(help=SPEC["background"].help)]
-KeepAlpha = Annotated[bool, typer.Option(help=SPEC["keep_alpha"].help)]
-ColorMatch = Annotated[bool, typer.Option(help=SPEC["color_match"].help)]
-Loops = Annotated[int, typer.Option(help=SPEC["loops"].help)]
-LoopDecay = Annotated[float, typer.Option(help=SPEC["loop_decay"].help)]
-Format = Annotated[str | None, typer.Option("--format", help="png, jpeg or webp [default: png or -o's suffix]")]
+# Options shared by the commands that are not request fields (those derive from the field table: cli/options.py).
+Model = Annotated[str | None, typer.Option(help=SPEC["model"].help)]
+Size = Annotated[str | None, typer.Option(help=r"Output size WxH, multiples of 8 \[default: the source's size]",
+                                          rich_help_panel="Generation")]
+Format = Annotated[str | None, typer.Option("--format", help=r"png, jpeg or webp \[default: png or -o's suffix]")]
 Quality = Annotated[int, typer.Option(help="JPEG/WebP quality 1..100 (WebP 100 is lossless).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 Dtype = Annotated[str, typer.Option(help="auto, float32, float16 or bfloat16")]
-Backend = Annotated[str, typer.Option(help="auto, torch or openvino (CPU) [default: $IMG2IMG_BACKEND or auto]")]
+Backend = Annotated[str, typer.Option(help=r"auto, torch or openvino (CPU) \[default: $IMG2IMG_BACKEND or auto]",
+                                      show_default=False)]
 Quantize = Annotated[str, typer.Option(help="none, or int8: UNet matmul weights in 8 bits (approximate; OpenVINO).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
-StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).")]
+StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).",
+                                                rich_help_panel="Generation")]
 
-FLAGS = {"guidance_scale": "--cfg", "num_images": "-n", "negative_prompt": "--negative", "steps_mode": "--steps-mode",
-         "prompt": "PROMPT", "source": "SOURCE", "resize_mode": "--resize", "axis": "sweep axis",
-         "style_image": "--style-image"}
+FLAGS = {"source": "SOURCE", "axis": "sweep axis"}  # the arguments that are not request fields nor --their-name
 NUMBERED = re.compile(r"^(\d{5})-")
 
 
@@ -55,6 +39,8 @@ def flag_for(argument: str) -> str:
     """How the command line spells a request field: its option, or a positional argument's own name (NAME)."""
     if argument.isupper():
         return argument
+    if argument in SPEC:
+        return SPEC[argument].option
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
 
 

@@ -10,6 +10,8 @@ from rich.console import Console
 
 from img2img.cli import common as c
 from img2img.cli.app import app
+from img2img.cli.options import request_options
+from img2img.engine.request import SPEC
 from img2img.errors import InvalidArgument
 
 if TYPE_CHECKING:
@@ -53,56 +55,38 @@ once for the whole sweep.
 
 
 @app.command(help=RUN_HELP)
+@request_options()
 def run(
     source: Annotated[Path, typer.Argument(help="The source image.")],
     prompt: Annotated[str | None, typer.Argument(help="What the result should look like (optional with "
                                                       "--params-from).")] = None,
-    negative: Annotated[str | None, typer.Option("--negative", help="What the result should not look like.")] = None,
-    strength: Annotated[float | None, typer.Option(help=f"0..1: how much of the source is replaced [default: "
-                                                        f"{c.DEFAULT['strength']}]")] = None,
-    seed: Annotated[int | None, typer.Option(help="-1 picks one at random [default: -1]")] = None,
     params_from: Annotated[Path | None, typer.Option(
         "--params-from", help="Start from the parameters in this picture (ours, A1111, ComfyUI, InvokeAI, Fooocus, "
                               "NovelAI); the options given override them.")] = None,
-    steps: c.Steps = None,
-    cfg: c.Cfg = None,
-    sampler: c.Sampler = None,
-    model: c.Model = None,
-    count: Annotated[int, typer.Option("-n", "--count", help="How many images (seeds seed..seed+n-1).")] = 1,
     grid: Annotated[bool, typer.Option(help="Also write a contact sheet of the images.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or an existing folder.")] = None,
     format_: c.Format = None,
     quality: c.Quality = 90,
     size: c.Size = None,
-    max_side: c.MaxSide = None,
-    resize: c.Resize = c.DEFAULT["resize_mode"],
-    background: c.Background = c.DEFAULT["background"],
-    keep_alpha: c.KeepAlpha = c.DEFAULT["keep_alpha"],
-    color_match: c.ColorMatch = c.DEFAULT["color_match"],
-    loops: c.Loops = c.DEFAULT["loops"],
-    loop_decay: c.LoopDecay = c.DEFAULT["loop_decay"],
     style_image: c.StyleImage = None,
-    steps_mode: c.StepsMode = c.DEFAULT["steps_mode"],
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
     quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
+    *,
+    fields: dict[str, Any],
 ) -> None:
-    from img2img.engine.request import GenerationRequest
+    from img2img.engine.request import SPEC, GenerationRequest
 
-    given = {"prompt": prompt, "negative_prompt": negative, "strength": strength, "guidance_scale": cfg,
-             "steps": steps, "sampler": sampler, "seed": seed}
-    fields = {key: value for key, value in found_fields(params_from).items() if key in given}
-    fields.update({key: value for key, value in given.items() if value is not None})
-    if "prompt" not in fields:
+    given = {key: value for key, value in found_fields(params_from).items() if key in SPEC} | fields
+    if prompt is not None:
+        given["prompt"] = prompt
+    if "prompt" not in given:
         raise InvalidArgument("prompt", "given (or found in --params-from FILE)", None)
-    request = GenerationRequest(
-        source=source, **fields, num_images=count, steps_mode=steps_mode, model=model,  # type: ignore[arg-type]
-        size=c.parse_size(size), max_side=max_side, resize_mode=resize, background=background,  # type: ignore[arg-type]
-        keep_alpha=keep_alpha, color_match=color_match, loops=loops, loop_decay=loop_decay, style_image=style_image,
-    )
+    request = GenerationRequest(source=source, **given, size=c.parse_size(size), style_image=style_image)
+    count = request.num_images
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
                                            quantize)
     targets = c.output_paths(output, count, format_name)
@@ -129,33 +113,29 @@ def run(
 
 
 @app.command(help=SWEEP_HELP)
+@request_options(leave_out=("strength", "guidance_scale", "steps", "sampler"))
 def sweep(
     source: Annotated[Path, typer.Argument(help="The source image.")],
     prompt: Annotated[str, typer.Argument(help="The (first) prompt.")],
-    strength: Annotated[str, typer.Option(help="Strengths, comma-separated.")] = str(c.DEFAULT["strength"]),
+    strength: Annotated[str, typer.Option(help="Strengths, comma-separated.")] = str(SPEC["strength"].default),
     cfg: Annotated[str | None, typer.Option("--cfg", help="Guidance scales, comma-separated.")] = None,
     steps: Annotated[str | None, typer.Option(help="Step counts, comma-separated.")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler names, comma-separated.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated.")] = None,
     prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
-    seed: c.Seed = -1,
-    negative: c.Negative = c.DEFAULT["negative_prompt"],
-    model: c.Model = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="A folder [default: ./outputs]")] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help=r"A folder \[default: ./outputs]")] = None,
     format_: c.Format = None,
     quality: c.Quality = 90,
     size: c.Size = None,
-    max_side: c.MaxSide = None,
-    resize: c.Resize = c.DEFAULT["resize_mode"],
-    background: c.Background = c.DEFAULT["background"],
     style_image: c.StyleImage = None,
-    steps_mode: c.StepsMode = c.DEFAULT["steps_mode"],
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
     quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
+    *,
+    fields: dict[str, Any],
 ) -> None:
     from img2img.engine.request import GenerationRequest
     from img2img.sweep import make_axis
@@ -170,11 +150,11 @@ def sweep(
     fixed = {name: values[0] for name, values in given if values is not None and len(values) == 1}
     if not axes:
         axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
+    fixed_fields = {"strength": fixed.get("strength"), "guidance_scale": fixed.get("cfg"), "steps": fixed.get("steps"),
+                    "sampler": fixed.get("sampler"), "seed": fixed.get("seed")}
     request = GenerationRequest(
-        source=source, prompt=prompt, negative_prompt=negative, strength=fixed.get("strength", c.DEFAULT["strength"]),  # type: ignore[arg-type]
-        guidance_scale=fixed.get("cfg"), steps=fixed.get("steps"), sampler=fixed.get("sampler"),  # type: ignore[arg-type]
-        seed=fixed.get("seed", seed), steps_mode=steps_mode, model=model, size=c.parse_size(size),  # type: ignore[arg-type]
-        max_side=max_side, resize_mode=resize, background=background, style_image=style_image,  # type: ignore[arg-type]
+        source=source, **fields | {key: value for key, value in fixed_fields.items() if value is not None},
+        prompt=prompt, size=c.parse_size(size), style_image=style_image,
     )
     folder = output or Path("outputs")
     if folder.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"):

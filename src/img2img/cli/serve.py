@@ -16,8 +16,8 @@ Config = Annotated[Path | None, typer.Option(help="A TOML settings file (see REA
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 7860].")] = None,
+    host: Annotated[str | None, typer.Option(help=r"Address to listen on \[default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help=r"Port \[default: 7860].")] = None,
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Default model (a registered name or builtin).")] = None,
     config: Config = None,

@@ -18,7 +18,7 @@ def styles(
     sheet: Annotated[Path | None, typer.Option(help="Render every style on this photo, labelled.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="Where the sheet goes.")] = Path("styles-sheet.png"),
     strength: Annotated[float, typer.Option(help="0..1 for every sample on the sheet.")] = 1.0,
-    seed: c.Seed = 0,
+    seed: Annotated[int, typer.Option(help="The seed of every sample on the sheet.")] = 0,
     overwrite: c.Overwrite = False,
 ) -> None:
     """List the built-in style engine's styles (use their names as the prompt), or render them on a photo.

@@ -173,16 +173,14 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
                 start_sigma: float) -> GenerationRecord:
     """The record of one image (its output size is set by the caller)."""
     working, model, placement = prepared.working.size, prepared.model, prepared.placement
+    resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
+                       negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
+                       guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name)
     return GenerationRecord(
-        engine="diffusion", prompt=job.prompt, negative_prompt=job.negative_prompt, strength=job.strength,
-        steps=job.steps, steps_mode=job.steps_mode, steps_run=steps_run, start_sigma=round(start_sigma, 6),
-        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0],
+        request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),
         width=working[0], height=working[1], working_width=working[0], working_height=working[1],
-        model=model.name, model_family=model.family_label, model_hash=model.sha256,
-        source_sha256=prepared.source.sha256, device=placement.device, dtype=placement.dtype_name,
-        quantize=placement.quantize, versions=library_versions(), size=cell.size, max_side=cell.max_side,
-        resize_mode=cell.resize_mode, background=cell.background, keep_alpha=cell.keep_alpha,
-        color_match=cell.color_match, loops=cell.loops, loop_decay=cell.loop_decay,
+        model_family=model.family_label, model_hash=model.sha256, source_sha256=prepared.source.sha256,
+        device=placement.device, dtype=placement.dtype_name, quantize=placement.quantize, versions=library_versions(),
         conditions=tuple(entry for entry in (_described(c) for c in cell.conditions) if entry is not None),
     )
 

@@ -6,15 +6,26 @@ import math
 from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from PIL import Image, ImageColor
 
 from img2img.engine.conditioning import Conditioner, check_conditions
-from img2img.engine.fields import FIELDS, SPEC, FieldSpec
+from img2img.engine.fields import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_LOOPS,
+    MAX_PROMPT_CHARS,
+    MAX_STEPS,
+    STEPS_MODES,
+    FieldSpec,
+    field_table,
+    scalar,
+)
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
-from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, ResizeMode
+from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
 from img2img.errors import InvalidArgument
 
 StepsMode = Literal["diffusers", "exact"]
@@ -26,55 +37,54 @@ DEFAULT_MAX_IMAGES = 16  # per request; the server and CLI can lower it
 class GenerationRequest:
     """Everything that determines a result, apart from the model's weights.
 
+    Each scalar attribute is declared with its spec (``scalar``): its help, range or choices, CLI flag and A1111
+    name; every face derives its options from that (see ``img2img.engine.fields``). The others:
+
     Attributes:
         source: the source image, as a PIL image or a path to an image file.
-        prompt: what the result should look like.
-        negative_prompt: what it should not look like; empty means none.
-        strength: 0..1, how much of the source is replaced. 0 returns the source unchanged, 1 ignores it
-            (plain text-to-image). See ``img2img.engine.strength``.
-        guidance_scale: classifier-free guidance, 0..30; None takes the model family's default (7 for Stable
-            Diffusion, 0 for turbo models). At 1 or below the unconditional pass is skipped.
-        steps: denoising steps, 1..150; None takes the family's default (25, or 2 for turbo, 4 for LCM).
-        sampler: an A1111 sampler name such as "DPM++ 2M Karras"; None takes the family's default.
-        seed: 0..2**32-1; None or -1 picks one at random, reported in the result. Image k of a batch uses seed+k.
-        num_images: how many images, each with its own seed.
-        steps_mode: "diffusers" runs the last int(steps * strength) steps of a ``steps`` schedule; "exact" runs
-            exactly ``steps`` steps starting from the strength's noise level (as ComfyUI does).
-        model: a registry name, a path or a Hugging Face repo id; None takes the registry's default.
         size: the output and working size (width, height) in pixels, multiples of 8; None keeps the source's size
             and fits the working size to the model (see ``img2img.engine.sizing``).
-        max_side: instead of ``size``, scale the source so that its long side is this many pixels (multiple of 8).
-        resize_mode: how the source fills ``size`` when the aspect ratios differ: "just" (stretch), "crop" (cover
-            and centre-crop) or "fill" (fit and extend the edges), as A1111's resize modes.
-        background: the colour that transparent areas of the source are composited onto (a name or #rrggbb).
-        keep_alpha: put the source's transparency back on the result (PNG and WebP outputs only).
-        color_match: match the result's colours to the source's in CIELAB (against drift over loops).
-        loops: loopback: feed each result back as the next source this many times in all; loop k uses seed+k.
-        loop_decay: multiply the strength by this after each loop, 0 < decay <= 1.
         style_image: a picture to take the style from (the built-in style engine only, ``model="builtin"``).
         conditions: conditioners that act inside the denoising loop beside the prompt
             (``img2img.engine.conditioning``; diffusion models only). Each one's metadata goes into the records.
     """
 
     source: Image.Image | Path | str
-    prompt: str
-    negative_prompt: str = SPEC["negative_prompt"].default
-    strength: float = SPEC["strength"].default
-    guidance_scale: float | None = SPEC["guidance_scale"].default
-    steps: int | None = SPEC["steps"].default
-    sampler: str | None = SPEC["sampler"].default
-    seed: int | None = SPEC["seed"].default
-    num_images: int = SPEC["num_images"].default
-    steps_mode: StepsMode = SPEC["steps_mode"].default
-    model: str | None = SPEC["model"].default
+    prompt: str = scalar(str, "", "What the result should look like (built-in engine: style names).",
+                         high=MAX_PROMPT_CHARS, a1111="prompt", flag="PROMPT", required=True)
+    negative_prompt: str = scalar(str, "", "What the result should not look like; empty means nothing.",
+                                  high=MAX_PROMPT_CHARS, a1111="negative_prompt", flag="--negative")
+    strength: float = scalar(float, 0.6, "How much of the source is replaced: 0 returns it unchanged, 1 ignores it "
+                             "(plain text-to-image).", 0.0, 1.0, a1111="denoising_strength")
+    guidance_scale: float | None = scalar(float, None, "Classifier-free guidance; at 1 or below the unconditional "
+                                          "pass is skipped.", 0.0, MAX_GUIDANCE, a1111="cfg_scale", flag="--cfg",
+                                          unset="the model family's (7 for SD, 0 for turbo)")
+    steps: int | None = scalar(int, None, "Denoising steps.", 1, MAX_STEPS, a1111="steps",
+                               unset="the model family's (25 for SD, 2 for turbo, 4 for LCM)")
+    sampler: str | None = scalar(str, None, "An A1111 sampler name such as 'DPM++ 2M Karras'.", high=64,
+                                 unset="the model family's")  # A1111 has no one-to-one field (index or scheduler)
+    seed: int | None = scalar(int, None, "0..2**32-1, or -1 for a random one (reported in the result). Image k of "
+                              "a batch uses seed+k.", -1, MAX_SEED, a1111="seed", unset="a random one")
+    num_images: int = scalar(int, 1, "How many images, each with its own seed.", 1, MAX_IMAGES, flag="-n")
+    steps_mode: StepsMode = scalar(str, "diffusers", "diffusers: the last int(steps x strength) steps of a STEPS "
+                                   "schedule; exact: exactly STEPS steps from the strength's noise level (as "
+                                   "ComfyUI).", choices=STEPS_MODES)
+    model: str | None = scalar(str, None, "A registered model name, a path or a cached Hugging Face repo id.",
+                               unset="the registry's default, or the built-in style engine")
     size: tuple[int, int] | None = field(default=None)
-    max_side: int | None = SPEC["max_side"].default
-    resize_mode: ResizeMode = SPEC["resize_mode"].default
-    background: str = SPEC["background"].default
-    keep_alpha: bool = SPEC["keep_alpha"].default
-    color_match: bool = SPEC["color_match"].default
-    loops: int = SPEC["loops"].default
-    loop_decay: float = SPEC["loop_decay"].default
+    max_side: int | None = scalar(int, None, "Instead of a size, scale the source so that its long side is this "
+                                  "many pixels (a multiple of 8).", MIN_SIDE, MAX_SIDE)
+    resize_mode: ResizeMode = scalar(str, "just", "How the source fills another aspect ratio: just (stretch), crop "
+                                     "(cover and centre-crop) or fill (fit and extend the edges).",
+                                     choices=RESIZE_MODES, flag="--resize")
+    background: str = scalar(str, "white", "The colour behind transparent areas of the source (a name or "
+                             "#rrggbb).", high=32)
+    keep_alpha: bool = scalar(bool, False, "Put the source's transparency back on the result (PNG and WebP).")
+    color_match: bool = scalar(bool, False, "Match the result's colours to the source's in CIELAB (against drift "
+                               "over loops).")
+    loops: int = scalar(int, 1, "Loopback: feed each result back as the next source, this many passes in all; "
+                        "pass k uses seed+k.", 1, MAX_LOOPS)
+    loop_decay: float = scalar(float, 1.0, "Multiply the strength by this after each loop (above 0).", 0.0, 1.0)
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
 
@@ -104,6 +114,10 @@ class GenerationRequest:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions))
+
+
+FIELDS: tuple[FieldSpec, ...] = field_table(GenerationRequest)
+SPEC: MappingProxyType[str, FieldSpec] = MappingProxyType({spec.name: spec for spec in FIELDS})
 
 
 def _check_field(spec: FieldSpec, value: object, max_images: int) -> None:

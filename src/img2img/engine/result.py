@@ -3,37 +3,39 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from img2img.engine.request import GenerationRequest
+from img2img.engine.request import FIELDS, GenerationRequest
 from img2img.errors import InvalidArgument
+
+# The request's fields that the built-in style engine has no use for (its records hold placeholders).
+NOT_STYLE: tuple[str, ...] = ("guidance_scale", "steps", "sampler")
+# The request's fields that a record keeps: all but num_images (a record describes one image).
+RECORDED: tuple[str, ...] = (*(spec.name for spec in FIELDS if spec.name != "num_images"), "size")
 
 
 @dataclass(frozen=True)
 class GenerationRecord:
-    """Everything that determines one output image. Deterministic: it holds no timestamps or timings, so that
-    the same inputs give the same bytes when it is embedded in a file."""
+    """Everything that determines one output image: the request that made it, resolved (this image's seed, the
+    model family's steps, guidance and sampler, the model's name), and what the run found. Deterministic: it holds
+    no timestamps or timings, so that the same inputs give the same bytes when it is embedded in a file.
 
+    The request's fields read as the record's own (``record.seed`` is ``record.request.seed``). The request
+    holds no images: the source is known by ``source_sha256`` and a style picture by ``style_image_sha256``.
+    """
+
+    request: GenerationRequest
     engine: str  # "diffusion" or "style" (the built-in style engine)
-    prompt: str
-    negative_prompt: str
-    strength: float
-    steps: int  # as requested (or the family's default)
-    steps_mode: str
     steps_run: int  # sampler steps actually run; 0 at strength 0
     start_sigma: float  # the noise level the run started from; 0 at strength 0
-    guidance_scale: float
-    sampler: str
-    seed: int
     width: int  # of the output
     height: int
     working_width: int  # the size the model ran at
     working_height: int
-    model: str
     model_family: str
     model_hash: str  # full SHA-256 of the weights
     source_sha256: str  # of the source's decoded RGB pixels
@@ -41,34 +43,37 @@ class GenerationRecord:
     dtype: str
     quantize: str = "none"  # "int8": the UNet's weights were approximated in 8 bits
     versions: dict[str, str] = field(default_factory=dict)
-    # How the source was fitted and the result finished; see GenerationRequest for each.
-    size: tuple[int, int] | None = None  # as requested
-    max_side: int | None = None
-    resize_mode: str = "just"
-    background: str = "white"
-    keep_alpha: bool = False
-    color_match: bool = False
-    loops: int = 1
-    loop_decay: float = 1.0
     style_image_sha256: str | None = None  # the built-in engine's style picture, if any
     conditions: tuple[dict[str, Any], ...] = ()  # each conditioner's metadata, beside the prompt's
 
+    def __getattr__(self, name: str) -> Any:
+        """The request's fields, read through (called only for names the record itself lacks)."""
+        request = self.__dict__.get("request")
+        if name in RECORDED and request is not None:
+            return getattr(request, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_json(self) -> str:
-        data = asdict(self)
+        """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
+        data = {name: getattr(self.request, name) for name in RECORDED}
+        data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
         if not data["conditions"]:  # records without conditioners read as they did before they existed
             del data["conditions"]
         return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> GenerationRecord:
-        """Read a record written by ``to_json``; fields added by later versions are ignored."""
+        """Read a record written by ``to_json`` of this or an earlier version: fields that it lacks take their
+        defaults, fields added by later versions are ignored."""
         try:
             data = json.loads(text)
-            known = {f.name for f in fields(cls)}
-            values: dict[str, Any] = {key: value for key, value in data.items() if key in known}
-            if values.get("size") is not None:
-                values["size"] = tuple(values["size"])
-            return cls(**values)
+            asked = {key: value for key, value in data.items() if key in RECORDED}
+            if asked.get("size") is not None:
+                asked["size"] = tuple(asked["size"])
+            ran = {f.name: data[f.name] for f in fields(cls) if f.name != "request" and f.name in data}
+            if ran.get("conditions"):
+                ran["conditions"] = tuple(ran["conditions"])
+            return cls(request=GenerationRequest(source="", **asked), **ran)
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise InvalidArgument("record", "an img2img JSON record", text[:80]) from exc
 
@@ -80,15 +85,10 @@ class GenerationRecord:
             kinds = ", ".join(str(entry.get("kind", "?")) for entry in self.conditions)
             raise InvalidArgument("record", "one without conditioners (their objects cannot be rebuilt from a file)",
                                   kinds)
-        diffusion = self.engine == "diffusion"  # the style engine has no guidance, steps or sampler to set
-        return GenerationRequest(
-            source=source, prompt=self.prompt, negative_prompt=self.negative_prompt, strength=self.strength,
-            guidance_scale=self.guidance_scale if diffusion else None, steps=self.steps if diffusion else None,
-            sampler=self.sampler if diffusion else None, seed=self.seed, style_image=style_image,
-            steps_mode=self.steps_mode, model=self.model, size=self.size, max_side=self.max_side,  # type: ignore[arg-type]
-            resize_mode=self.resize_mode, background=self.background, keep_alpha=self.keep_alpha,  # type: ignore[arg-type]
-            color_match=self.color_match, loops=self.loops, loop_decay=self.loop_decay,
-        )
+        request = replace(self.request, source=source, style_image=style_image)
+        if self.engine == "style":  # the style engine has no guidance, steps or sampler to set
+            request = replace(request, **dict.fromkeys(NOT_STYLE))
+        return request
 
     def to_parameters_text(self) -> str:
         """A1111's "parameters" text, which the ecosystem's tools read."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEED = 2**32 - 1  # A1111's range; seeds outside it would not round-trip through its clients
 
@@ -23,4 +25,6 @@ def batch_seeds(first_seed: int, count: int) -> list[int]:
 
 def cpu_generator(seed: int) -> torch.Generator:
     """Noise is always drawn on the CPU so that a seed means the same picture on every device."""
+    import torch
+
     return torch.Generator(device="cpu").manual_seed(seed)

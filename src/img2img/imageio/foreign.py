@@ -171,9 +171,9 @@ class FoundRequest:
     warnings: tuple[str, ...]
 
 
-# Our record's fields that a new request takes over (the model, sizes and source are the new run's own).
-OWN_FIELDS = ("prompt", "negative_prompt", "strength", "guidance_scale", "steps", "sampler", "seed", "steps_mode",
-              "color_match", "loops", "loop_decay")
+# Our record's fields that a new request leaves behind: the model, the sizes and the handling of the source are the
+# new run's own. Every other request field is taken over.
+NOT_TAKEN = ("model", "size", "max_side", "resize_mode", "background", "keep_alpha")
 
 
 def params_from(picture: Path | str | bytes, field: str = "params_from", max_pixels: int = DEFAULT_MAX_PIXELS
@@ -198,7 +198,11 @@ def params_from(picture: Path | str | bytes, field: str = "params_from", max_pix
         except json.JSONDecodeError as exc:
             raise SourceImageError(f"{field} should hold a readable img2img record, but {path!s}'s is broken "
                                    f"({exc})") from exc
-        fields = {key: values[key] for key in OWN_FIELDS if values.get(key) is not None}
+        from img2img.engine.result import NOT_STYLE, RECORDED
+
+        left = NOT_TAKEN + NOT_STYLE if values.get("engine") == "style" else NOT_TAKEN
+        taken = (name for name in RECORDED if name not in left)
+        fields = {key: values[key] for key in taken if values.get(key) is not None}
         return FoundRequest("img2img", fields, ())
     found = read_foreign(path, field)
     fields, warnings = request_fields(found)

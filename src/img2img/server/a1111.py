@@ -20,7 +20,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from img2img.engine.fields import FIELDS, MAX_PROMPT_CHARS
+from img2img.engine.fields import MAX_PROMPT_CHARS
+from img2img.engine.request import FIELDS
 from img2img.engine.seeds import MAX_SEED
 from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import ApiError, decode_base64

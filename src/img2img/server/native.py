@@ -11,7 +11,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from img2img.engine.fields import FIELDS
+from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
 from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import ApiError, Service, decode_base64
