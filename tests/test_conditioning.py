@@ -38,6 +38,7 @@ class AttentionMask(Conditioner):
     """Gives the UNet an input the OpenVINO graph was not traced with: a cross-attention mask of ones."""
 
     kind = "mask-of-ones"
+    inputs = ("encoder_attention_mask",)
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
         return {"encoder_attention_mask": torch.ones(2 if step.guided else 1, 77)}
@@ -103,8 +104,31 @@ def test_openvino_hands_an_input_it_cannot_take_to_pytorch_with_a_note(tiny_sd: 
     pytest.importorskip("openvino")
     request = _request(photo, tiny_sd, conditions=(AttentionMask(),))
     reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
-    fast = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
-    assert any("its graph takes no encoder_attention_mask); it runs with PyTorch" in note for note in fast.notes)
-    assert not any("encoder_attention_mask" in note for note in reference.notes)
+    openvino = Engine(device="cpu", dtype="float32", backend="openvino")
+    fast = openvino.generate(request)
+    backend_notes = [note for note in fast.notes if note not in reference.notes]
+    assert backend_notes == ["OpenVINO's UNet takes no encoder_attention_mask (from the mask-of-ones conditioner); "
+                             "this request's UNet runs with PyTorch instead"]
     gap = np.abs(np.asarray(fast.images[0], float) - np.asarray(reference.images[0], float)).max()
     assert gap <= 2, gap
+    plain = openvino.generate(_request(photo, tiny_sd))  # the next request without it runs with OpenVINO again
+    assert plain.notes == reference.notes and not openvino.load(str(tiny_sd)).pipeline.unet.fallback.failed
+
+
+def test_a_conditioner_gives_only_the_inputs_it_declares(engine: Engine, tiny_sd: Path, photo: Path) -> None:
+    undeclared = type("Undeclared", (AttentionMask,), {"inputs": ()})()
+    with pytest.raises(ValueError, match="gives the UNet's encoder_attention_mask without declaring it"):
+        engine.generate(_request(photo, tiny_sd, conditions=(undeclared,)))
+
+
+def test_a_backend_without_a_fallback_refuses_inputs_it_cannot_take() -> None:
+    from dataclasses import replace
+
+    from img2img.models.backends import BACKENDS
+
+    strict = replace(BACKENDS["openvino"], fallback=None)
+    with pytest.raises(InvalidArgument, match="backend should be one whose UNet takes encoder_attention_mask "
+                                              r"\(from the mask-of-ones conditioner\), but got 'openvino'"):
+        strict.check_conditions((AttentionMask(), ShiftFrom(1.0, 0)))
+    assert BACKENDS["torch"].check_conditions((AttentionMask(),)) == []
+    assert BACKENDS["openvino"].check_conditions((ShiftFrom(1.0, 0),)) == []  # it gives no UNet input

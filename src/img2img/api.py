@@ -28,6 +28,7 @@ from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
 from img2img.models import ov_runtime
+from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import ModelFiles, inspect_model
 from img2img.models.device import Placement, choose_placement
@@ -182,6 +183,7 @@ class Engine:
                 raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
                                       str(first.style_image))
             runs = any(cell.strength > 0 for cell in cells)
+            backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
             output_size, working_size, files = self.plan(first, source, runs)
             assert files is not None
             loaded = self.load(first.model) if runs else None
@@ -189,6 +191,7 @@ class Engine:
                 files.name, files.family, weights_sha256(files.path))
             prepared = self._prepared(first, source, output_size, working_size, model)
             result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
+            result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
         result.seconds = time.perf_counter() - started  # model loading included
         return result

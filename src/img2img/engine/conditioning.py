@@ -45,9 +45,13 @@ class Conditioner:
     """One kind of conditioning. Subclasses override the hooks they need; the defaults change nothing."""
 
     kind = "conditioner"  # the name of the kind, in records and errors
+    # The UNet keyword inputs that unet_inputs gives, declared so that a backend is checked before a run
+    # (img2img.models.backends): one that does not take them hands the UNet to another, or refuses.
+    inputs: tuple[str, ...] = ()
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
-        """Keyword inputs for the UNet at ``step`` (batched as the step says: two rows when guided)."""
+        """Keyword inputs for the UNet at ``step`` (batched as the step says: two rows when guided); only those
+        declared in ``inputs``."""
         return {}
 
     def adjust_prediction(self, step: Step, noise_pred: torch.Tensor) -> torch.Tensor:
@@ -76,6 +80,7 @@ class TextConditioner(Conditioner):
     added: dict[str, torch.Tensor] | None  # SDXL's text_embeds and time_ids
     timestep_cond: torch.Tensor | None  # LCM's guidance embedding
     kind = "text"
+    inputs = ("encoder_hidden_states", "timestep_cond", "added_cond_kwargs")
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
         return {"encoder_hidden_states": self.embeddings, "timestep_cond": self.timestep_cond,
@@ -87,6 +92,8 @@ def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, 
     inputs: dict[str, Any] = {}
     for conditioner in conditioners:
         for name, value in conditioner.unet_inputs(step).items():
+            if name not in conditioner.inputs:
+                raise ValueError(f"the {conditioner.kind} conditioner gives the UNet's {name} without declaring it")
             if name in inputs:
                 raise ValueError(f"two conditioners give the UNet's {name} ({conditioner.kind} and another)")
             inputs[name] = value

@@ -10,12 +10,14 @@ from pathlib import Path
 import torch
 
 from img2img.errors import InvalidArgument
+from img2img.models.backends import BACKENDS as BACKEND_TABLE
+from img2img.models.backends import check_placement
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = ("auto", *BACKEND_TABLE)
 BACKEND_ENV = "IMG2IMG_BACKEND"  # read when backend is "auto": torch or openvino
 # Weight quantization, opt-in because it approximates: "int8" stores the UNet's matrix-multiply weights as 8-bit
 # integers with a scale and zero point per output channel (OpenVINO on the CPU; SD 1.5 peak 3.06 -> 2.81 GiB).
@@ -72,15 +74,9 @@ def choose_placement(device: str = "auto", dtype: str = "auto", backend: str = "
         chosen = cpu_dtype if device == "cpu" else torch.float16
     if backend == "auto":
         backend = "openvino" if device == "cpu" and importlib.util.find_spec("openvino") else "torch"
-    if backend == "openvino" and device != "cpu":
-        raise InvalidArgument("backend", "torch on a GPU (OpenVINO runs on the CPU here)", backend)
-    if backend == "openvino" and chosen == torch.float16:
-        raise InvalidArgument("dtype", "float32 or bfloat16 with OpenVINO", "float16")
+    check_placement(backend, device, str(chosen).removeprefix("torch."), quantize)  # what the backend runs
     if quantize != "none" and not importlib.util.find_spec("nncf"):
         raise InvalidArgument("quantize", "none, or NNCF installed for int8 (pip install 'img2img[int8]')", quantize)
-    if quantize != "none" and backend != "openvino":
-        raise InvalidArgument("quantize", "none unless the backend is openvino (int8 weights run through OpenVINO "
-                              f"on the CPU; this run uses {backend} on {device})", quantize)
     return Placement(device=device, dtype=chosen, backend=backend, quantize=quantize)
 
 

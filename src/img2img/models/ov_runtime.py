@@ -138,25 +138,31 @@ def take_notes(pipeline: Any) -> list[str]:
 
 
 class _Fallback:
-    """The PyTorch version of one component, loaded the first time OpenVINO fails to run it.
+    """The PyTorch version of one component, loaded on first need: when OpenVINO fails to run it, or for a call
+    with inputs that its graph does not take.
 
-    After one failure the component stays in PyTorch: a shape that failed once would fail again, and a sweep
-    should not pay a failed compilation per cell.
+    After one failure the component stays in PyTorch (``failed``): a shape that failed once would fail again, and a
+    sweep should not pay a failed compilation per cell. Calls with extra inputs go to PyTorch one by one; the
+    engine has said so in a note before the run (``img2img.models.backends``).
     """
 
     def __init__(self, part: str, loader: TorchLoader, notes: list[str]) -> None:
         self.part, self._loader, self.notes = part, loader, notes
-        self.module: torch.nn.Module | None = None
+        self._module: torch.nn.Module | None = None
+        self.failed = False
 
-    def take_over(self, failure: OpenVinoFailure | str) -> torch.nn.Module:
-        if self.module is None:
-            self.module = self._loader(self.part)
+    @property
+    def module(self) -> torch.nn.Module:
+        if self._module is None:
+            self._module = self._loader(self.part)
+        return self._module
+
+    def take_over(self, failure: OpenVinoFailure) -> None:
+        self.failed = True
         self.notes.append(f"OpenVINO could not run the {self.part} ({failure}); it runs with PyTorch instead")
-        return self.module
 
     @property
     def dtype(self) -> torch.dtype:
-        assert self.module is not None
         return next(self.module.parameters()).dtype
 
 
@@ -240,23 +246,20 @@ class OpenVinoUNet:
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
                 return_dict: bool = False, **others: Any) -> tuple[torch.Tensor]:
-        """``others``: inputs the traced graph does not take (a conditioner's); given any, the UNet runs with
-        PyTorch from then on, with a note, rather than drop them."""
+        """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
+        PyTorch rather than drop them."""
         others = {name: value for name, value in others.items() if value is not None}
         inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
         if added_cond_kwargs:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
         if timestep_cond is not None:
             inputs.append(_array(timestep_cond))
-        if self.fallback.module is None and others:
-            self.fallback.take_over(f"its graph takes no {', '.join(sorted(others))}")
-        if self.fallback.module is None:
+        if not self.fallback.failed and not others:
             try:
                 return (self._request(inputs),)
             except OpenVinoFailure as failure:
                 self.fallback.take_over(failure)
         dtype, unet = self.fallback.dtype, self.fallback.module
-        assert unet is not None
         extra = {} if added_cond_kwargs is None else {
             "added_cond_kwargs": {key: value.to(dtype) for key, value in added_cond_kwargs.items()}}
         extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
@@ -297,7 +300,7 @@ class OpenVinoVAE:
 
     def _run(self, request: _Request, tensor: torch.Tensor, in_torch: Callable[[Any, torch.Tensor], torch.Tensor]
              ) -> torch.Tensor:
-        if self.fallback.module is None:
+        if not self.fallback.failed:
             try:
                 return request([_array(tensor)])
             except OpenVinoFailure as failure:
