@@ -23,6 +23,7 @@ from img2img.engine.conditioning import Conditioner, StartLatents, Step, TextCon
 from img2img.engine.samplers import build_scheduler
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.strength import StepPlan, plan_steps
+from img2img.engine.text import encode_text
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
@@ -43,6 +44,8 @@ class DiffusionJob:
     seeds: tuple[int, ...]
     steps_mode: str = "diffusers"
     conditions: tuple[Conditioner, ...] = ()  # beside the prompt's own
+    prompt_syntax: str = "a1111"  # how the prompts are read (img2img.engine.text)
+    clip_skip: int = 1
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class DiffusionSession:
         self.pipeline = pipeline
         self.source = source  # already at the working size, multiples of 8
         self._latent_dist: Any = None
-        self._texts: dict[tuple[str, str, bool], TextConditioner] = {}
+        self._texts: dict[tuple[str, str, bool, str, int], TextConditioner] = {}
 
     @torch.inference_mode()
     def run(self, job: DiffusionJob, on_step: StepCallback | None = None,
@@ -77,7 +80,7 @@ class DiffusionSession:
 
         # 1. Guidance and prompt.
         guided = job.guidance_scale > 1 and pipeline.unet.config.time_cond_proj_dim is None
-        text = self.text(job.prompt, job.negative_prompt, guided, job.guidance_scale)
+        text = self.text(job, guided)
 
         # 2. Steps: where strength becomes timesteps.
         plan = self.plan(job)
@@ -132,11 +135,12 @@ class DiffusionSession:
                 self._latent_dist = vae.encode(pixels).latent_dist
         return self._latent_dist
 
-    def text(self, prompt: str, negative_prompt: str, guided: bool, guidance_scale: float) -> TextConditioner:
-        key = (prompt, negative_prompt, guided)
+    def text(self, job: DiffusionJob, guided: bool) -> TextConditioner:
+        key = (job.prompt, job.negative_prompt, guided, job.prompt_syntax, job.clip_skip)
         if key not in self._texts:
-            self._texts[key] = encode_text(self.pipeline, prompt, negative_prompt, guided, self.source.size[::-1])
-        return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, guidance_scale))
+            self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
+                                           self.source.size[::-1], job.prompt_syntax, job.clip_skip)
+        return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, job.guidance_scale))
 
 
 def run_diffusion(
@@ -144,29 +148,6 @@ def run_diffusion(
 ) -> DiffusionOutput:
     """Run ``job`` on ``source`` (already at the working size, multiples of 8) with ``pipeline``'s components."""
     return DiffusionSession(pipeline, source).run(job, on_step)
-
-
-def encode_text(
-    pipeline: Any, prompt: str, negative_prompt: str, guided: bool, size: tuple[int, int]
-) -> TextConditioner:
-    """Prompt embeddings through the pipeline's own encoder (tokenisation, clip skip and SDXL's two encoders)."""
-    device, dtype = pipeline.unet.device, pipeline.unet.dtype
-    negative = negative_prompt or None  # None lets SDXL use zeros for an empty negative prompt, as it was trained
-    added = None
-    if hasattr(pipeline, "text_encoder_2"):
-        positive, negative_embeds, pooled, negative_pooled = pipeline.encode_prompt(
-            prompt=prompt, device=device, num_images_per_prompt=1,
-            do_classifier_free_guidance=guided, negative_prompt=negative,
-        )
-        time_ids = torch.tensor([[*size, 0, 0, *size]], device=device, dtype=dtype)  # original, crop, target
-        if guided:
-            pooled = torch.cat([negative_pooled, pooled])
-            time_ids = time_ids.repeat(2, 1)
-        added = {"text_embeds": pooled.to(device), "time_ids": time_ids}
-    else:
-        positive, negative_embeds = pipeline.encode_prompt(prompt, device, 1, guided, negative_prompt=negative)
-    embeddings = torch.cat([negative_embeds, positive]) if guided else positive
-    return TextConditioner(embeddings, added, None)
 
 
 def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:

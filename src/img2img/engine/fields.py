@@ -19,6 +19,8 @@ MAX_PROMPT_CHARS = 4000  # CLIP reads 77 tokens a chunk; this only stops absurd 
 MAX_LOOPS = 32  # loopback passes per image
 MAX_IMAGES = 64  # the most any face accepts for num_images; the engine's own limit is lower by default
 STEPS_MODES: tuple[str, ...] = ("diffusers", "exact")
+PROMPT_SYNTAXES: tuple[str, ...] = ("a1111", "plain")
+MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers
 _KEY = "img2img.field"
 
 
@@ -34,6 +36,7 @@ class FieldSpec:
     a1111: str | None = None  # the A1111 API's name for the field; its value is taken as is
     flag: str | None = None  # the command line's option; None: --name-with-dashes
     unset: str | None = None  # what leaving the field out (None) means, where the default is None
+    legacy: Any = None  # what records written before the field existed meant, where not its default
 
     @property
     def option(self) -> str:
@@ -46,12 +49,12 @@ class FieldSpec:
 
 def scalar(kind: type, default: Any, help: str, low: float | None = None, high: float | None = None, *,
            choices: tuple[str, ...] | None = None, a1111: str | None = None, flag: str | None = None,
-           unset: str | None = None, required: bool = False) -> Any:
+           unset: str | None = None, legacy: Any = None, required: bool = False) -> Any:
     """Declare a request attribute together with its spec (the spec's name is the attribute's).
 
     ``required``: the library's request has no default for it (the faces still offer ``default``).
     """
-    spec = FieldSpec("", kind, default, help, low, high, choices, a1111, flag, unset)
+    spec = FieldSpec("", kind, default, help, low, high, choices, a1111, flag, unset, legacy)
     if required:
         return dataclasses.field(metadata={_KEY: spec})
     return dataclasses.field(default=default, metadata={_KEY: spec})

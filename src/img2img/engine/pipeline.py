@@ -24,6 +24,7 @@ from PIL import Image
 from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
 from img2img.engine.preview import latent_preview
+from img2img.engine.prompt_syntax import parse
 from img2img.engine.request import GenerationRequest
 from img2img.engine.result import GenerationRecord, GenerationResult
 from img2img.engine.seeds import MAX_SEED
@@ -87,7 +88,7 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
         images.append(finish(cell, picture, prepared))
         records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1]))
         seconds.append(time.perf_counter() - started)
-    return GenerationResult(images, records, sum(seconds), seconds, list(prepared.source.notes))
+    return GenerationResult(images, records, sum(seconds), seconds, [*prepared.source.notes, *_prompt_notes(cells)])
 
 
 def _loopback(
@@ -194,6 +195,7 @@ def to_job(cell: GenerationRequest, family: Family, strength: float | None = Non
         guidance_scale=_default(cell.guidance_scale, family.default_guidance),
         steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
         seeds=(cell.seed,), steps_mode=cell.steps_mode, conditions=cell.conditions,
+        prompt_syntax=cell.prompt_syntax, clip_skip=cell.clip_skip,
     )
 
 
@@ -212,6 +214,16 @@ def _described(conditioner: Conditioner) -> dict[str, Any] | None:
     """A conditioner's record entry: its metadata, with its kind."""
     metadata_ = conditioner.metadata()
     return None if metadata_ is None else {"kind": conditioner.kind, **metadata_}
+
+
+def _prompt_notes(cells: list[GenerationRequest]) -> list[str]:
+    """What A1111's syntax read differently from how it may have been meant (unmatched brackets), once each."""
+    notes: list[str] = []
+    for cell in cells:
+        if cell.prompt_syntax == "a1111":
+            for name in ("prompt", "negative_prompt"):
+                notes += [note for note in parse(getattr(cell, name), name).warnings if note not in notes]
+    return notes
 
 
 def _ignored_by_styles(request: GenerationRequest) -> list[str]:

@@ -13,16 +13,19 @@ from PIL import Image, ImageColor
 
 from img2img.engine.conditioning import Conditioner, check_conditions
 from img2img.engine.fields import (
+    MAX_CLIP_SKIP,
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_LOOPS,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
+    PROMPT_SYNTAXES,
     STEPS_MODES,
     FieldSpec,
     field_table,
     scalar,
 )
+from img2img.engine.prompt_syntax import parse
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
 from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
@@ -85,6 +88,11 @@ class GenerationRequest:
     loops: int = scalar(int, 1, "Loopback: feed each result back as the next source, this many passes in all; "
                         "pass k uses seed+k.", 1, MAX_LOOPS)
     loop_decay: float = scalar(float, 1.0, "Multiply the strength by this after each loop (above 0).", 0.0, 1.0)
+    prompt_syntax: str = scalar(str, "a1111", "How prompts are read. a1111: (word:1.2) weights, BREAK and any length "
+                                "in chunks of 75 tokens; plain: the text as is, cut at 77 tokens.",
+                                choices=PROMPT_SYNTAXES, legacy="plain")
+    clip_skip: int = scalar(int, 1, "A1111's Clip skip: encode the prompt with the text encoder's N-th layer from the "
+                            "end (2 for many anime models).", 1, MAX_CLIP_SKIP)
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
 
@@ -110,6 +118,9 @@ class GenerationRequest:
             if self.max_side % LATENT_MULTIPLE:
                 raise InvalidArgument("max_side", f"a multiple of {LATENT_MULTIPLE}", self.max_side)
         _check_colour("background", self.background)
+        if self.prompt_syntax == "a1111":  # a weight that is not a number, or out of range
+            parse(self.prompt, "prompt")
+            parse(self.negative_prompt, "negative_prompt")
         if self.loop_decay == 0:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None

@@ -67,7 +67,8 @@ class GenerationRecord:
         defaults, fields added by later versions are ignored."""
         try:
             data = json.loads(text)
-            asked = {key: value for key, value in data.items() if key in RECORDED}
+            asked = {spec.name: spec.legacy for spec in FIELDS if spec.legacy is not None}  # before they existed
+            asked |= {key: value for key, value in data.items() if key in RECORDED}
             if asked.get("size") is not None:
                 asked["size"] = tuple(asked["size"])
             ran = {f.name: data[f.name] for f in fields(cls) if f.name != "request" and f.name in data}
@@ -101,6 +102,8 @@ class GenerationRecord:
             "Model hash": self.model_hash[:10], "Model": self.model,
             "Denoising strength": _number(self.strength),
         }
+        if self.clip_skip > 1:
+            fields["Clip skip"] = self.clip_skip
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
 

@@ -35,7 +35,9 @@ import torch
 from img2img.models import pagecache
 from img2img.models.paths import cache_dir
 
-IR_VERSION = "2"  # bump when the export changes, so cached IR is rebuilt (2: traced at an odd latent size)
+# Bump when the export changes, so cached IR is rebuilt (2: traced at an odd latent size; 3: any prompt length).
+IR_VERSION = "3"
+TOKENS = -2  # in an input shape: a dynamic number of prompt tokens (77 per chunk of the prompt)
 PARTS = ("unet", "vae_encoder", "vae_decoder")
 
 
@@ -76,7 +78,8 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
                     # Tracing fixes diffusers' shape-dependent branches to the example's: see _example_shape.
                     warnings.simplefilter("ignore", torch.jit.TracerWarning)
                     model = ov.convert_model(module.eval(), example_input=example,
-                                             input=[(list(shape), ov.Type.f32) for shape in inputs])
+                                             input=[([max(side, -1) for side in shape], ov.Type.f32)
+                                                    for shape in inputs])
             ov.save_model(model, staging / f"{part}.xml", compress_to_fp16=variant.startswith("bf16"))
             del model
             if part == "unet" and variant.endswith("-int8"):  # from the saved IR, whose other weights are fp16
@@ -344,7 +347,7 @@ def _example_shape(shape: tuple[int, ...], pixels_per_latent: int) -> tuple[int,
     nearest-neighbour result at every size, so one graph serves them all.
     """
     sides = iter((2, EXAMPLE_LATENT_SIDE * pixels_per_latent, EXAMPLE_LATENT_SIDE * pixels_per_latent))
-    return tuple(next(sides) if side == -1 else side for side in shape)
+    return tuple(next(sides) if side == -1 else 77 if side == TOKENS else side for side in shape)
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
@@ -352,9 +355,9 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, list[tuple[int, ...]], int]]:
-    """The modules to convert, their input shapes (-1: dynamic batch, height and width) and pixels per latent
-    pixel of their spatial inputs (1 for latents)."""
-    text = (-1, 77, unet.config.cross_attention_dim)
+    """The modules to convert, their input shapes (-1: dynamic batch, height and width; TOKENS: dynamic prompt
+    length) and pixels per latent pixel of their spatial inputs (1 for latents)."""
+    text = (-1, TOKENS, unet.config.cross_attention_dim)
     unet_inputs: list[tuple[int, ...]] = [(-1, unet.config.in_channels, -1, -1), (), text]
     xl = unet.config.addition_embed_type == "text_time"
     if xl:
