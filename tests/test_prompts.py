@@ -177,3 +177,21 @@ def test_a_long_weighted_prompt_runs_and_is_recorded(tiny_sd: Path, photo: Path)
     assert not any("OpenVINO could not" in note for note in fast.notes), fast.notes
     gap = np.abs(np.asarray(fast.images[0], float) - np.asarray(torch_result.images[0], float)).max()
     assert gap <= 2, gap
+
+
+def test_prompt_check_shows_chunks_weights_and_what_plain_drops() -> None:
+    import json
+
+    from test_cli import assert_one_line_error, img2img
+
+    shown = img2img("prompt-check", f"(masterpiece:1.2), {LONG} BREAK ((glow", "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert len(report["chunks"]) == 4 and report["dropped"] == ""
+    assert report["chunks"][0]["runs"][0] == {"weight": 1.2, "text": "masterpiece"}
+    assert report["chunks"][-1]["runs"][-1] == {"weight": 1.21, "text": "glow"}
+    assert report["warnings"] == ["prompt has 2 unclosed '('; as in A1111 it weights the rest of the prompt"]
+    plain = json.loads(img2img("prompt-check", LONG, "--prompt-syntax", "plain", "--json").stdout)
+    assert len(plain["chunks"]) == 1 and plain["dropped"].startswith("0 here , a small detail number 1 1 here")
+    assert_one_line_error(img2img("prompt-check", "a (big fox:9) dog"),
+                          "PROMPT should be attention weights in [-3, 3]", "'(big fox:9)'")

@@ -60,6 +60,7 @@ def parse(text: str, name: str = "prompt") -> Parsed:
     pieces: list[list[Any]] = []  # [text, weight, is_break]
     rounds: list[int] = []  # where each open ( and [ began, as indices into pieces
     squares: list[int] = []
+    opened_at: list[int] = []  # where each open ( began in the text, for messages
     warnings: list[str] = []
 
     def scale(start: int, factor: float) -> None:
@@ -72,12 +73,14 @@ def parse(text: str, name: str = "prompt") -> Parsed:
             pieces.append([token[1:], 1.0, False])
         elif token == "(":
             rounds.append(len(pieces))
+            opened_at.append(match.start())
         elif token == "[":
             squares.append(len(pieces))
         elif weight is not None and rounds:
-            scale(rounds.pop(), _weight(weight, name, match[0]))
+            scale(rounds.pop(), _weight(weight, name, text[opened_at.pop():match.end()]))
         elif token == ")" and rounds:
             scale(rounds.pop(), UP)
+            opened_at.pop()
         elif token == "]" and squares:
             scale(squares.pop(), DOWN)
         else:
