@@ -40,8 +40,10 @@ def test_img2img_answers_as_a1111_does(server: ServerProcess, photo: Path) -> No
     assert info["sampler_name"] == "Euler a" and info["width"] == 64 and len(info["infotexts"]) == 2
     assert "Seed: 7" in info["infotexts"][0] and "Negative prompt: fog" in info["infotexts"][0]
     warnings = " | ".join(info["warnings"])
-    for name in ("restore_faces", "not_a_field", "override_settings.CLIP_stop_at_last_layers"):
+    for name in ("restore_faces", "not_a_field"):
         assert name in warnings
+    assert "CLIP_stop_at_last_layers" not in warnings and info["clip_skip"] == 2  # A1111's clip skip acts
+    assert "Clip skip: 2" in info["infotexts"][0]
     assert "steps" not in warnings and "seed" not in warnings
 
     with server.client() as client:

@@ -18,13 +18,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from img2img.engine.fields import MAX_PROMPT_CHARS
 from img2img.engine.request import FIELDS
 from img2img.engine.seeds import MAX_SEED
+from img2img.server.auth import Caller
 from img2img.server.deps import CallerDep, ServiceDep
-from img2img.server.service import ApiError, decode_base64
+from img2img.server.service import ApiError, Service, decode_base64
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 log = logging.getLogger("img2img.server")
@@ -33,10 +35,13 @@ RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
 SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
              "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
              "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid"}
+HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+         "hr_sampler_name", "hr_prompt", "hr_negative_prompt"}
+OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}  # the override_settings that act here
 
 
-class Img2ImgRequest(BaseModel):
-    """A1111's StableDiffusionImg2ImgProcessingAPI; unknown fields are accepted and reported."""
+class ProcessingRequest(BaseModel):
+    """The fields A1111's txt2img and img2img requests share; unknown fields are accepted and reported."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -73,6 +78,17 @@ class Img2ImgRequest(BaseModel):
     refiner_switch_at: float | None = None
     disable_extra_networks: bool = False
     comments: dict[str, Any] | None = None
+    sampler_index: str = "Euler"
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class Img2ImgRequest(ProcessingRequest):
+    """A1111's StableDiffusionImg2ImgProcessingAPI."""
+
     init_images: list[str] | None = None
     resize_mode: int = Field(0, ge=0, le=3)
     image_cfg_scale: float | None = None
@@ -86,13 +102,30 @@ class Img2ImgRequest(BaseModel):
     inpainting_mask_invert: Count = 0
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
-    sampler_index: str = "Euler"
     include_init_images: bool = False
-    script_name: str | None = None
-    script_args: list[Any] = Field(default_factory=list)
-    send_images: bool = True
-    save_images: bool = False
-    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+
+
+class Txt2ImgRequest(ProcessingRequest):
+    """A1111's StableDiffusionTxt2ImgProcessingAPI: strength 1 from noise at width x height; with ``enable_hr``, a
+    second img2img pass at ``hr_scale`` (hires fix) with ``denoising_strength``."""
+
+    denoising_strength: float = Field(0.0, ge=0, le=1)  # used by hires fix only
+    enable_hr: bool = False
+    firstphase_width: Count = 0
+    firstphase_height: Count = 0
+    hr_scale: float = Field(2.0, ge=1, le=4)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)
+    hr_resize_x: int = Field(0, ge=0, le=4096)
+    hr_resize_y: int = Field(0, ge=0, le=4096)
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    firstpass_image: str | None = None
+    force_task_id: str | None = None
+    infotext: str | None = None
 
 
 class PngInfoRequest(BaseModel):
@@ -106,18 +139,70 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
         raise ApiError(422, "invalid_request", "init_images should hold one base64 image, but it is empty",
                        "init_images")
     fields, warnings = _fields(body)
+    fields |= {"strength": body.denoising_strength,
+               "resize_mode": RESIZE_MODES.get(body.resize_mode, "just")}
+    if body.resize_mode == 3:
+        warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
+    source = decode_base64(body.init_images[0], "init_images", svc)
+    outputs = await _run(svc, who, fields, source, warnings, "img2img")
+    return _answer(body, fields, outputs, warnings)
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Text to image (strength 1 from noise at width x height) through the same queue; with ``enable_hr``, each
+    image is upscaled and repainted at ``denoising_strength`` (A1111's hires fix)."""
+    fields, warnings = _fields(body)
+    fields["strength"] = 1.0
+    outputs = await _run(svc, who, fields, _canvas(fields["size"]), warnings, "txt2img")
+    if body.enable_hr:
+        outputs = [await _hires(svc, who, body, fields, output, warnings) for output in outputs]
+    return _answer(body, fields, outputs, warnings)
+
+
+async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes, warnings: list[str],
+               route: str) -> list[dict[str, Any]]:
+    """Queue one job, await its end and return its outputs, each with its PNG's bytes."""
     for warning in warnings:
-        log.warning("sdapi/v1/img2img: %s", warning)
-    submitted = await asyncio.to_thread(
-        lambda: svc.submit(who, fields, decode_base64(body.init_images[0], "init_images", svc)))  # type: ignore[index]
+        log.warning("sdapi/v1/%s: %s", route, warning)
+    submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source))
     job = await svc.wait(who, submitted.id)
     if job.state != "done":
         status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
         raise ApiError(status, code, job.error or job.state)
-    images = [base64.b64encode(svc.blobs.read(output["image"])).decode("ascii") for output in job.outputs]
-    seeds = [output["seed"] for output in job.outputs]
-    infotexts = [output["parameters"] for output in job.outputs]
-    first = job.outputs[0]
+    return [output | {"png": svc.blobs.read(output["image"]), "job": job} for output in job.outputs]
+
+
+async def _hires(svc: Service, who: Caller, body: Txt2ImgRequest, fields: dict[str, Any], output: dict[str, Any],
+                 warnings: list[str]) -> dict[str, Any]:
+    """Hires fix for one image: upscale it with ``hr_upscaler``, then repaint it at ``denoising_strength``."""
+    from img2img.server.a1111_extras import resize
+
+    width, height = body.hr_resize_x or round(output["width"] * body.hr_scale), body.hr_resize_y or round(
+        output["height"] * body.hr_scale)
+    size = (width // 8 * 8, height // 8 * 8)
+    upscaler = body.hr_upscaler
+    if upscaler is not None and upscaler.startswith("Latent"):
+        warnings.append(f"hr_upscaler {upscaler!r} (latent upscale) is not supported; Lanczos was used")
+        upscaler = "Lanczos"
+    picture = resize(Image.open(io.BytesIO(output["png"])).convert("RGB"), size, upscaler, "hr_upscaler")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    second = fields | {"strength": body.denoising_strength, "size": size, "num_images": 1, "seed": output["seed"],
+                       "steps": body.hr_second_pass_steps or fields["steps"], "prompt": body.hr_prompt or
+                       fields["prompt"], "negative_prompt": body.hr_negative_prompt or fields["negative_prompt"]}
+    if body.hr_sampler_name:
+        second["sampler"] = body.hr_sampler_name
+    return (await _run(svc, who, second, buffer.getvalue(), [], "txt2img"))[0]
+
+
+def _answer(body: ProcessingRequest, fields: dict[str, Any], outputs: list[dict[str, Any]], warnings: list[str]
+            ) -> dict[str, Any]:
+    """A1111's answer: the images as base64, the request as given, and ``info`` (a JSON string)."""
+    images = [base64.b64encode(output["png"]).decode("ascii") for output in outputs]
+    seeds = [output["seed"] for output in outputs]
+    infotexts = [output["parameters"] for output in outputs]
+    first, job = outputs[0], outputs[0]["job"]
     info = {
         "prompt": body.prompt, "all_prompts": [body.prompt] * len(images), "negative_prompt": body.negative_prompt,
         "all_negative_prompts": [body.negative_prompt] * len(images), "seed": seeds[0], "all_seeds": seeds,
@@ -127,11 +212,19 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
         "sd_model_name": job.request.fields.get("model") or "", "sd_model_hash": _model_hash(infotexts[0]),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": body.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
-        "job_timestamp": _timestamp(job.created), "clip_skip": 1, "is_using_inpainting_conditioning": False,
-        "version": "img2img", "warnings": warnings, "job_id": job.id,
+        "job_timestamp": _timestamp(job.created), "clip_skip": fields.get("clip_skip", 1),
+        "is_using_inpainting_conditioning": False, "version": "img2img", "warnings": warnings, "job_id": job.id,
     }
-    parameters = body.model_dump() | {"init_images": None, "mask": None}
+    parameters = body.model_dump() | ({"init_images": None, "mask": None} if isinstance(body, Img2ImgRequest) else {})
     return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
+
+
+def _canvas(size: tuple[int, int]) -> bytes:
+    """The source of a text-to-image job: a plain canvas of the size asked for (strength 1 never reads its
+    pixels; it gives the job its size and its record a source)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (127, 127, 127)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @router.get("/progress")
@@ -165,23 +258,6 @@ def interrupt(who: CallerDep, svc: ServiceDep) -> None:
 def skip(who: CallerDep, svc: ServiceDep) -> None:
     """As interrupt: a job here is one request, so skipping its image stops it."""
     interrupt(who, svc)
-
-
-@router.get("/sd-models")
-def sd_models(_who: CallerDep) -> list[dict[str, Any]]:
-    from img2img.models.registry import ModelRegistry
-
-    models = [{"title": entry.name, "model_name": entry.name, "hash": None, "sha256": None, "filename": entry.name,
-               "config": None} for entry in ModelRegistry().entries()]
-    return [*models, {"title": "builtin", "model_name": "builtin", "hash": None, "sha256": None,
-                      "filename": "builtin", "config": None}]
-
-
-@router.get("/samplers")
-def samplers(_who: CallerDep) -> list[dict[str, Any]]:
-    from img2img.engine.samplers import sampler_names
-
-    return [{"name": name, "aliases": [], "options": {}} for name in sampler_names()]
 
 
 @router.get("/options")
@@ -278,32 +354,33 @@ def _number(value: str) -> Any:
     return value
 
 
-def _fields(body: Img2ImgRequest) -> tuple[dict[str, Any], list[str]]:
+def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     """The native request fields for an A1111 request, and a warning for each field we do not honour."""
-    defaults = Img2ImgRequest()
+    defaults = type(body)()
+    supported = SUPPORTED | (HIRES if isinstance(body, Txt2ImgRequest) and body.enable_hr else set())
     warnings = [f"{name} is not supported and was ignored" for name in type(body).model_fields
-                if name not in SUPPORTED and getattr(body, name) != getattr(defaults, name)]
-    warnings += [f"{name} is not an A1111 img2img field and was ignored" for name in (body.model_extra or {})]
+                if name not in supported and getattr(body, name) != getattr(defaults, name)]
+    warnings += [f"{name} is not an A1111 {type(body).__name__.removesuffix('Request').lower()} field and was "
+                 "ignored" for name in (body.model_extra or {})]
     sampler = body.sampler_name or body.sampler_index
     if body.scheduler and body.scheduler.lower() == "karras" and not sampler.endswith("Karras"):
         sampler += " Karras"
     elif body.scheduler and body.scheduler.lower() not in ("automatic", "karras"):
         warnings.append(f"scheduler {body.scheduler!r} is not supported; the sampler's own schedule was used")
-    if body.resize_mode == 3:
-        warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
     width, height = body.width // 8 * 8, body.height // 8 * 8
     if (width, height) != (body.width, body.height):
         warnings.append(f"width and height are rounded down to multiples of 8: {width}x{height}")
     overrides = body.override_settings or {}
     model = overrides.get("sd_model_checkpoint")
     warnings += [f"override_settings.{key} is not supported and was ignored" for key in overrides
-                 if key != "sd_model_checkpoint"]
+                 if key not in OVERRIDES]
     fields = {spec.name: getattr(body, spec.a1111) for spec in FIELDS if spec.a1111}  # the one-to-one fields
     fields |= {
         "sampler": sampler, "num_images": body.batch_size * body.n_iter, "size": (width, height),
-        "resize_mode": RESIZE_MODES.get(body.resize_mode, "just"),
         "model": str(model).split(" [", 1)[0] if model else None,
     }
+    if overrides.get("CLIP_stop_at_last_layers") is not None:
+        fields["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
     return fields, warnings
 
 

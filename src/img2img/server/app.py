@@ -23,7 +23,7 @@ from img2img.jobs.blobs import BlobStore
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import JobStore
 from img2img.jobs.worker import make_engine
-from img2img.server import a1111, native, studio
+from img2img.server import a1111, a1111_extras, a1111_lists, native, studio
 from img2img.server.events import EventHub
 from img2img.server.service import ApiError, Service
 from img2img.server.settings import LOCAL_HOSTS, ServerSettings
@@ -82,6 +82,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                   "A1111-compatible API", lifespan=lifespan)
     app.include_router(native.router)
     app.include_router(a1111.router)
+    app.include_router(a1111_lists.router)
+    app.include_router(a1111_extras.router)
     studio.mount(app)
     _errors(app)
     if settings.cors_origins:

@@ -1,0 +1,139 @@
+"""The A1111 listing routes that clients call before anything else: models, samplers, schedulers, VAEs, LoRAs,
+embeddings, styles, scripts, flags and memory. A list we have nothing for is empty, never a 404, so a client built
+for A1111 carries on; every entry that is listed works in a request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from img2img.server.deps import CallerDep, ServiceDep
+
+router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
+# A1111's schedule types that map to ours: "automatic" is the sampler's own schedule, "karras" its Karras variant.
+SCHEDULERS = (("automatic", "Automatic"), ("karras", "Karras"))
+
+
+@router.get("/sd-models")
+def sd_models(_who: CallerDep) -> list[dict[str, Any]]:
+    from img2img.models.registry import ModelRegistry
+
+    models = [{"title": entry.name, "model_name": entry.name, "hash": None, "sha256": None, "filename": entry.name,
+               "config": None} for entry in ModelRegistry().entries()]
+    return [*models, {"title": "builtin", "model_name": "builtin", "hash": None, "sha256": None,
+                      "filename": "builtin", "config": None}]
+
+
+@router.get("/samplers")
+def samplers(_who: CallerDep) -> list[dict[str, Any]]:
+    from img2img.engine.samplers import sampler_names
+
+    return [{"name": name, "aliases": [], "options": {}} for name in sampler_names()]
+
+
+@router.get("/schedulers")
+def schedulers(_who: CallerDep) -> list[dict[str, Any]]:
+    return [{"name": name, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for name, label in SCHEDULERS]
+
+
+@router.get("/sd-vae")
+def sd_vae(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/loras")
+def loras(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/embeddings")
+def embeddings(_who: CallerDep) -> dict[str, Any]:
+    return {"loaded": {}, "skipped": {}}
+
+
+@router.get("/prompt-styles")
+def prompt_styles(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/scripts")
+def scripts(_who: CallerDep) -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/latent-upscale-modes")
+def latent_upscale_modes(_who: CallerDep) -> list[dict[str, Any]]:
+    return []  # hires fix upscales pixels (a1111_extras.UPSCALERS); latent modes are refused there
+
+
+@router.get("/hypernetworks")
+def hypernetworks(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/face-restorers")
+def face_restorers(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/realesrgan-models")
+def realesrgan_models(_who: CallerDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/cmd-flags")
+def cmd_flags(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """The server's settings under A1111's flag names where one exists (the rest of A1111's flags do not apply)."""
+    settings = svc.settings
+    return {"api": True, "nowebui": False, "listen": settings.host not in ("127.0.0.1", "localhost", "::1"),
+            "port": settings.port, "data_dir": str(settings.data_dir), "use_cpu": ["all"]
+            if settings.device == "cpu" else [], "cors_allow_origins": ",".join(settings.cors_origins) or None}
+
+
+@router.get("/memory")
+def memory(_who: CallerDep) -> dict[str, Any]:
+    """RAM of this machine (from /proc/meminfo) and the GPU's memory, in A1111's shape."""
+    ram: dict[str, Any] = {"error": "no /proc/meminfo on this system"}
+    info = _meminfo()
+    if info:
+        total, free = info.get("MemTotal", 0), info.get("MemAvailable", info.get("MemFree", 0))
+        ram = {"free": free, "used": total - free, "total": total}
+    return {"ram": ram, "cuda": _cuda()}
+
+
+@router.post("/refresh-checkpoints")
+def refresh_checkpoints(_who: CallerDep) -> None:
+    """Nothing to do: the model registry is read on every request."""
+
+
+@router.post("/refresh-loras")
+def refresh_loras(_who: CallerDep) -> None:
+    """Nothing to do: LoRA folders are read on every request."""
+
+
+def _meminfo() -> dict[str, int]:
+    path = Path("/proc/meminfo")
+    if not path.is_file():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if parts and parts[0].isdigit():
+            values[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    return values
+
+
+def _cuda() -> dict[str, Any]:
+    """The GPU's memory as the driver reports it (the models live in the worker process, so only the device's
+    totals mean anything here)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"error": "no CUDA device on this machine"}
+    free, total = torch.cuda.mem_get_info()
+    return {"system": {"free": free, "used": total - free, "total": total}}

@@ -1,0 +1,91 @@
+"""The A1111 API as a real A1111 client sees it: the ``webuiapi`` library against a real server process, every
+method of it that maps to a route we serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from server_process import ServerProcess, serving_tiny
+
+webuiapi = pytest.importorskip("webuiapi")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ignore[no-untyped-def]
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "webuiapi")
+
+
+@pytest.fixture(scope="module")
+def api(server: ServerProcess):  # type: ignore[no-untyped-def]
+    return webuiapi.WebUIApi(host="127.0.0.1", port=server.port, sampler="Euler a", steps=4)
+
+
+def test_txt2img_and_hires_fix(api) -> None:
+    plain = api.txt2img(prompt="a (red:1.2) boat, calm sea", negative_prompt="fog", width=64, height=64, seed=3,
+                        cfg_scale=5, batch_size=2)
+    assert [image.size for image in plain.images] == [(64, 64), (64, 64)]
+    assert plain.info["all_seeds"] == [3, 4] and plain.info["sd_model_name"] == "tiny"
+    assert "Denoising strength: 1" in plain.info["infotexts"][0]
+    again = api.txt2img(prompt="a (red:1.2) boat, calm sea", negative_prompt="fog", width=64, height=64, seed=3,
+                        cfg_scale=5)
+    assert again.image.tobytes() == plain.images[0].tobytes()  # same seed, same picture
+
+    hires = api.txt2img(prompt="a red boat", width=64, height=64, seed=3, enable_hr=True, hr_scale=1.5,
+                        hr_upscaler="Lanczos", denoising_strength=0.5,
+                        override_settings={"CLIP_stop_at_last_layers": 2})
+    assert hires.image.size == (96, 96)
+    assert "Denoising strength: 0.5" in hires.info["infotexts"][0] and "Clip skip: 2" in hires.info["infotexts"][0]
+    assert hires.info["clip_skip"] == 2
+    with pytest.raises(RuntimeError, match="hr_upscaler should be one of None, Lanczos, Nearest"):
+        api.txt2img(prompt="a red boat", width=64, height=64, enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
+
+
+def test_img2img_png_info_and_upscale(api, photo: Path) -> None:
+    source = Image.open(photo)
+    result = api.img2img(images=[source], prompt="a watercolor", denoising_strength=0.5, width=96, height=64, seed=9)
+    assert result.image.size == (96, 64) and result.info["seed"] == 9
+    assert "mask_blur is not supported" in " | ".join(result.info["warnings"])
+    info = api.png_info(result.image)
+    assert info.info == result.info["infotexts"][0]
+
+    bigger = api.extra_single_image(source, upscaler_1="Lanczos", upscaling_resize=2)
+    assert bigger.image.size == (128, 96)
+    exact = api.extra_single_image(source, resize_mode=1, upscaling_resize_w=100, upscaling_resize_h=100,
+                                   upscaler_1="Nearest")
+    assert exact.image.size == (100, 100)
+    with pytest.raises(RuntimeError, match="upscaler_1 should be one of None, Lanczos, Nearest"):
+        api.extra_single_image(source, upscaler_1="R-ESRGAN 4x+")
+    with pytest.raises(RuntimeError, match="gfpgan_visibility should be 0"):
+        api.extra_single_image(source, gfpgan_visibility=1)
+
+
+def test_the_listing_routes_answer_as_a1111s_do(api, server: ServerProcess) -> None:
+    assert "tiny" in api.util_get_model_names() and "builtin" in api.util_get_model_names()
+    assert "Euler a" in api.util_get_sampler_names()
+    assert api.util_get_scheduler_names() == ["automatic", "karras"]
+    assert [upscaler["name"] for upscaler in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    for empty in (api.get_sd_vae, api.get_loras, api.get_prompt_styles, api.get_latent_upscale_modes,
+                  api.get_hypernetworks, api.get_face_restorers, api.get_realesrgan_models):
+        assert empty() == [], empty.__name__
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    flags = api.get_cmd_flags()
+    assert flags["api"] is True and flags["port"] == server.port and flags["listen"] is False
+    memory = api.get_memory()
+    assert memory["ram"]["total"] > memory["ram"]["free"] > 0 and "cuda" in memory
+    assert api.refresh_checkpoints() is None
+    with server.client() as client:
+        assert client.post("/sdapi/v1/refresh-loras").status_code == 200
+
+
+def test_options_progress_and_interrupt(api) -> None:
+    api.util_set_model("tiny")
+    assert api.util_get_current_model() == "tiny"
+    assert api.get_options()["sd_model_checkpoint"] == "tiny"
+    progress = api.get_progress()
+    assert progress["progress"] == 0.0 and progress["state"]["job_count"] == 0
+    api.util_wait_for_ready(check_interval=0.1)
+    assert api.interrupt() is None and api.skip() is None
