@@ -127,3 +127,43 @@ def build_full_depth(folder: Path, layout: str) -> Path:
             scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.save_pretrained(folder)
     return folder
+
+
+def build_tiny_lora(model: Path, path: Path, layout: str = "kohya", seed: int = 1, rank: int = 4) -> Path:
+    """A random LoRA for a tiny model's attention projections (UNet and text encoders), saved as ``path``.
+
+    ``kohya``: A1111's keys (``lora_unet_...``, ``lora_te_...`` with ``lora_down``/``lora_up`` and ``alpha``);
+    ``diffusers``: diffusers' own (``unet.<module>.lora_A.weight``, ``text_encoder.<module>...``, no alpha).
+    """
+    import diffusers
+    from safetensors.torch import save_file
+
+    xl = (model / "text_encoder_2").is_dir()
+    pipeline_class = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+    extra = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
+    pipe = pipeline_class.from_pretrained(model, **extra)
+    generator = torch.Generator().manual_seed(seed)
+    parts = [("unet", "unet", ("to_q", "to_k", "to_v", "0")), ("text_encoder", "te1" if xl else "te", ("q_proj",
+             "k_proj", "v_proj", "out_proj"))]
+    if xl:
+        parts.append(("text_encoder_2", "te2", ("q_proj", "k_proj", "v_proj", "out_proj")))
+    tensors = {}
+    for component, short, ends in parts:
+        for name, module in getattr(pipe, component).named_modules():
+            if not isinstance(module, torch.nn.Linear) or name.split(".")[-1] not in ends:
+                continue
+            if ends[-1] == "0" and not name.endswith("to_out.0"):
+                continue
+            down = torch.randn(rank, module.in_features, generator=generator) * 0.2
+            up = torch.randn(module.out_features, rank, generator=generator) * 0.2
+            # Files in the wild name text encoder modules as transformers 4 did (text_model.encoder...).
+            module_path = name if component == "unet" or name.startswith("text_model.") else f"text_model.{name}"
+            if layout == "kohya":
+                key = f"lora_{short}_{module_path.replace('.', '_')}"
+                tensors |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                            f"{key}.alpha": torch.tensor(float(rank) / 2)}
+            else:
+                tensors |= {f"{component}.{module_path}.lora_A.weight": down,
+                            f"{component}.{module_path}.lora_B.weight": up}
+    save_file(tensors, str(path))
+    return path

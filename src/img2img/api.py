@@ -17,6 +17,7 @@ from img2img.engine.pipeline import (
     Prepared,
     PreviewCallback,
     ProgressCallback,
+    prompt_loras,
     run_diffusion,
     run_styles,
 )
@@ -28,12 +29,14 @@ from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
 from img2img.models import ov_runtime
+from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import ModelFiles, inspect_model
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
+from img2img.models.loras import resolve as resolve_loras
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
 from img2img.models.parts import PartCache
 from img2img.models.registry import ModelRegistry
@@ -186,10 +189,21 @@ class Engine:
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
             output_size, working_size, files = self.plan(first, source, runs)
             assert files is not None
+            tags = prompt_loras(cells)  # unknown names are refused before a model loads
+            registered = self.registry.addons("lora") if tags else {}
+            for found in tags.values():
+                for tag in found:
+                    find_addon("lora", tag.name, registered)
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
             prepared = self._prepared(first, source, output_size, working_size, model)
+            if loaded is not None and tags:
+                unet = loaded.pipeline.unet
+                xl = hasattr(loaded.pipeline, "text_encoder_2")
+                prepared = replace(prepared, loras={prompt: resolve_loras(found, registered,
+                                                                          unet.config.cross_attention_dim, xl)
+                                                    for prompt, found in tags.items()})
             result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []

@@ -41,6 +41,7 @@ def batch(
     quality: c.Quality = 90,
     size: c.Size = None,
     style_image: c.StyleImage = None,
+    lora: c.Loras = None,
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
@@ -62,8 +63,8 @@ def batch(
         raise InvalidArgument("IN_DIR", f"a folder with images ({', '.join(IMAGE_SUFFIXES)})", str(in_dir))
     _make_folder(output)
     seed = resolve_seed(fields.pop("seed", None))  # one seed for the whole folder
-    request = GenerationRequest(source=sources[0], prompt=prompt, **fields, seed=seed, size=c.parse_size(size),
-                                style_image=style_image)
+    request = GenerationRequest(source=sources[0], prompt=c.with_loras(prompt, lora), **fields, seed=seed,
+                                size=c.parse_size(size), style_image=style_image)
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
                                            quantize)
     targets = _target_names(sources, output, SUFFIXES[format_name])

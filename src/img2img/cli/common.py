@@ -28,6 +28,9 @@ Backend = Annotated[str, typer.Option(help=r"auto, torch or openvino (CPU) \[def
 Quantize = Annotated[str, typer.Option(help="none, or int8: UNet matmul weights in 8 bits (approximate; OpenVINO).")]
 AllowPickle = Annotated[bool, typer.Option(help="Allow pickled checkpoints (they can run code).")]
 Overwrite = Annotated[bool, typer.Option(help="Replace existing output files.")]
+Loras = Annotated[list[str] | None, typer.Option(
+    "--lora", help="A LoRA as NAME or NAME:WEIGHT (repeatable); the same as <lora:NAME:WEIGHT> in the prompt.",
+    rich_help_panel="Generation")]
 StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).",
                                                 rich_help_panel="Generation")]
 
@@ -42,6 +45,21 @@ def flag_for(argument: str) -> str:
     if argument in SPEC:
         return SPEC[argument].option
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
+
+
+def with_loras(prompt: str, loras: list[str] | None) -> str:
+    """The prompt with a ``<lora:NAME:WEIGHT>`` tag for each --lora (A1111's syntax, which the engine reads)."""
+    tags = []
+    for lora in loras or []:
+        name, _, weight = lora.rpartition(":") if ":" in lora else (lora, "", "1")
+        try:
+            float(weight)
+        except ValueError as exc:
+            raise InvalidArgument("lora", "NAME or NAME:WEIGHT such as watercolor:0.8", lora) from exc
+        if not name or any(char in name for char in "<>:"):
+            raise InvalidArgument("lora", "NAME or NAME:WEIGHT such as watercolor:0.8", lora)
+        tags.append(f"<lora:{name}:{weight}>")
+    return " ".join([prompt, *tags]) if tags else prompt
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:

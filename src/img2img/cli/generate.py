@@ -69,6 +69,7 @@ def run(
     quality: c.Quality = 90,
     size: c.Size = None,
     style_image: c.StyleImage = None,
+    lora: c.Loras = None,
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
@@ -85,6 +86,7 @@ def run(
         given["prompt"] = prompt
     if "prompt" not in given:
         raise InvalidArgument("prompt", "given (or found in --params-from FILE)", None)
+    given["prompt"] = c.with_loras(given["prompt"], lora)
     request = GenerationRequest(source=source, **given, size=c.parse_size(size), style_image=style_image)
     count = request.num_images
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
@@ -128,6 +130,7 @@ def sweep(
     quality: c.Quality = 90,
     size: c.Size = None,
     style_image: c.StyleImage = None,
+    lora: c.Loras = None,
     device: c.Device = "auto",
     dtype: c.Dtype = "auto",
     backend: c.Backend = "auto",
@@ -139,6 +142,9 @@ def sweep(
 ) -> None:
     from img2img.engine.request import GenerationRequest
     from img2img.sweep import make_axis
+
+    prompt = c.with_loras(prompt, lora)
+    prompts = [c.with_loras(other, lora) for other in prompts or []]
 
     given = [("strength", c.parse_list("strength", strength, float)),
              ("cfg", c.parse_list("cfg", cfg, float) if cfg is not None else None),

@@ -29,9 +29,16 @@ def models_add(
     allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
     default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
 ) -> None:
-    """Register a model under NAME after checking what it is."""
+    """Register a model, a LoRA or an embedding under NAME after checking what it is."""
+    from img2img.models.addons import detect
     from img2img.models.registry import ModelEntry, ModelRegistry
 
+    addon = detect(path)
+    if addon is not None:  # a LoRA or an embedding, recognised from its keys
+        ModelRegistry().add_addon(name, path, addon.kind)
+        typer.echo(f"added {name}: {'LoRA' if addon.kind == 'lora' else 'embedding'} for {addon.base} at "
+                   f"{Path(path).resolve()}")
+        return
     if prediction not in (None, "epsilon", "v_prediction"):
         raise InvalidArgument("prediction", "epsilon or v_prediction", prediction)
     registry = ModelRegistry()
@@ -51,6 +58,9 @@ def models_list() -> None:
 
     registry = ModelRegistry()
     entries = registry.entries()
+    for kind in ("lora", "embedding"):
+        for name, path in registry.addons(kind).items():
+            typer.echo(f"  {name}\t{kind}\t{path}")
     if not entries:
         typer.echo("no models registered: add one with 'img2img models add NAME PATH'")
         return

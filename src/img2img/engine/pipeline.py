@@ -14,8 +14,8 @@ image goes through the same numbered stages, whichever engine paints it:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -24,13 +24,15 @@ from PIL import Image
 from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
 from img2img.engine.preview import latent_preview
-from img2img.engine.prompt_syntax import parse
+from img2img.engine.prompt_syntax import LoraTag, extract_loras, parse
 from img2img.engine.request import GenerationRequest
 from img2img.engine.result import GenerationRecord, GenerationResult
 from img2img.engine.seeds import MAX_SEED
 from img2img.imageio.color import match_colors
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import SourceImage
+from img2img.models.loras import LoraUse
+from img2img.models.loras import activate as activate_loras
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,26 +71,49 @@ class Prepared:
     working: Image.Image  # stage 1: the source fitted to the working size
     model: ModelInfo
     placement: Placement
+    loras: Mapping[str, tuple[LoraUse, ...]] = field(default_factory=dict)  # each prompt's LoRAs, resolved
 
 
 def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: Any | None,
                   on_progress: ProgressCallback | None, on_preview: PreviewCallback | None) -> GenerationResult:
-    """Every cell through a diffusion model's ``pipeline`` (None when no cell has a strength above 0)."""
+    """Every cell through a diffusion model's ``pipeline`` (None when no cell has a strength above 0).
+
+    Each cell runs with exactly its prompt's LoRAs active; afterwards the pipeline is the base model again.
+    """
     session = DiffusionSession(pipeline, prepared.working) if pipeline is not None else None
     images, records, seconds = [], [], []
-    for index, cell in enumerate(cells):
-        started = time.perf_counter()
-        report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
-        preview = _previewer(index, on_preview, prepared.model.family.base == "sdxl") if on_preview else None
-        if session is None or cell.strength == 0:
-            picture = _unpainted(cell, prepared)
-            record = make_record(cell, to_job(cell, prepared.model.family, 0.0), prepared, 0, 0.0)
-        else:
-            picture, record = _loopback(cell, prepared, session, report, preview)
-        images.append(finish(cell, picture, prepared))
-        records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1]))
-        seconds.append(time.perf_counter() - started)
+    try:
+        for index, cell in enumerate(cells):
+            started = time.perf_counter()
+            report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
+            preview = _previewer(index, on_preview, prepared.model.family.base == "sdxl") if on_preview else None
+            uses = prepared.loras.get(cell.prompt, ())
+            if session is None or cell.strength == 0:
+                picture = _unpainted(cell, prepared)
+                record = make_record(cell, to_job(cell, prepared.model.family, 0.0), prepared, 0, 0.0)
+            else:
+                if prepared.loras:
+                    activate_loras(session.pipeline, uses)
+                picture, record = _loopback(cell, prepared, session, report, preview)
+            images.append(finish(cell, picture, prepared))
+            records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1],
+                                   loras=tuple(use.describe() for use in uses)))
+            seconds.append(time.perf_counter() - started)
+    finally:
+        if session is not None and prepared.loras:
+            activate_loras(session.pipeline, ())
     return GenerationResult(images, records, sum(seconds), seconds, [*prepared.source.notes, *_prompt_notes(cells)])
+
+
+def prompt_loras(cells: list[GenerationRequest]) -> dict[str, tuple[LoraTag, ...]]:
+    """Each distinct prompt's LoRA tags (A1111 syntax only; a plain prompt's tags are text)."""
+    found = {}
+    for cell in cells:
+        if cell.prompt_syntax == "a1111" and cell.strength > 0:
+            tags = extract_loras(cell.prompt)[1]
+            if tags:
+                found[cell.prompt] = tags
+    return found
 
 
 def _loopback(
@@ -217,12 +242,18 @@ def _described(conditioner: Conditioner) -> dict[str, Any] | None:
 
 
 def _prompt_notes(cells: list[GenerationRequest]) -> list[str]:
-    """What A1111's syntax read differently from how it may have been meant (unmatched brackets), once each."""
+    """What A1111's syntax read differently from how it may have been meant (unmatched brackets, tags that do
+    nothing), once each."""
     notes: list[str] = []
     for cell in cells:
         if cell.prompt_syntax == "a1111":
             for name in ("prompt", "negative_prompt"):
-                notes += [note for note in parse(getattr(cell, name), name).warnings if note not in notes]
+                text, tags, warnings = extract_loras(getattr(cell, name), name)
+                found = [*warnings, *parse(text, name).warnings]
+                if tags and name == "negative_prompt":
+                    found.append("negative_prompt: LoRA tags act in the prompt only; "
+                                 f"{', '.join(tag.name for tag in tags)} left out")
+                notes += [note for note in found if note not in notes]
     return notes
 
 

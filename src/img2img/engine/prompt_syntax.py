@@ -27,6 +27,41 @@ CHUNK_TOKENS = 75  # CLIP's 77 less its start and end tokens
 COMMA_BACKTRACK = 20  # A1111's default "comma padding backtrack"
 _TOKEN = re.compile(r"\\[()\[\]\\]|\\|\(|\[|:\s*([+-]?[.\d]+)\s*\)|\)|]|[^\\()\[\]:]+|:")
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
+_NETWORK = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra networks: <lora:name:weight>
+MAX_LORAS = 10
+MAX_LORA_WEIGHT = 5.0
+
+
+@dataclass(frozen=True)
+class LoraTag:
+    name: str
+    weight: float
+
+
+def extract_loras(text: str, name: str = "prompt") -> tuple[str, tuple[LoraTag, ...], tuple[str, ...]]:
+    """The prompt without its extra-network tags (as A1111 encodes it), its LoRAs in order, and warnings.
+
+    ``<lora:NAME>`` has weight 1 and ``<lora:NAME:W>`` weight W (``lyco`` is an alias); tags of other kinds
+    (hypernetworks) are taken out with a warning. The same LoRA twice adds its weights, as A1111 does.
+    """
+    weights: dict[str, float] = {}
+    warnings: list[str] = []
+    for match in _NETWORK.finditer(text):
+        kind, arguments = match[1], match[2].split(":")
+        if kind not in ("lora", "lyco"):
+            warnings.append(f"{name}: <{kind}:...> networks are not supported; {match[0]} was left out")
+            continue
+        lora = arguments[0].strip()
+        weight = _number(arguments[1], name, match[0]) if len(arguments) > 1 and arguments[1].strip() else 1.0
+        if not lora:
+            raise InvalidArgument(name, "LoRA tags as <lora:NAME:WEIGHT>", match[0])
+        if not -MAX_LORA_WEIGHT <= weight <= MAX_LORA_WEIGHT:
+            raise InvalidArgument(name, f"LoRA weights in [-{MAX_LORA_WEIGHT:g}, {MAX_LORA_WEIGHT:g}]", match[0])
+        weights[lora] = weights.get(lora, 0.0) + weight
+    if len(weights) > MAX_LORAS:
+        raise InvalidArgument(name, f"at most {MAX_LORAS} LoRAs", f"{len(weights)} LoRAs")
+    tags = tuple(LoraTag(lora, weight) for lora, weight in weights.items())
+    return _NETWORK.sub("", text), tags, tuple(warnings)
 
 
 @dataclass(frozen=True)
@@ -164,11 +199,15 @@ def chunks(tokenizer: Any, parsed: Parsed) -> list[Chunk]:
     return done
 
 
-def _weight(text: str, name: str, where: str) -> float:
+def _number(text: str, name: str, where: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError as exc:
-        raise InvalidArgument(name, "attention weights as numbers such as (word:1.2)", where) from exc
+        raise InvalidArgument(name, "weights as numbers such as (word:1.2) or <lora:NAME:0.8>", where) from exc
+
+
+def _weight(text: str, name: str, where: str) -> float:
+    value = _number(text, name, where)
     if not -MAX_WEIGHT <= value <= MAX_WEIGHT:
         raise InvalidArgument(name, f"attention weights in [-{MAX_WEIGHT:g}, {MAX_WEIGHT:g}] such as (word:1.2)",
                               where)

@@ -25,7 +25,7 @@ from img2img.engine.fields import (
     field_table,
     scalar,
 )
-from img2img.engine.prompt_syntax import parse
+from img2img.engine.prompt_syntax import extract_loras, parse
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
 from img2img.engine.sizing import LATENT_MULTIPLE, MAX_SIDE, MIN_SIDE, RESIZE_MODES, ResizeMode
@@ -118,9 +118,9 @@ class GenerationRequest:
             if self.max_side % LATENT_MULTIPLE:
                 raise InvalidArgument("max_side", f"a multiple of {LATENT_MULTIPLE}", self.max_side)
         _check_colour("background", self.background)
-        if self.prompt_syntax == "a1111":  # a weight that is not a number, or out of range
-            parse(self.prompt, "prompt")
-            parse(self.negative_prompt, "negative_prompt")
+        if self.prompt_syntax == "a1111":  # a weight that is not a number, or out of range; too many LoRAs
+            for name in ("prompt", "negative_prompt"):
+                parse(extract_loras(getattr(self, name), name)[0], name)
         if self.loop_decay == 0:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None

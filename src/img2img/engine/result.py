@@ -45,6 +45,7 @@ class GenerationRecord:
     versions: dict[str, str] = field(default_factory=dict)
     style_image_sha256: str | None = None  # the built-in engine's style picture, if any
     conditions: tuple[dict[str, Any], ...] = ()  # each conditioner's metadata, beside the prompt's
+    loras: tuple[dict[str, Any], ...] = ()  # the prompt's LoRAs as they ran: name, weight and file SHA-256
 
     def __getattr__(self, name: str) -> Any:
         """The request's fields, read through (called only for names the record itself lacks)."""
@@ -57,8 +58,9 @@ class GenerationRecord:
         """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
         data = {name: getattr(self.request, name) for name in RECORDED}
         data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
-        if not data["conditions"]:  # records without conditioners read as they did before they existed
-            del data["conditions"]
+        for name in ("conditions", "loras"):  # records without them read as they did before they existed
+            if not data[name]:
+                del data[name]
         return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @classmethod
@@ -72,8 +74,9 @@ class GenerationRecord:
             if asked.get("size") is not None:
                 asked["size"] = tuple(asked["size"])
             ran = {f.name: data[f.name] for f in fields(cls) if f.name != "request" and f.name in data}
-            if ran.get("conditions"):
-                ran["conditions"] = tuple(ran["conditions"])
+            for name in ("conditions", "loras"):
+                if ran.get(name):
+                    ran[name] = tuple(ran[name])
             return cls(request=GenerationRequest(source="", **asked), **ran)
         except (json.JSONDecodeError, TypeError, AttributeError) as exc:
             raise InvalidArgument("record", "an img2img JSON record", text[:80]) from exc
@@ -104,6 +107,9 @@ class GenerationRecord:
         }
         if self.clip_skip > 1:
             fields["Clip skip"] = self.clip_skip
+        if self.loras:
+            hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
+            fields["Lora hashes"] = f'"{hashes}"'
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
 

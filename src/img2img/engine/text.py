@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from img2img.engine.conditioning import TextConditioner
-from img2img.engine.prompt_syntax import Chunk, chunks, parse, plain
+from img2img.engine.prompt_syntax import Chunk, chunks, extract_loras, parse, plain
 
 NEAR_ZERO = 1e-3  # a weighted mean below this fraction of the mean magnitude is not divided by
 
@@ -33,6 +33,8 @@ def encode_text(pipeline: Any, prompt: str, negative_prompt: str, guided: bool, 
                 syntax: str = "a1111", clip_skip: int = 1) -> TextConditioner:
     """The prompt's conditioner: embeddings as [negative, positive] when guided, and SDXL's added inputs."""
     xl = hasattr(pipeline, "text_encoder_2")
+    if syntax == "a1111":  # LoRA tags act on the model, not as words (img2img.models.loras)
+        prompt, negative_prompt = extract_loras(prompt)[0], extract_loras(negative_prompt, "negative_prompt")[0]
     positive, pooled = _encode(pipeline, prompt, syntax, clip_skip, xl)
     negative = negative_pooled = None
     if guided and xl and not negative_prompt and pipeline.config.force_zeros_for_empty_prompt:

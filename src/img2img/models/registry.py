@@ -67,8 +67,24 @@ class ModelRegistry:
         self._save(data)
         return files.family
 
+    def add_addon(self, name: str, path: Path, kind: str) -> None:
+        """Register a LoRA or an embedding (``img2img.models.addons``) under ``name``."""
+        if not NAME_PATTERN.match(name):
+            raise InvalidArgument("name", "letters, digits, '.', '_' or '-' (at most 64)", name)
+        data = self._load()
+        data.setdefault("addons", {})[name] = {"kind": kind, "path": str(path.expanduser().resolve())}
+        self._save(data)
+
+    def addons(self, kind: str) -> dict[str, str]:
+        """The registered add-ons of ``kind``: name to path."""
+        return {name: entry["path"] for name, entry in self._load().get("addons", {}).items()
+                if entry.get("kind") == kind}
+
     def remove(self, name: str) -> None:
         data = self._load()
+        if data.get("addons", {}).pop(name, None) is not None:
+            self._save(data)
+            return
         if data["models"].pop(name, None) is None:
             raise ModelNotFound(f"model name should be one of {self._names(data)}, but got {name!r}")
         if data.get("default") == name:

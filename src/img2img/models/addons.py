@@ -1,0 +1,101 @@
+"""Add-ons: LoRAs and textual-inversion embeddings, recognised from their keys, found by name, named by hash.
+
+A name is looked up in the registry (``img2img models add NAME FILE`` detects the kind) and then, as A1111 does,
+as a file name (without ``.safetensors``) in the add-on folders: ``$IMG2IMG_LORA_DIR`` and
+``$IMG2IMG_EMBEDDINGS_DIR`` (each a list separated by ``os.pathsep``), else ``loras/`` and ``embeddings/`` in
+the user data folder. Only ``.safetensors`` files are read (pickles can run code).
+
+The base a LoRA was trained for is read from its shapes: the width of the UNet's cross-attention (768 for SD 1.x,
+1024 for SD 2.x, 2048 for SDXL), or of the text encoder for a text-only LoRA. A LoRA of another base is refused
+before anything loads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from img2img.errors import InvalidArgument, ModelError
+
+KINDS = ("lora", "embedding")
+FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR"}
+FOLDER_NAME = {"lora": "loras", "embedding": "embeddings"}
+BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
+_DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_A.default.weight")
+_LYCORIS = ("hada_w1_a", "lokr_w1", "lokr_w1_a", "oft_diag", "ia3")
+
+
+@dataclass(frozen=True)
+class AddonInfo:
+    kind: str  # "lora" or "embedding"
+    width: int | None  # a LoRA's UNet cross-attention width, or the text width it works on
+    xl: bool  # made for SDXL's two text encoders
+    vectors: int = 0  # an embedding's vectors (tokens) per encoder
+
+    @property
+    def base(self) -> str:
+        if self.xl:
+            return "SDXL"
+        return BASES.get(self.width or 0, f"a model {self.width} wide")
+
+
+def detect(path: Path) -> AddonInfo | None:
+    """What a ``.safetensors`` file is, from its header alone: a LoRA, an embedding, or None (a checkpoint)."""
+    from safetensors import safe_open
+
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{path.name} should be a readable .safetensors file ({exc})") from exc
+    if any(marker in key for key in keys for marker in _LYCORIS):
+        raise ModelError(f"{path.name} is a LyCORIS LoHa/LoKr/OFT/IA3 file, which diffusers cannot apply; "
+                         "LoRA and LoCon files work")
+    downs = [key for key in keys if key.endswith(_DOWN)]
+    if downs:
+        xl = any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.", "te2.")) or "input_blocks" in k
+                 for k in keys)
+        cross = [shapes[k][1] for k in downs if "attn2" in k and ("to_k" in k or "to.k" in k)]
+        text = [shapes[k][1] for k in downs if k.startswith(("lora_te", "text_encoder", "te_", "te1"))]
+        return AddonInfo("lora", (cross or text or [None])[0], xl)
+    if "emb_params" in keys or "string_to_param" in keys:
+        key = "emb_params" if "emb_params" in keys else "string_to_param"
+        return AddonInfo("embedding", shapes[key][-1], False, shapes[key][0] if len(shapes[key]) > 1 else 1)
+    if {"clip_l", "clip_g"} <= set(keys):
+        return AddonInfo("embedding", shapes["clip_l"][-1], True, shapes["clip_l"][0])
+    shape = shapes[keys[0]] if len(keys) == 1 else ()
+    if len(shape) in (1, 2) and (len(shape) == 1 or shape[0] <= 75):  # diffusers' format: {token: vectors}
+        return AddonInfo("embedding", shape[-1], False, shape[0] if len(shape) == 2 else 1)
+    return None
+
+
+def folders(kind: str) -> list[Path]:
+    configured = os.environ.get(FOLDER_ENV[kind])
+    if configured:
+        return [Path(part).expanduser() for part in configured.split(os.pathsep) if part]
+    return [Path(platformdirs.user_data_dir("img2img")) / FOLDER_NAME[kind]]
+
+
+def find(kind: str, name: str, registered: dict[str, str], argument: str = "prompt") -> Path:
+    """The file of the add-on ``name``: registered under that name, or ``name.safetensors`` in a folder."""
+    if name in registered:
+        return Path(registered[name])
+    for folder in folders(kind):
+        candidate = folder / f"{name}.safetensors"
+        if candidate.is_file() and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
+            return candidate
+    where = ", ".join(str(folder) for folder in folders(kind))
+    known = sorted({*registered, *(p.stem for p in available(kind))})
+    raise InvalidArgument(argument, f"a {kind} registered with 'img2img models add' or a .safetensors file in "
+                          f"{where} ({', '.join(known) or 'none there'})", name)
+
+
+def available(kind: str) -> list[Path]:
+    """The add-on files in the folders of ``kind``."""
+    return sorted(path for folder in folders(kind) if folder.is_dir() for path in folder.glob("*.safetensors"))

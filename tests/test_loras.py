@@ -1,0 +1,119 @@
+"""LoRAs as A1111 users write them: <lora:NAME:WEIGHT> in the prompt, found by name, checked against the model,
+applied through diffusers and PEFT (parity with diffusers' load_lora_weights), recorded by hash, and never left
+on the cached model for the next request."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from img2img import Engine, GenerationRequest, InvalidArgument
+from img2img.engine.samplers import build_scheduler
+from tiny_models import build_tiny_lora
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl: Path) -> Path:
+    folder = tmp_path_factory.mktemp("loras")
+    build_tiny_lora(tiny_sd, folder / "ink_v2.safetensors", "kohya")
+    build_tiny_lora(tiny_sd, folder / "peft-style.safetensors", "diffusers", seed=2)
+    build_tiny_lora(tiny_sdxl, folder / "xl_glow.safetensors", "diffusers", seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The astronaut at 64x64: the working size itself, so that both pipelines see the same pixels."""
+    from skimage import data
+
+    path = tmp_path_factory.mktemp("square") / "astronaut.png"
+    Image.fromarray(data.astronaut()).resize((64, 64), Image.LANCZOS).save(path)
+    return path
+
+
+@pytest.fixture
+def loras(lora_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("IMG2IMG_LORA_DIR", str(lora_dir))
+    return lora_dir
+
+
+def _request(photo: Path, model: Path, prompt: str, **fields) -> GenerationRequest:  # type: ignore[no-untyped-def]
+    return GenerationRequest(source=photo, prompt=prompt, negative_prompt="blurry", model=str(model), strength=0.6,
+                             steps=10, seed=1234, guidance_scale=7.5, sampler="Euler", size=(64, 64), **fields)
+
+
+def _diffusers(model: Path, lora: Path | None, weight: float, photo: Path) -> np.ndarray:
+    xl = (model / "text_encoder_2").is_dir()
+    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
+    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = pipeline_class.from_pretrained(model, **extra)
+    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipe.load_lora_weights(str(lora), adapter_name="x")
+        pipe.set_adapters(["x"], [weight])
+    image = pipe(prompt="a red fox in the snow", negative_prompt="blurry", image=Image.open(photo).convert("RGB"),
+                 strength=0.6, guidance_scale=7.5, num_inference_steps=10,
+                 generator=torch.Generator("cpu").manual_seed(1234), output_type="np").images[0]
+    return (image * 255).round()
+
+
+@pytest.mark.parametrize(("model", "file", "weight"), [("sd", "ink_v2", 0.8), ("sd", "peft-style", 1.3),
+                                                       ("sdxl", "xl_glow", 0.7)])
+def test_a_lora_matches_diffusers_load_lora_weights(model, file, weight, tiny_sd, tiny_sdxl, photo, loras) -> None:
+    folder = tiny_sd if model == "sd" else tiny_sdxl
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    ours = engine.generate(_request(photo, folder, f"a red fox in the snow<lora:{file}:{weight}>"))
+    reference = _diffusers(folder, loras / f"{file}.safetensors", weight, photo)
+    gap = np.abs(np.asarray(ours.images[0], float) - reference).max()
+    assert gap <= 2, gap
+    plain = engine.generate(_request(photo, folder, "a red fox in the snow"))
+    assert np.abs(np.asarray(plain.images[0], float) - np.asarray(ours.images[0], float)).max() > 2  # it acts
+    record = ours.record
+    assert record.prompt == f"a red fox in the snow<lora:{file}:{weight}>"  # kept with its tag
+    assert [(lora["name"], lora["weight"]) for lora in record.loras] == [(file, weight)]
+    assert f'Lora hashes: "{file}: {record.loras[0]["sha256"][:12]}"' in record.to_parameters_text()
+    assert "loras" not in json.loads(plain.record.to_json())  # records without LoRAs read as before
+
+
+def test_weight_zero_is_no_lora_and_the_cached_model_is_untouched(tiny_sd, photo, loras) -> None:
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    before = engine.generate(_request(photo, tiny_sd, "a red fox in the snow"))
+    zero = engine.generate(_request(photo, tiny_sd, "a red fox in the snow<lora:ink_v2:0>"))
+    engine.generate(_request(photo, tiny_sd, "a red fox in the snow<lora:ink_v2:1> <lora:peft-style:0.5>"))
+    after = engine.generate(_request(photo, tiny_sd, "a red fox in the snow"))
+    assert zero.images[0].tobytes() == before.images[0].tobytes() == after.images[0].tobytes()
+
+
+def test_two_loras_and_a_sweep_over_prompts(tiny_sd, photo, loras) -> None:
+    from img2img.sweep import make_axis
+
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    prompts = ["a red fox in the snow<lora:ink_v2:0.6>", "a red fox in the snow<lora:peft-style:0.9>",
+               "a red fox in the snow"]
+    swept = engine.sweep(_request(photo, tiny_sd, prompts[0]), [make_axis("prompt", prompts)])
+    alone = [engine.generate(_request(photo, tiny_sd, prompt)).images[0].tobytes() for prompt in prompts]
+    assert [image.tobytes() for image in swept.result.images] == alone
+    assert [len(record.loras) for record in swept.result.records] == [1, 1, 0]
+
+
+def test_bad_loras_are_refused_in_one_line(tiny_sd, tiny_sdxl, photo, loras, tmp_path) -> None:
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    with pytest.raises(InvalidArgument, match=r"prompt should be a lora registered .* in .*loras.* \(ink_v2, "
+                                              r"peft-style, xl_glow\), but got 'nope'"):
+        engine.generate(_request(photo, tiny_sd, "a fox <lora:nope:1>"))
+    with pytest.raises(InvalidArgument, match="prompt should be LoRAs for .* the model in use, but got 'xl_glow"):
+        engine.generate(_request(photo, tiny_sd, "a fox <lora:xl_glow:1>"))
+    with pytest.raises(InvalidArgument, match=r"LoRA weights in \[-5, 5\]"):
+        GenerationRequest(source=photo, prompt="a fox <lora:ink_v2:9>").validated()
+    many = " ".join(f"<lora:l{n}:1>" for n in range(11))
+    with pytest.raises(InvalidArgument, match="prompt should be at most 10 LoRAs, but got '11 LoRAs'"):
+        GenerationRequest(source=photo, prompt=many).validated()
+    plain = engine.generate(_request(photo, tiny_sd, "a fox <lora:nope:1>", prompt_syntax="plain"))
+    assert plain.record.loras == ()  # a plain prompt's tags are words, as before LoRAs existed
