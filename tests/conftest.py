@@ -20,6 +20,8 @@ def isolated_session(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("IMG2IMG_CONFIG_DIR", str(home / "config"))
         patch.setenv("IMG2IMG_CACHE_DIR", str(home / "cache"))
+        patch.setenv("IMG2IMG_LORA_DIR", str(home / "loras"))
+        patch.setenv("IMG2IMG_EMBEDDINGS_DIR", str(home / "embeddings"))
         patch.setenv("HF_HUB_CACHE", str(home / "hf-cache"))
         patch.setenv("HF_HUB_OFFLINE", "1")
         patch.setenv("IMG2IMG_BACKEND", "torch")
@@ -31,6 +33,8 @@ def isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read or write the real user's registry, caches or Hugging Face cache."""
     monkeypatch.setenv("IMG2IMG_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("IMG2IMG_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMG2IMG_LORA_DIR", str(tmp_path / "loras"))
+    monkeypatch.setenv("IMG2IMG_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # PyTorch everywhere except in the tests of the OpenVINO path, which ask for it (converting takes seconds).

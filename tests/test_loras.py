@@ -105,10 +105,10 @@ def test_two_loras_and_a_sweep_over_prompts(tiny_sd, photo, loras) -> None:
 
 def test_bad_loras_are_refused_in_one_line(tiny_sd, tiny_sdxl, photo, loras, tmp_path) -> None:
     engine = Engine(device="cpu", dtype="float32", backend="torch")
-    with pytest.raises(InvalidArgument, match=r"prompt should be a lora registered .* in .*loras.* \(ink_v2, "
+    with pytest.raises(InvalidArgument, match=r"prompt should be a LoRA registered .* in .*loras.* \(ink_v2, "
                                               r"peft-style, xl_glow\), but got 'nope'"):
         engine.generate(_request(photo, tiny_sd, "a fox <lora:nope:1>"))
-    with pytest.raises(InvalidArgument, match="prompt should be LoRAs for .* the model in use, but got 'xl_glow"):
+    with pytest.raises(InvalidArgument, match=r"prompt should be LoRAs for .* the model in use, but got 'xl_glow"):
         engine.generate(_request(photo, tiny_sd, "a fox <lora:xl_glow:1>"))
     with pytest.raises(InvalidArgument, match=r"LoRA weights in \[-5, 5\]"):
         GenerationRequest(source=photo, prompt="a fox <lora:ink_v2:9>").validated()
@@ -117,3 +117,73 @@ def test_bad_loras_are_refused_in_one_line(tiny_sd, tiny_sdxl, photo, loras, tmp
         GenerationRequest(source=photo, prompt=many).validated()
     plain = engine.generate(_request(photo, tiny_sd, "a fox <lora:nope:1>", prompt_syntax="plain"))
     assert plain.record.loras == ()  # a plain prompt's tags are words, as before LoRAs existed
+
+
+def test_openvino_adds_the_same_deltas_as_peft(tiny_sd, tiny_sdxl, loras) -> None:
+    """The UNet deltas the OpenVINO backend patches in are PEFT's own, for both key layouts and SDXL."""
+    from peft.tuners.lora import LoraLayer
+
+    from img2img.models.ov_lora import unet_factors
+
+    for model, file in ((tiny_sd, "ink_v2"), (tiny_sd, "peft-style"), (tiny_sdxl, "xl_glow")):
+        xl = (model / "text_encoder_2").is_dir()
+        pipeline_class = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+        extra = {} if xl else {"safety_checker": None, "requires_safety_checker": False}
+        pipe = pipeline_class.from_pretrained(model, **extra)
+        pipe.load_lora_weights(str(loras / f"{file}.safetensors"), adapter_name="x")
+        expected = {f"{name}.weight": module.get_delta_weight("x") for name, module in pipe.unet.named_modules()
+                    if isinstance(module, LoraLayer)}
+        factors = unet_factors(pipeline_class, loras / f"{file}.safetensors")
+        assert set(factors) == set(expected), file
+        for name, delta in expected.items():
+            assert torch.allclose(factors[name].delta(tuple(delta.shape)), delta, atol=1e-6), (file, name)
+
+
+def test_a_lora_on_openvino_matches_pytorch_and_comes_off_again(tiny_sd, photo, loras) -> None:
+    pytest.importorskip("openvino")
+    openvino = Engine(device="cpu", dtype="float32", backend="openvino")
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(
+        _request(photo, tiny_sd, "a red fox in the snow<lora:ink_v2:0.8> <lora:peft-style:0.5>"))
+    base = openvino.generate(_request(photo, tiny_sd, "a red fox in the snow"))
+    with_lora = openvino.generate(_request(photo, tiny_sd, "a red fox in the snow<lora:ink_v2:0.8> "
+                                                           "<lora:peft-style:0.5>"))
+    again = openvino.generate(_request(photo, tiny_sd, "a red fox in the snow"))
+    gap = np.abs(np.asarray(with_lora.images[0], float) - np.asarray(reference.images[0], float)).max()
+    assert gap <= 2, gap
+    assert np.abs(np.asarray(with_lora.images[0], float) - np.asarray(base.images[0], float)).max() > 2
+    assert again.images[0].tobytes() == base.images[0].tobytes()
+    assert not any("OpenVINO could not" in note for note in with_lora.notes)
+
+
+def test_the_command_line_registers_applies_and_reproduces_loras(tiny_sd, photo, lora_dir, tmp_path) -> None:
+    """models add detects a LoRA; --lora adds its tag; reproduce finds the file by its hash after a rename."""
+    import shutil
+
+    from test_cli import assert_one_line_error, img2img
+
+    folder = tmp_path / "my-loras"
+    folder.mkdir()
+    shutil.copy(lora_dir / "ink_v2.safetensors", folder / "ink_v2.safetensors")
+    env = {"IMG2IMG_LORA_DIR": str(folder)}
+    added = img2img("models", "add", "peft", str(lora_dir / "peft-style.safetensors"), env=env)
+    assert added.returncode == 0 and "added peft: LoRA for a model 32 wide" in added.stdout, added.stderr
+    assert "peft\tlora" in img2img("models", "list", env=env).stdout
+    out = tmp_path / "fox.png"
+    common = [str(photo), "a red fox", "--model", str(tiny_sd), "--steps", "4", "--seed", "5", "--size", "64x64"]
+    made = img2img("run", *common, "--lora", "ink_v2:0.7", "--lora", "peft", "-o", str(out), env=env)
+    assert made.returncode == 0, made.stderr
+    info = img2img("info", str(out)).stdout
+    assert "a red fox <lora:ink_v2:0.7> <lora:peft:1>" in info and 'Lora hashes: "ink_v2: ' in info
+
+    (folder / "ink_v2.safetensors").rename(folder / "ink-renamed.safetensors")
+    again = img2img("reproduce", str(out), "--source", str(photo), "--model", str(tiny_sd), "-o",
+                    str(tmp_path / "again.png"), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "LoRA ink_v2 is found by its hash as ink-renamed" in again.stderr
+    assert Image.open(tmp_path / "again.png").tobytes() == Image.open(out).tobytes()
+    (folder / "ink-renamed.safetensors").unlink()
+    assert_one_line_error(img2img("reproduce", str(out), "--source", str(photo), "--model", str(tiny_sd), "-o",
+                                  str(tmp_path / "third.png"), env=env),
+                          "FILE should be made with a LoRA that is here: ink_v2")
+    assert_one_line_error(img2img("run", *common, "--lora", "missing:1", env=env),
+                          "PROMPT should be a LoRA registered", "'missing'")

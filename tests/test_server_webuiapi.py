@@ -15,7 +15,16 @@ webuiapi = pytest.importorskip("webuiapi")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ignore[no-untyped-def]
-    yield from serving_tiny(tmp_path_factory, tiny_sd, "webuiapi")
+    import torch
+    from safetensors.torch import save_file
+
+    from tiny_models import build_tiny_lora
+
+    addons = tmp_path_factory.mktemp("server-addons")
+    build_tiny_lora(tiny_sd, addons / "ink.safetensors")
+    save_file({"emb_params": torch.randn(2, 32)}, str(addons / "mood.safetensors"))
+    env = {"IMG2IMG_LORA_DIR": str(addons), "IMG2IMG_EMBEDDINGS_DIR": str(addons)}
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "webuiapi", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +38,8 @@ def test_txt2img_and_hires_fix(api) -> None:
     assert [image.size for image in plain.images] == [(64, 64), (64, 64)]
     assert plain.info["all_seeds"] == [3, 4] and plain.info["sd_model_name"] == "tiny"
     assert "Denoising strength: 1" in plain.info["infotexts"][0]
+    styled = api.txt2img(prompt="a red boat, mood <lora:ink:0.8>", width=64, height=64, seed=3)
+    assert 'Lora hashes: "ink: ' in styled.info["infotexts"][0] and 'TI hashes: "mood: ' in styled.info["infotexts"][0]
     again = api.txt2img(prompt="a (red:1.2) boat, calm sea", negative_prompt="fog", width=64, height=64, seed=3,
                         cfg_scale=5)
     assert again.image.tobytes() == plain.images[0].tobytes()  # same seed, same picture
@@ -67,10 +78,12 @@ def test_the_listing_routes_answer_as_a1111s_do(api, server: ServerProcess) -> N
     assert "Euler a" in api.util_get_sampler_names()
     assert api.util_get_scheduler_names() == ["automatic", "karras"]
     assert [upscaler["name"] for upscaler in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
-    for empty in (api.get_sd_vae, api.get_loras, api.get_prompt_styles, api.get_latent_upscale_modes,
+    for empty in (api.get_sd_vae, api.get_prompt_styles, api.get_latent_upscale_modes,
                   api.get_hypernetworks, api.get_face_restorers, api.get_realesrgan_models):
         assert empty() == [], empty.__name__
-    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert [lora["name"] for lora in api.get_loras()] == ["ink"]
+    embeddings = api.get_embeddings()
+    assert list(embeddings["loaded"]) == ["mood"] and embeddings["loaded"]["mood"]["vectors"] == 2
     assert api.get_scripts() == {"txt2img": [], "img2img": []}
     flags = api.get_cmd_flags()
     assert flags["api"] is True and flags["port"] == server.port and flags["listen"] is False

@@ -21,6 +21,7 @@ from img2img.engine.pipeline import (
     run_diffusion,
     run_styles,
 )
+from img2img.engine.prompt_syntax import extract_loras
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
 from img2img.engine.seeds import batch_seeds, resolve_seed
@@ -28,7 +29,7 @@ from img2img.engine.sizing import plan_sizes
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
-from img2img.models import ov_runtime
+from img2img.models import embeddings, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
@@ -194,16 +195,22 @@ class Engine:
             for found in tags.values():
                 for tag in found:
                     find_addon("lora", tag.name, registered)
+            texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
+                     for text in (cell.prompt, cell.negative_prompt)]
+            named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
             prepared = self._prepared(first, source, output_size, working_size, model)
-            if loaded is not None and tags:
-                unet = loaded.pipeline.unet
-                xl = hasattr(loaded.pipeline, "text_encoder_2")
-                prepared = replace(prepared, loras={prompt: resolve_loras(found, registered,
-                                                                          unet.config.cross_attention_dim, xl)
-                                                    for prompt, found in tags.items()})
+            if loaded is not None and (tags or named):
+                pipeline = loaded.pipeline
+                xl = hasattr(pipeline, "text_encoder_2")
+                width = pipeline.text_encoder.config.hidden_size if pipeline.text_encoder is not None else 0
+                used = embeddings.resolve(named, width, xl)
+                embeddings.load(pipeline, used)
+                prepared = replace(prepared, embeddings=used, loras={
+                    prompt: resolve_loras(found, registered, pipeline.unet.config.cross_attention_dim, xl)
+                    for prompt, found in tags.items()})
             result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []

@@ -32,7 +32,7 @@ def main() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
 
     def fail(message: str) -> int:
         err.print(f"[red]error:[/red] {escape(message)}")

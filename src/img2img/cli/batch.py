@@ -68,7 +68,7 @@ def batch(
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
                                            quantize)
     targets = _target_names(sources, output, SUFFIXES[format_name])
-    console = Console()
+    console = Console(emoji=False)
     announce_model(console, engine, request)
     done, skipped, failed = [], [], []
     with c.progress_bar(console, "images") as progress:

@@ -145,7 +145,7 @@ def next_number(folder: Path) -> int:
 
 
 def print_notes(notes: list[str]) -> None:
-    err = Console(stderr=True, soft_wrap=True, highlight=False)
+    err = Console(stderr=True, soft_wrap=True, highlight=False, emoji=False)
     for note in notes:
         err.print(f"[yellow]warning:[/yellow] {note}", markup=True)
 

@@ -18,6 +18,8 @@ from img2img.errors import InvalidArgument, SourceImageError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from img2img.engine.request import GenerationRequest
+    from img2img.engine.result import GenerationRecord
     from img2img.imageio.metadata import Metadata
 
 File = Annotated[Path, typer.Argument(help="A PNG, JPEG or WebP made by img2img or another generator.")]
@@ -126,6 +128,7 @@ def reproduce(
     request = record.to_request(source, style_image)
     if model is not None:
         request = replace(request, model=model)
+    request = _same_addons(record, request)
     format_name = format_of(file)
     engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend,
                                            quantize)
@@ -134,7 +137,7 @@ def reproduce(
         raise SourceImageError(f"--source should be the image {file.name} was made from (SHA-256 "
                                f"{record.source_sha256[:12]}…), but {source} has SHA-256 {source_sha[:12]}…")
     targets = c.output_paths(output, 1, format_name)
-    console = Console()
+    console = Console(emoji=False)
     announce_model(console, engine, request)
     if request.strength > 0 and not engine.is_builtin(request.model) and \
             engine.load(request.model).sha256 != record.model_hash:
@@ -144,6 +147,35 @@ def reproduce(
     path = save(result.images[0], targets(0, record.seed), result.record, quality, overwrite)
     same = path.read_bytes() == file.read_bytes()
     console.print(f"{path}  {'identical to' if same else 'differs from'} {file}", highlight=False)
+
+
+def _same_addons(record: GenerationRecord, request: GenerationRequest) -> GenerationRequest:
+    """The request with each recorded LoRA and embedding found by its hash: under its own name, or renamed (the
+    prompt then names the new file, which holds the same bytes)."""
+    from img2img.models.addons import find_by_hash, folders
+    from img2img.models.embeddings import rename
+    from img2img.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    prompt, negative = request.prompt, request.negative_prompt
+    for kind, entries in (("lora", record.loras), ("embedding", record.embeddings)):
+        for entry in entries:
+            name, sha256 = entry["name"], entry["sha256"]
+            found = find_by_hash(kind, name, sha256, registry.addons(kind))
+            label = "LoRA" if kind == "lora" else "embedding"
+            if found is None:
+                where = ", ".join(str(folder) for folder in folders(kind))
+                raise InvalidArgument("FILE", f"made with a {label} that is here: {name} (SHA-256 {sha256[:12]}…), "
+                                      f"registered or in {where}", "no file with those bytes")
+            if found == name:
+                continue
+            c.print_notes([f"{label} {name} is found by its hash as {found}"])
+            if kind == "lora":
+                prompt = prompt.replace(f"<lora:{name}:", f"<lora:{found}:").replace(f"<lora:{name}>",
+                                                                                      f"<lora:{found}>")
+            else:
+                prompt, negative = rename(prompt, name, found), rename(negative, name, found)
+    return replace(request, prompt=prompt, negative_prompt=negative)
 
 
 def _metadata(file: Path) -> Metadata:

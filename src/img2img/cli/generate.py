@@ -94,7 +94,7 @@ def run(
     targets = c.output_paths(output, count, format_name)
     early_notes = list(engine.read_source(request).notes)  # a bad source is reported before a model loads
     c.print_notes(early_notes)
-    console = Console()
+    console = Console(emoji=False)
     announce_model(console, engine, request)
     with c.step_progress(console) as update:
         result = engine.generate(request, lambda image, done, total: update(image, count, done, total))
@@ -173,7 +173,7 @@ def sweep(
     cells = len(sweep_cells(request, axes))  # checks every axis value before any work
     targets = c.output_paths(folder, cells, format_name)
     c.print_notes(list(engine.read_source(request).notes))
-    console = Console()
+    console = Console(emoji=False)
     announce_model(console, engine, request)
     with c.step_progress(console) as update:
         swept = engine.sweep(request, axes, lambda image, done, total: update(image, cells, done, total))

@@ -31,8 +31,10 @@ from img2img.engine.seeds import MAX_SEED
 from img2img.imageio.color import match_colors
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import SourceImage
+from img2img.models.embeddings import EmbeddingUse, mentions
 from img2img.models.loras import LoraUse
 from img2img.models.loras import activate as activate_loras
+from img2img.models.loras import deactivate as deactivate_loras
 
 if TYPE_CHECKING:
     import numpy as np
@@ -72,6 +74,7 @@ class Prepared:
     model: ModelInfo
     placement: Placement
     loras: Mapping[str, tuple[LoraUse, ...]] = field(default_factory=dict)  # each prompt's LoRAs, resolved
+    embeddings: tuple[EmbeddingUse, ...] = ()  # the embeddings the cells' prompts name, loaded
 
 
 def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: Any | None,
@@ -92,16 +95,17 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
                 picture = _unpainted(cell, prepared)
                 record = make_record(cell, to_job(cell, prepared.model.family, 0.0), prepared, 0, 0.0)
             else:
-                if prepared.loras:
-                    activate_loras(session.pipeline, uses)
+                activate_loras(session.pipeline, uses)  # none: the base model (a cheap check when it is already)
                 picture, record = _loopback(cell, prepared, session, report, preview)
             images.append(finish(cell, picture, prepared))
+            named = tuple(use.describe() for use in prepared.embeddings
+                          if mentions(use.name, [cell.prompt, cell.negative_prompt]))
             records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1],
-                                   loras=tuple(use.describe() for use in uses)))
+                                   loras=tuple(use.describe() for use in uses), embeddings=named))
             seconds.append(time.perf_counter() - started)
     finally:
         if session is not None and prepared.loras:
-            activate_loras(session.pipeline, ())
+            deactivate_loras(session.pipeline)
     return GenerationResult(images, records, sum(seconds), seconds, [*prepared.source.notes, *_prompt_notes(cells)])
 
 

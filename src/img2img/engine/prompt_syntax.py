@@ -16,6 +16,7 @@ checks are instant.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,9 +161,13 @@ def plain(tokenizer: Any, text: str) -> tuple[Chunk, list[int]]:
     return chunk, ids[CHUNK_TOKENS:]
 
 
-def chunks(tokenizer: Any, parsed: Parsed) -> list[Chunk]:
-    """The prompt's tokens in chunks of 77, as A1111 makes them (any number of chunks, at least one)."""
-    tokenized = tokenize(tokenizer, [piece.text for piece in parsed.pieces])
+def chunks(tokenizer: Any, parsed: Parsed, expand: Callable[[str], str] | None = None) -> list[Chunk]:
+    """The prompt's tokens in chunks of 77, as A1111 makes them (any number of chunks, at least one).
+
+    ``expand`` rewrites each piece's text before it is tokenized (an embedding's name as its vectors' tokens).
+    """
+    texts = [piece.text for piece in parsed.pieces]
+    tokenized = tokenize(tokenizer, [expand(text) for text in texts] if expand else texts)
     comma = tokenizer.get_vocab().get(",</w>")
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     done: list[Chunk] = []

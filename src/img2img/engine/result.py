@@ -46,6 +46,7 @@ class GenerationRecord:
     style_image_sha256: str | None = None  # the built-in engine's style picture, if any
     conditions: tuple[dict[str, Any], ...] = ()  # each conditioner's metadata, beside the prompt's
     loras: tuple[dict[str, Any], ...] = ()  # the prompt's LoRAs as they ran: name, weight and file SHA-256
+    embeddings: tuple[dict[str, Any], ...] = ()  # the textual-inversion embeddings the prompts named, by hash
 
     def __getattr__(self, name: str) -> Any:
         """The request's fields, read through (called only for names the record itself lacks)."""
@@ -58,7 +59,7 @@ class GenerationRecord:
         """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
         data = {name: getattr(self.request, name) for name in RECORDED}
         data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
-        for name in ("conditions", "loras"):  # records without them read as they did before they existed
+        for name in ("conditions", "loras", "embeddings"):  # records without them read as before they existed
             if not data[name]:
                 del data[name]
         return json.dumps(data, sort_keys=True, ensure_ascii=False)
@@ -74,7 +75,7 @@ class GenerationRecord:
             if asked.get("size") is not None:
                 asked["size"] = tuple(asked["size"])
             ran = {f.name: data[f.name] for f in fields(cls) if f.name != "request" and f.name in data}
-            for name in ("conditions", "loras"):
+            for name in ("conditions", "loras", "embeddings"):
                 if ran.get(name):
                     ran[name] = tuple(ran[name])
             return cls(request=GenerationRequest(source="", **asked), **ran)
@@ -110,6 +111,9 @@ class GenerationRecord:
         if self.loras:
             hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
             fields["Lora hashes"] = f'"{hashes}"'
+        if self.embeddings:
+            hashes = ", ".join(f"{entry['name']}: {entry['sha256'][:12]}" for entry in self.embeddings)
+            fields["TI hashes"] = f'"{hashes}"'
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
 

@@ -66,12 +66,22 @@ def _encode(pipeline: Any, text: str, syntax: str, clip_skip: int, xl: bool
     parsed = parse(text) if syntax == "a1111" else None
     per_encoder, pooled = [], None
     for tokenizer, encoder in _encoders(pipeline):
-        pieces = chunks(tokenizer, parsed) if parsed is not None else [plain(tokenizer, text)[0]]
+        expand = _embedding_tokens(pipeline, tokenizer)
+        pieces = chunks(tokenizer, parsed, expand) if parsed is not None else [plain(tokenizer, text)[0]]
         encoded = [_encode_chunk(encoder, tokenizer, chunk, clip_skip, xl) for chunk in pieces]
         per_encoder.append(torch.cat([hidden for hidden, _ in encoded], dim=1))
         pooled = encoded[0][1] if encoded[0][1] is not None else pooled  # the last encoder's, from the first chunk
     embeddings = torch.cat(per_encoder, dim=-1) if xl else per_encoder[0]
     return embeddings.to(device=pipeline.unet.device), pooled
+
+
+def _embedding_tokens(pipeline: Any, tokenizer: Any) -> Any:
+    """Text to text with each loaded embedding's name spelled as its tokens (one per vector), or None."""
+    if not pipeline.__dict__.get("img2img_embeddings"):
+        return None
+    from img2img.models.embeddings import spell
+
+    return lambda text: spell(pipeline, tokenizer, text)
 
 
 def _encode_chunk(encoder: Any, tokenizer: Any, chunk: Chunk, clip_skip: int, xl: bool

@@ -92,10 +92,28 @@ def find(kind: str, name: str, registered: dict[str, str], argument: str = "prom
             return candidate
     where = ", ".join(str(folder) for folder in folders(kind))
     known = sorted({*registered, *(p.stem for p in available(kind))})
-    raise InvalidArgument(argument, f"a {kind} registered with 'img2img models add' or a .safetensors file in "
+    label = "LoRA" if kind == "lora" else kind
+    raise InvalidArgument(argument, f"a {label} registered with 'img2img models add' or a .safetensors file in "
                           f"{where} ({', '.join(known) or 'none there'})", name)
 
 
 def available(kind: str) -> list[Path]:
     """The add-on files in the folders of ``kind``."""
     return sorted(path for folder in folders(kind) if folder.is_dir() for path in folder.glob("*.safetensors"))
+
+
+def find_by_hash(kind: str, name: str, sha256: str, registered: dict[str, str]) -> str | None:
+    """The name under which the add-on file with ``sha256`` is found now: ``name`` when its file is still that
+    one, else any registered or folder add-on with those bytes; None when there is none."""
+    from img2img.models.loading import weights_sha256
+
+    candidates = {name: registered.get(name)} | dict(registered) | {path.stem: str(path) for path in available(kind)}
+    for candidate, path in candidates.items():
+        if path is None:
+            try:
+                path = str(find(kind, candidate, registered))
+            except InvalidArgument:
+                continue
+        if Path(path).is_file() and weights_sha256(Path(path)) == sha256:
+            return candidate
+    return None

@@ -56,8 +56,17 @@ def resolve(tags: tuple[LoraTag, ...], registered: dict[str, str], cross_attenti
 
 
 def activate(pipeline: Any, uses: tuple[LoraUse, ...]) -> None:
-    """Make exactly ``uses`` active on ``pipeline`` at their weights; none: every adapter off."""
+    """Make exactly ``uses`` active on ``pipeline`` at their weights; none: every adapter off.
+
+    With the OpenVINO UNet, the text encoders take the LoRAs as adapters and the UNet as weight deltas
+    (``img2img.models.ov_lora``).
+    """
+    from img2img.models.ov_runtime import OpenVinoUNet
+
+    openvino = isinstance(pipeline.unet, OpenVinoUNet)
     loaded = _loaded(pipeline)
+    if openvino:
+        _patch_unet(pipeline, uses)
     if not uses:
         if loaded:
             pipeline.disable_lora()
@@ -65,14 +74,54 @@ def activate(pipeline: Any, uses: tuple[LoraUse, ...]) -> None:
     for use in uses:
         if use.adapter not in loaded:
             try:
-                pipeline.load_lora_weights(str(use.path), adapter_name=use.adapter)
+                _load(pipeline, use, openvino)
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise ModelError(f"LoRA {use.name} ({use.path.name}) could not be applied to this model: "
                                  f"{str(exc).splitlines()[0]}") from exc
-            loaded.append(use.adapter)
-    pipeline.enable_lora()
-    pipeline.set_adapters([use.adapter for use in uses], [use.weight for use in uses])
+            loaded = _loaded(pipeline)
+    active = [use for use in uses if use.adapter in loaded]  # a UNet-only LoRA has no adapter under OpenVINO
+    if active:
+        pipeline.enable_lora()
+        pipeline.set_adapters([use.adapter for use in active], [use.weight for use in active])
+    elif loaded:
+        pipeline.disable_lora()
     _forget_old(pipeline, loaded, {use.adapter for use in uses})
+
+
+def deactivate(pipeline: Any) -> None:
+    """Every adapter off after a run. The OpenVINO UNet keeps its patched weights until a run asks for another
+    combination (``activate`` at the start of every run), so that repeating a LoRA does not compile twice."""
+    if _loaded(pipeline):
+        pipeline.disable_lora()
+
+
+def _load(pipeline: Any, use: LoraUse, openvino: bool) -> None:
+    if not openvino:
+        pipeline.load_lora_weights(str(use.path), adapter_name=use.adapter)
+        return
+    state_dict, alphas = pipeline.lora_state_dict(str(use.path))
+    for prefix in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipeline, prefix, None)
+        if encoder is not None and any(key.startswith(f"{prefix}.") for key in state_dict):
+            pipeline.load_lora_into_text_encoder(state_dict, alphas, encoder, prefix=prefix,
+                                                 adapter_name=use.adapter, _pipeline=pipeline)
+
+
+def _patch_unet(pipeline: Any, uses: tuple[LoraUse, ...]) -> None:
+    """The OpenVINO UNet's weights with these LoRAs' deltas (a new combination compiles once)."""
+    from img2img.models import ov_lora
+
+    if not uses:
+        pipeline.unet.set_weights_patch(None, None)
+        return
+    cache = pipeline.unet.__dict__.setdefault("lora_factors", {})
+    for use in uses:
+        if use.sha256 not in cache:
+            cache[use.sha256] = ov_lora.unet_factors(type(pipeline), use.path)
+    loras = [(cache[use.sha256], use.weight) for use in uses if cache[use.sha256]]
+    key = tuple((use.sha256, use.weight) for use in uses)
+    pipeline.unet.set_weights_patch(key if loras else None, (lambda model: ov_lora.patch(model, loras))
+                                    if loras else None)
 
 
 def _loaded(pipeline: Any) -> list[str]:

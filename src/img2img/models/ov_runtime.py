@@ -205,6 +205,15 @@ class _Request:
         self._shapes: list[tuple[int, ...]] | None = None
         self._compiled: Any = None
         self._request: Any = None
+        self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)  # (key, what changes the weights)
+
+    def set_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
+        """Change the weights before compiling (LoRAs: ``img2img.models.ov_lora``); a new ``key`` recompiles on
+        the next call, the same key changes nothing."""
+        if key != self._patch[0]:
+            self._patch = (key, patcher)
+            self._turn.forget(self._compiled)
+            self._compiled = self._request = self._shapes = None
 
     def __call__(self, arrays: list[np.ndarray]) -> torch.Tensor:
         shapes = [array.shape for array in arrays]
@@ -226,6 +235,8 @@ class _Request:
         self._compiled = self._request = self._shapes = None  # the old weights go before the new ones come
         pagecache.trim_heap()
         model = self._core.read_model(self._xml)
+        if self._patch[1] is not None:
+            self._patch[1](model)
         model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=True)})
         with pagecache.releasing(self._weights):
             self._compiled = self._core.compile_model(model, "CPU", self._options)
@@ -245,6 +256,10 @@ class OpenVinoUNet:
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
+
+    def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
+        """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
+        self._request.set_patch(key, patcher)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from img2img.errors import ModelError
 from img2img.server.deps import CallerDep, ServiceDep
 
 router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
@@ -47,12 +48,28 @@ def sd_vae(_who: CallerDep) -> list[dict[str, Any]]:
 
 @router.get("/loras")
 def loras(_who: CallerDep) -> list[dict[str, Any]]:
-    return []
+    """The LoRAs a prompt can name (<lora:NAME:WEIGHT>); their paths on this machine are not shown."""
+    return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}}
+            for name in _addons("lora")]
 
 
 @router.get("/embeddings")
 def embeddings(_who: CallerDep) -> dict[str, Any]:
-    return {"loaded": {}, "skipped": {}}
+    """The textual-inversion embeddings a prompt can name, with their width and vectors."""
+    from img2img.models.addons import detect
+
+    loaded, skipped = {}, {}
+    for name, path in _addons("embedding").items():
+        try:
+            info = detect(path)
+        except ModelError:
+            info = None
+        entry = {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None}
+        if info is None:
+            skipped[name] = entry | {"shape": None, "vectors": 0}
+        else:
+            loaded[name] = entry | {"shape": info.width, "vectors": info.vectors}
+    return {"loaded": loaded, "skipped": skipped}
 
 
 @router.get("/prompt-styles")
@@ -113,6 +130,21 @@ def refresh_checkpoints(_who: CallerDep) -> None:
 @router.post("/refresh-loras")
 def refresh_loras(_who: CallerDep) -> None:
     """Nothing to do: LoRA folders are read on every request."""
+
+
+def _addons(kind: str) -> dict[str, Path]:
+    """The add-ons of ``kind`` in its folders (files of another kind there are left out) and the registry."""
+    from img2img.models.addons import available, detect
+    from img2img.models.registry import ModelRegistry
+
+    def is_kind(path: Path) -> bool:
+        try:
+            return getattr(detect(path), "kind", None) == kind
+        except ModelError:
+            return kind == "embedding"  # listed as skipped, as A1111 lists embeddings it cannot read
+
+    found = {path.stem: path for path in available(kind) if is_kind(path)}
+    return dict(sorted((found | {name: Path(path) for name, path in ModelRegistry().addons(kind).items()}).items()))
 
 
 def _meminfo() -> dict[str, int]:
