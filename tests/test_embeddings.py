@@ -99,3 +99,54 @@ def test_an_embedding_of_another_model_is_refused_and_plain_prompts_ignore_them(
         engine.generate(_request(photo, tiny_sd, "a cup, wide"))
     plain = engine.generate(_request(photo, tiny_sd, "a cup, wide", prompt_syntax="plain"))
     assert plain.record.embeddings == ()
+
+
+@pytest.fixture(scope="module")
+def other_vae(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A VAE of the tiny model's shape with other weights, as a diffusers folder and as an original-layout file."""
+    from safetensors.torch import save_file
+
+    from ldm_layout import vae_key
+    from tiny_models import _vae
+
+    torch.manual_seed(7)
+    vae = _vae(0.18215)
+    folder = tmp_path_factory.mktemp("vaes")
+    vae.save_pretrained(folder / "sharp-vae")
+    blocks = len(vae.config.block_out_channels)
+    original = {}
+    for key, value in vae.state_dict().items():
+        name = vae_key(key, blocks)
+        original[name] = value[:, :, None, None] if ".mid.attn_1." in name and value.ndim == 2 else value
+    save_file({k: v.contiguous() for k, v in original.items()}, str(folder / "sharp.safetensors"))
+    return folder
+
+
+def test_a_vae_replaces_the_models_for_one_request(tiny_sd, photo, other_vae, monkeypatch) -> None:
+    monkeypatch.setenv("IMG2IMG_VAE_DIR", str(other_vae))
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    base = engine.generate(_request(photo, tiny_sd, "a cup of coffee"))
+    by_file = engine.generate(_request(photo, tiny_sd, "a cup of coffee", vae="sharp"))
+    by_folder = engine.generate(_request(photo, tiny_sd, "a cup of coffee", vae=str(other_vae / "sharp-vae")))
+    after = engine.generate(_request(photo, tiny_sd, "a cup of coffee"))
+    assert np.abs(np.asarray(by_file.images[0], float) - np.asarray(by_folder.images[0], float)).max() <= 1
+    assert np.abs(np.asarray(by_file.images[0], float) - np.asarray(base.images[0], float)).max() > 2
+    assert after.images[0].tobytes() == base.images[0].tobytes()  # the cached model has its own VAE back
+
+    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd, safety_checker=None,
+                                                                      feature_extractor=None,
+                                                                      requires_safety_checker=False)
+    pipe.vae = diffusers.AutoencoderKL.from_pretrained(other_vae / "sharp-vae")
+    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(prompt="a cup of coffee", image=Image.open(photo).convert("RGB"), strength=0.6,
+                     guidance_scale=6.0, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(99),
+                     output_type="np").images[0]
+    assert np.abs(np.asarray(by_folder.images[0], float) - (reference * 255).round()).max() <= 2
+
+    record = by_file.record
+    assert record.vae == "sharp" and record.vae_sha256 and base.record.vae_sha256 is None
+    assert f"VAE hash: {record.vae_sha256[:10]}, VAE: sharp" in record.to_parameters_text()
+    with pytest.raises(InvalidArgument, match=r"vae should be a VAE registered .* \(sharp, sharp-vae\), "
+                                              r"but got 'blurry'"):
+        engine.generate(_request(photo, tiny_sd, "a cup of coffee", vae="blurry"))

@@ -23,7 +23,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path):  # type: ig
     addons = tmp_path_factory.mktemp("server-addons")
     build_tiny_lora(tiny_sd, addons / "ink.safetensors")
     save_file({"emb_params": torch.randn(2, 32)}, str(addons / "mood.safetensors"))
-    env = {"IMG2IMG_LORA_DIR": str(addons), "IMG2IMG_EMBEDDINGS_DIR": str(addons)}
+    import shutil
+
+    vaes = tmp_path_factory.mktemp("server-vaes")
+    shutil.copytree(tiny_sd / "vae", vaes / "own-vae")  # the model's own VAE, chosen by name
+    env = {"IMG2IMG_LORA_DIR": str(addons), "IMG2IMG_EMBEDDINGS_DIR": str(addons), "IMG2IMG_VAE_DIR": str(vaes)}
     yield from serving_tiny(tmp_path_factory, tiny_sd, "webuiapi", env=env)
 
 
@@ -43,6 +47,10 @@ def test_txt2img_and_hires_fix(api) -> None:
     again = api.txt2img(prompt="a (red:1.2) boat, calm sea", negative_prompt="fog", width=64, height=64, seed=3,
                         cfg_scale=5)
     assert again.image.tobytes() == plain.images[0].tobytes()  # same seed, same picture
+    own_vae = api.txt2img(prompt="a (red:1.2) boat, calm sea", negative_prompt="fog", width=64, height=64, seed=3,
+                          cfg_scale=5, override_settings={"sd_vae": "own-vae"})
+    assert own_vae.image.tobytes() == plain.images[0].tobytes()  # the same weights under a VAE's name
+    assert "VAE hash: " in own_vae.info["infotexts"][0] and "VAE: own-vae" in own_vae.info["infotexts"][0]
 
     hires = api.txt2img(prompt="a red boat", width=64, height=64, seed=3, enable_hr=True, hr_scale=1.5,
                         hr_upscaler="Lanczos", denoising_strength=0.5,
@@ -78,7 +86,8 @@ def test_the_listing_routes_answer_as_a1111s_do(api, server: ServerProcess) -> N
     assert "Euler a" in api.util_get_sampler_names()
     assert api.util_get_scheduler_names() == ["automatic", "karras"]
     assert [upscaler["name"] for upscaler in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
-    for empty in (api.get_sd_vae, api.get_prompt_styles, api.get_latent_upscale_modes,
+    assert api.get_sd_vae() == [{"model_name": "own-vae", "filename": "own-vae.safetensors"}]
+    for empty in (api.get_prompt_styles, api.get_latent_upscale_modes,
                   api.get_hypernetworks, api.get_face_restorers, api.get_realesrgan_models):
         assert empty() == [], empty.__name__
     assert [lora["name"] for lora in api.get_loras()] == ["ink"]

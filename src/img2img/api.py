@@ -7,10 +7,13 @@ resolves the model; ``img2img.engine.pipeline`` then runs the stages (fit, paint
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -41,6 +44,8 @@ from img2img.models.loras import resolve as resolve_loras
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
 from img2img.models.parts import PartCache
 from img2img.models.registry import ModelRegistry
+from img2img.models.vae import load_vae, vae_path
+from img2img.models.vae import using as using_vae
 from img2img.styles.catalog import parse_styles, style_names
 from img2img.styles.engine import NATIVE_SIDE as STYLE_NATIVE_SIDE
 from img2img.styles.engine import StyleEngine
@@ -198,6 +203,7 @@ class Engine:
             texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
                      for text in (cell.prompt, cell.negative_prompt)]
             named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
+            vae_file = vae_path(first.vae, self.registry.addons("vae")) if first.vae and runs else None
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
@@ -211,11 +217,23 @@ class Engine:
                 prepared = replace(prepared, embeddings=used, loras={
                     prompt: resolve_loras(found, registered, pipeline.unet.config.cross_attention_dim, xl)
                     for prompt, found in tags.items()})
-            result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
+            vae = self._vae(vae_file, loaded) if vae_file is not None and loaded is not None else None
+            if vae is not None:
+                prepared = replace(prepared, vae_sha256=weights_sha256(vae_file))  # type: ignore[arg-type]
+            with using_vae(loaded.pipeline if loaded else None, vae):
+                result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
         result.seconds = time.perf_counter() - started  # model loading included
         return result
+
+    def _vae(self, path: Path, loaded: LoadedModel) -> Any:
+        """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""
+        config = dict(loaded.pipeline.vae.config)
+        shape = json.dumps(config, sort_keys=True, default=str)  # the part depends on the model's VAE config
+        kind = f"vae@{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
+        return self.parts.get(kind, path, self.placement, lambda file, placement: load_vae(
+            file, placement.dtype, placement.device, config))
 
     def _prepared(self, first: GenerationRequest, source: SourceImage, output_size: tuple[int, int],
                   working_size: tuple[int, int], model: ModelInfo) -> Prepared:

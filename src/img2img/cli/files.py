@@ -150,19 +150,20 @@ def reproduce(
 
 
 def _same_addons(record: GenerationRecord, request: GenerationRequest) -> GenerationRequest:
-    """The request with each recorded LoRA and embedding found by its hash: under its own name, or renamed (the
-    prompt then names the new file, which holds the same bytes)."""
+    """The request with each recorded LoRA, embedding and VAE found by its hash: under its own name, or renamed (the
+    request then names the new file, which holds the same bytes)."""
     from img2img.models.addons import find_by_hash, folders
     from img2img.models.embeddings import rename
     from img2img.models.registry import ModelRegistry
 
     registry = ModelRegistry()
-    prompt, negative = request.prompt, request.negative_prompt
-    for kind, entries in (("lora", record.loras), ("embedding", record.embeddings)):
+    prompt, negative, vae = request.prompt, request.negative_prompt, request.vae
+    vaes = ({"name": record.vae, "sha256": record.vae_sha256},) if record.vae and record.vae_sha256 else ()
+    for kind, entries in (("lora", record.loras), ("embedding", record.embeddings), ("vae", vaes)):
         for entry in entries:
             name, sha256 = entry["name"], entry["sha256"]
             found = find_by_hash(kind, name, sha256, registry.addons(kind))
-            label = "LoRA" if kind == "lora" else "embedding"
+            label = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE"}[kind]
             if found is None:
                 where = ", ".join(str(folder) for folder in folders(kind))
                 raise InvalidArgument("FILE", f"made with a {label} that is here: {name} (SHA-256 {sha256[:12]}…), "
@@ -170,12 +171,14 @@ def _same_addons(record: GenerationRecord, request: GenerationRequest) -> Genera
             if found == name:
                 continue
             c.print_notes([f"{label} {name} is found by its hash as {found}"])
-            if kind == "lora":
+            if kind == "vae":
+                vae = found
+            elif kind == "lora":
                 prompt = prompt.replace(f"<lora:{name}:", f"<lora:{found}:").replace(f"<lora:{name}>",
                                                                                       f"<lora:{found}>")
             else:
                 prompt, negative = rename(prompt, name, found), rename(negative, name, found)
-    return replace(request, prompt=prompt, negative_prompt=negative)
+    return replace(request, prompt=prompt, negative_prompt=negative, vae=vae)
 
 
 def _metadata(file: Path) -> Metadata:

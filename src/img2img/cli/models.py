@@ -23,7 +23,8 @@ def samplers() -> None:
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="A short name for the model.")],
-    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint.")],
+    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint, LoRA, embedding or "
+                                              "VAE.")],
     config: Annotated[Path | None, typer.Option(help="Diffusers config folder for an unusual checkpoint.")] = None,
     prediction: Annotated[str | None, typer.Option(help="epsilon or v_prediction, if detection is wrong.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
@@ -36,8 +37,8 @@ def models_add(
     addon = detect(path)
     if addon is not None:  # a LoRA or an embedding, recognised from its keys
         ModelRegistry().add_addon(name, path, addon.kind)
-        typer.echo(f"added {name}: {'LoRA' if addon.kind == 'lora' else 'embedding'} for {addon.base} at "
-                   f"{Path(path).resolve()}")
+        made_for = f" for {addon.base}" if addon.kind != "vae" else ""
+        typer.echo(f"added {name}: {addon.label}{made_for} at {Path(path).resolve()}")
         return
     if prediction not in (None, "epsilon", "v_prediction"):
         raise InvalidArgument("prediction", "epsilon or v_prediction", prediction)
@@ -58,7 +59,7 @@ def models_list() -> None:
 
     registry = ModelRegistry()
     entries = registry.entries()
-    for kind in ("lora", "embedding"):
+    for kind in ("lora", "embedding", "vae"):
         for name, path in registry.addons(kind).items():
             typer.echo(f"  {name}\t{kind}\t{path}")
     if not entries:

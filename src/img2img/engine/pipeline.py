@@ -75,6 +75,7 @@ class Prepared:
     placement: Placement
     loras: Mapping[str, tuple[LoraUse, ...]] = field(default_factory=dict)  # each prompt's LoRAs, resolved
     embeddings: tuple[EmbeddingUse, ...] = ()  # the embeddings the cells' prompts name, loaded
+    vae_sha256: str | None = None  # the request's own VAE, when it has one
 
 
 def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: Any | None,
@@ -101,7 +102,8 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
             named = tuple(use.describe() for use in prepared.embeddings
                           if mentions(use.name, [cell.prompt, cell.negative_prompt]))
             records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1],
-                                   loras=tuple(use.describe() for use in uses), embeddings=named))
+                                   loras=tuple(use.describe() for use in uses), embeddings=named,
+                                   vae_sha256=prepared.vae_sha256 if cell.strength > 0 else None))
             seconds.append(time.perf_counter() - started)
     finally:
         if session is not None and prepared.loras:

@@ -74,6 +74,8 @@ class GenerationRequest:
                                    "ComfyUI).", choices=STEPS_MODES)
     model: str | None = scalar(str, None, "A registered model name, a path or a cached Hugging Face repo id.",
                                unset="the registry's default, or the built-in style engine")
+    vae: str | None = scalar(str, None, "A VAE to use instead of the model's (A1111's sd_vae): a registered name, a "
+                             "file or folder in a VAE folder, or a path.", high=1024, unset="the model's own")
     size: tuple[int, int] | None = field(default=None)
     max_side: int | None = scalar(int, None, "Instead of a size, scale the source so that its long side is this "
                                   "many pixels (a multiple of 8).", MIN_SIDE, MAX_SIDE)

@@ -47,6 +47,7 @@ class GenerationRecord:
     conditions: tuple[dict[str, Any], ...] = ()  # each conditioner's metadata, beside the prompt's
     loras: tuple[dict[str, Any], ...] = ()  # the prompt's LoRAs as they ran: name, weight and file SHA-256
     embeddings: tuple[dict[str, Any], ...] = ()  # the textual-inversion embeddings the prompts named, by hash
+    vae_sha256: str | None = None  # the VAE used instead of the model's (request.vae), by hash
 
     def __getattr__(self, name: str) -> Any:
         """The request's fields, read through (called only for names the record itself lacks)."""
@@ -59,7 +60,7 @@ class GenerationRecord:
         """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
         data = {name: getattr(self.request, name) for name in RECORDED}
         data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
-        for name in ("conditions", "loras", "embeddings"):  # records without them read as before they existed
+        for name in ("conditions", "loras", "embeddings", "vae_sha256"):  # absent: read as before they existed
             if not data[name]:
                 del data[name]
         return json.dumps(data, sort_keys=True, ensure_ascii=False)
@@ -111,6 +112,8 @@ class GenerationRecord:
         if self.loras:
             hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
             fields["Lora hashes"] = f'"{hashes}"'
+        if self.vae_sha256:
+            fields["VAE hash"], fields["VAE"] = self.vae_sha256[:10], Path(str(self.vae)).name
         if self.embeddings:
             hashes = ", ".join(f"{entry['name']}: {entry['sha256'][:12]}" for entry in self.embeddings)
             fields["TI hashes"] = f'"{hashes}"'

@@ -1,9 +1,10 @@
-"""Add-ons: LoRAs and textual-inversion embeddings, recognised from their keys, found by name, named by hash.
+"""Add-ons: LoRAs, textual-inversion embeddings and VAEs, recognised from their keys, found by name, named by hash.
 
 A name is looked up in the registry (``img2img models add NAME FILE`` detects the kind) and then, as A1111 does,
-as a file name (without ``.safetensors``) in the add-on folders: ``$IMG2IMG_LORA_DIR`` and
-``$IMG2IMG_EMBEDDINGS_DIR`` (each a list separated by ``os.pathsep``), else ``loras/`` and ``embeddings/`` in
-the user data folder. Only ``.safetensors`` files are read (pickles can run code).
+as a file name (without ``.safetensors``) in the add-on folders: ``$IMG2IMG_LORA_DIR``,
+``$IMG2IMG_EMBEDDINGS_DIR`` and ``$IMG2IMG_VAE_DIR`` (each a list separated by ``os.pathsep``), else ``loras/``,
+``embeddings/`` and ``vae/`` in the user data folder. Only ``.safetensors`` files (and diffusers VAE folders) are
+read: pickles can run code.
 
 The base a LoRA was trained for is read from its shapes: the width of the UNet's cross-attention (768 for SD 1.x,
 1024 for SD 2.x, 2048 for SDXL), or of the text encoder for a text-only LoRA. A LoRA of another base is refused
@@ -20,9 +21,10 @@ import platformdirs
 
 from img2img.errors import InvalidArgument, ModelError
 
-KINDS = ("lora", "embedding")
-FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR"}
-FOLDER_NAME = {"lora": "loras", "embedding": "embeddings"}
+KINDS = ("lora", "embedding", "vae")
+FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR", "vae": "IMG2IMG_VAE_DIR"}
+FOLDER_NAME = {"lora": "loras", "embedding": "embeddings", "vae": "vae"}
+LABEL = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE"}
 BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_A.default.weight")
 _LYCORIS = ("hada_w1_a", "lokr_w1", "lokr_w1_a", "oft_diag", "ia3")
@@ -30,10 +32,14 @@ _LYCORIS = ("hada_w1_a", "lokr_w1", "lokr_w1_a", "oft_diag", "ia3")
 
 @dataclass(frozen=True)
 class AddonInfo:
-    kind: str  # "lora" or "embedding"
+    kind: str  # "lora", "embedding" or "vae"
     width: int | None  # a LoRA's UNet cross-attention width, or the text width it works on
     xl: bool  # made for SDXL's two text encoders
     vectors: int = 0  # an embedding's vectors (tokens) per encoder
+
+    @property
+    def label(self) -> str:
+        return LABEL[self.kind]
 
     @property
     def base(self) -> str:
@@ -43,9 +49,14 @@ class AddonInfo:
 
 
 def detect(path: Path) -> AddonInfo | None:
-    """What a ``.safetensors`` file is, from its header alone: a LoRA, an embedding, or None (a checkpoint)."""
+    """What a ``.safetensors`` file (or a folder) is, from its header alone: a LoRA, an embedding, a VAE, or None
+    (a checkpoint)."""
     from safetensors import safe_open
 
+    if path.is_dir():
+        config = path / "config.json"
+        is_vae = config.is_file() and '"AutoencoderKL"' in config.read_text(encoding="utf-8", errors="replace")
+        return AddonInfo("vae", None, False) if is_vae else None
     if path.suffix != ".safetensors" or not path.is_file():
         return None
     try:
@@ -64,6 +75,8 @@ def detect(path: Path) -> AddonInfo | None:
         cross = [shapes[k][1] for k in downs if "attn2" in k and ("to_k" in k or "to.k" in k)]
         text = [shapes[k][1] for k in downs if k.startswith(("lora_te", "text_encoder", "te_", "te1"))]
         return AddonInfo("lora", (cross or text or [None])[0], xl)
+    if {"encoder.conv_in.weight", "decoder.conv_in.weight"} <= set(keys):  # a VAE alone, either key layout
+        return AddonInfo("vae", shapes["decoder.conv_in.weight"][1], False)
     if "emb_params" in keys or "string_to_param" in keys:
         key = "emb_params" if "emb_params" in keys else "string_to_param"
         return AddonInfo("embedding", shapes[key][-1], False, shapes[key][0] if len(shapes[key]) > 1 else 1)
@@ -83,23 +96,28 @@ def folders(kind: str) -> list[Path]:
 
 
 def find(kind: str, name: str, registered: dict[str, str], argument: str = "prompt") -> Path:
-    """The file of the add-on ``name``: registered under that name, or ``name.safetensors`` in a folder."""
+    """The file of the add-on ``name``: registered under that name, or ``name.safetensors`` in a folder (or, for
+    a VAE, a diffusers folder ``name``)."""
     if name in registered:
         return Path(registered[name])
     for folder in folders(kind):
-        candidate = folder / f"{name}.safetensors"
-        if candidate.is_file() and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
-            return candidate
+        for candidate in (folder / f"{name}.safetensors", folder / name):
+            exists = candidate.is_file() or (kind == "vae" and (candidate / "config.json").is_file())
+            if exists and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
+                return candidate
     where = ", ".join(str(folder) for folder in folders(kind))
     known = sorted({*registered, *(p.stem for p in available(kind))})
-    label = "LoRA" if kind == "lora" else kind
-    raise InvalidArgument(argument, f"a {label} registered with 'img2img models add' or a .safetensors file in "
+    raise InvalidArgument(argument, f"a {LABEL[kind]} registered with 'img2img models add' or a .safetensors file in "
                           f"{where} ({', '.join(known) or 'none there'})", name)
 
 
 def available(kind: str) -> list[Path]:
-    """The add-on files in the folders of ``kind``."""
-    return sorted(path for folder in folders(kind) if folder.is_dir() for path in folder.glob("*.safetensors"))
+    """The add-on files in the folders of ``kind`` (and VAE folders)."""
+    found = [path for folder in folders(kind) if folder.is_dir() for path in folder.glob("*.safetensors")]
+    if kind == "vae":
+        found += [path for folder in folders(kind) if folder.is_dir() for path in folder.iterdir()
+                  if (path / "config.json").is_file()]
+    return sorted(found)
 
 
 def find_by_hash(kind: str, name: str, sha256: str, registered: dict[str, str]) -> str | None:
@@ -107,7 +125,8 @@ def find_by_hash(kind: str, name: str, sha256: str, registered: dict[str, str]) 
     one, else any registered or folder add-on with those bytes; None when there is none."""
     from img2img.models.loading import weights_sha256
 
-    candidates = {name: registered.get(name)} | dict(registered) | {path.stem: str(path) for path in available(kind)}
+    own = registered.get(name) or (name if Path(name).exists() else None)  # a path given in the library or CLI
+    candidates = {name: own} | dict(registered) | {path.stem: str(path) for path in available(kind)}
     for candidate, path in candidates.items():
         if path is None:
             try:

@@ -37,7 +37,7 @@ SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "
              "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid"}
 HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
          "hr_sampler_name", "hr_prompt", "hr_negative_prompt"}
-OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}  # the override_settings that act here
+OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}  # the override_settings that act here
 
 
 class ProcessingRequest(BaseModel):
@@ -381,6 +381,9 @@ def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     }
     if overrides.get("CLIP_stop_at_last_layers") is not None:
         fields["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    vae = overrides.get("sd_vae")
+    if isinstance(vae, str) and vae not in ("Automatic", "None", ""):
+        fields["vae"] = vae.removesuffix(".safetensors")
     return fields, warnings
 
 

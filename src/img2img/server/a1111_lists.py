@@ -43,7 +43,8 @@ def schedulers(_who: CallerDep) -> list[dict[str, Any]]:
 
 @router.get("/sd-vae")
 def sd_vae(_who: CallerDep) -> list[dict[str, Any]]:
-    return []
+    """The VAEs a request can choose (override_settings.sd_vae), by name."""
+    return [{"model_name": name, "filename": f"{name}.safetensors"} for name in _addons("vae")]
 
 
 @router.get("/loras")

@@ -91,6 +91,10 @@ class Service:
         fields = dict(fields)
         # Resolved now, so a later change of the default model does not change queued jobs.
         fields["model"] = self.model_name(caller, fields.get("model"))
+        vae = fields.get("vae")
+        if isinstance(vae, str) and ("/" in vae or "\\" in vae or vae.startswith(".")):  # names only, never paths
+            raise ApiError(422, "invalid_argument", f"vae should be a VAE's name (registered, or in a VAE folder), "
+                           f"but got {vae!r}", "vae")
         fields["seed"] = resolve_seed(fields.get("seed"))  # fixed now, so a retried job gives the same images
         size = fields.get("size")
         reading = "source"
