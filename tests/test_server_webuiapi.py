@@ -58,6 +58,10 @@ def test_txt2img_and_hires_fix(api) -> None:
     assert hires.image.size == (96, 96)
     assert "Denoising strength: 0.5" in hires.info["infotexts"][0] and "Clip skip: 2" in hires.info["infotexts"][0]
     assert hires.info["clip_skip"] == 2
+    with pytest.raises(RuntimeError, match=r"422.*prompt should be a LoRA registered .* \(ink\), but got ..nope"):
+        api.txt2img(prompt="a red boat <lora:nope:1>", width=64, height=64)  # refused before it is queued
+    with pytest.raises(RuntimeError, match=r"422.*vae should be a VAE.{1,4}s name .* but got ../etc/passwd"):
+        api.txt2img(prompt="a red boat", width=64, height=64, override_settings={"sd_vae": "/etc/passwd"})
     with pytest.raises(RuntimeError, match="hr_upscaler should be one of None, Lanczos, Nearest"):
         api.txt2img(prompt="a red boat", width=64, height=64, enable_hr=True, hr_upscaler="R-ESRGAN 4x+")
 

@@ -110,5 +110,7 @@ def test_a_graph_that_cannot_run_a_size_falls_back_to_pytorch_in_one_line(tmp_pa
 
 
 def test_conversions_made_before_the_fix_are_made_again() -> None:
-    assert ov_runtime.ir_folder("ab" * 32, "bf16").name.endswith("-v2")  # v1 folders were traced at 16x16
+    # v1 folders were traced at 16x16 latents, v2 took prompts of 77 tokens only: both are converted again.
+    assert int(ov_runtime.IR_VERSION) >= 3
+    assert ov_runtime.ir_folder("ab" * 32, "bf16").name.endswith(f"-v{ov_runtime.IR_VERSION}")
     assert ov_runtime.EXAMPLE_LATENT_SIDE % 2 == 1

@@ -197,9 +197,7 @@ class Engine:
             assert files is not None
             tags = prompt_loras(cells)  # unknown names are refused before a model loads
             registered = self.registry.addons("lora") if tags else {}
-            for found in tags.values():
-                for tag in found:
-                    find_addon("lora", tag.name, registered)
+            self.check_addons(cells)
             texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
                      for text in (cell.prompt, cell.negative_prompt)]
             named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
@@ -226,6 +224,15 @@ class Engine:
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
         result.seconds = time.perf_counter() - started  # model loading included
         return result
+
+    def check_addons(self, cells: list[GenerationRequest]) -> None:
+        """Refuse LoRA and VAE names that are found nowhere, before any model loads (InvalidArgument)."""
+        loras = self.registry.addons("lora")
+        for found in prompt_loras(cells).values():
+            for tag in found:
+                find_addon("lora", tag.name, loras)
+        if cells[0].vae and not self.is_builtin(cells[0].model):
+            vae_path(cells[0].vae, self.registry.addons("vae"))
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""

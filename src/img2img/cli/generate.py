@@ -220,6 +220,7 @@ def prepare(
     request = request.validated(engine.max_images)
     if engine.is_builtin(request.model) and request.strength > 0:
         engine.check_styles(request)
+    engine.check_addons([request])
     if not 1 <= quality <= 100:
         raise InvalidArgument("quality", "a whole number in [1, 100]", quality)
     format_name = c.output_format(output, format_)

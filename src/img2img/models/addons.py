@@ -106,9 +106,17 @@ def find(kind: str, name: str, registered: dict[str, str], argument: str = "prom
             if exists and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
                 return candidate
     where = ", ".join(str(folder) for folder in folders(kind))
-    known = sorted({*registered, *(p.stem for p in available(kind))})
+    known = sorted({*registered, *(path.stem for path in available(kind) if is_kind(path, kind))})
     raise InvalidArgument(argument, f"a {LABEL[kind]} registered with 'img2img models add' or a .safetensors file in "
                           f"{where} ({', '.join(known) or 'none there'})", name)
+
+
+def is_kind(path: Path, kind: str) -> bool:
+    """Whether the file at ``path`` is an add-on of ``kind`` (an unreadable one is not)."""
+    try:
+        return getattr(detect(path), "kind", None) == kind
+    except ModelError:
+        return False
 
 
 def available(kind: str) -> list[Path]:

@@ -135,16 +135,10 @@ def refresh_loras(_who: CallerDep) -> None:
 
 def _addons(kind: str) -> dict[str, Path]:
     """The add-ons of ``kind`` in its folders (files of another kind there are left out) and the registry."""
-    from img2img.models.addons import available, detect
+    from img2img.models.addons import available, is_kind
     from img2img.models.registry import ModelRegistry
 
-    def is_kind(path: Path) -> bool:
-        try:
-            return getattr(detect(path), "kind", None) == kind
-        except ModelError:
-            return kind == "embedding"  # listed as skipped, as A1111 lists embeddings it cannot read
-
-    found = {path.stem: path for path in available(kind) if is_kind(path)}
+    found = {path.stem: path for path in available(kind) if is_kind(path, kind)}
     return dict(sorted((found | {name: Path(path) for name, path in ModelRegistry().addons(kind).items()}).items()))
 
 

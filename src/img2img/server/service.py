@@ -107,6 +107,7 @@ class Service:
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
             files = self.planner.plan(request, picture, runs=request.strength > 0)[2]  # styles, sizes, memory
+            self.planner.check_addons([request])  # LoRA and VAE names
             model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
                 from img2img.models.loading import weights_sha256
