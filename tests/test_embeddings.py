@@ -13,16 +13,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from img2img import Engine, GenerationRequest, InvalidArgument
-from img2img.engine.samplers import build_scheduler
+from tiny_models import reference_img2img, square_photo
 
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from skimage import data
-
-    path = tmp_path_factory.mktemp("square") / "coffee.png"
-    Image.fromarray(data.coffee()).resize((64, 64), Image.LANCZOS).save(path)
-    return path
+    return square_photo(tmp_path_factory.mktemp("square"), "coffee")
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +48,7 @@ def _diffusers(model: Path, prompt: str, photo: Path, loads: list[tuple[Path, st
     from safetensors.torch import load_file
 
     xl = (model / "text_encoder_2").is_dir()
-    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
-    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipe = pipeline_class.from_pretrained(model, **extra)
-    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_img2img(model)
     for path, token in loads:
         tensors = load_file(str(path))
         if xl:
@@ -133,12 +125,8 @@ def test_a_vae_replaces_the_models_for_one_request(tiny_sd, photo, other_vae, mo
     assert np.abs(np.asarray(by_file.images[0], float) - np.asarray(base.images[0], float)).max() > 2
     assert after.images[0].tobytes() == base.images[0].tobytes()  # the cached model has its own VAE back
 
-    pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd, safety_checker=None,
-                                                                      feature_extractor=None,
-                                                                      requires_safety_checker=False)
+    pipe = reference_img2img(tiny_sd)
     pipe.vae = diffusers.AutoencoderKL.from_pretrained(other_vae / "sharp-vae")
-    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
     reference = pipe(prompt="a cup of coffee", image=Image.open(photo).convert("RGB"), strength=0.6,
                      guidance_scale=6.0, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(99),
                      output_type="np").images[0]

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from img2img import Engine, GenerationRequest, InvalidArgument
-from img2img.engine.samplers import build_scheduler
-from tiny_models import build_tiny_lora
+from tiny_models import build_tiny_lora, reference_img2img, square_photo
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +28,7 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl:
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The astronaut at 64x64: the working size itself, so that both pipelines see the same pixels."""
-    from skimage import data
-
-    path = tmp_path_factory.mktemp("square") / "astronaut.png"
-    Image.fromarray(data.astronaut()).resize((64, 64), Image.LANCZOS).save(path)
-    return path
+    return square_photo(tmp_path_factory.mktemp("square"))
 
 
 @pytest.fixture
@@ -49,12 +43,7 @@ def _request(photo: Path, model: Path, prompt: str, **fields) -> GenerationReque
 
 
 def _diffusers(model: Path, lora: Path | None, weight: float, photo: Path) -> np.ndarray:
-    xl = (model / "text_encoder_2").is_dir()
-    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
-    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-    pipe = pipeline_class.from_pretrained(model, **extra)
-    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_img2img(model)
     if lora is not None:
         pipe.load_lora_weights(str(lora), adapter_name="x")
         pipe.set_adapters(["x"], [weight])

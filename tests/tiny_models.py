@@ -167,3 +167,28 @@ def build_tiny_lora(model: Path, path: Path, layout: str = "kohya", seed: int = 
                             f"{component}.{module_path}.lora_B.weight": up}
     save_file(tensors, str(path))
     return path
+
+
+def reference_img2img(model: Path, sampler: str = "Euler"):  # type: ignore[no-untyped-def]
+    """diffusers' own img2img pipeline for a tiny model folder, with one of our samplers and no progress bar."""
+    import diffusers
+
+    from img2img.engine.samplers import build_scheduler
+
+    xl = (model / "text_encoder_2").is_dir()
+    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
+    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    pipe = pipeline_class.from_pretrained(model, **extra)
+    pipe.scheduler = build_scheduler(sampler, dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def square_photo(folder: Path, name: str = "astronaut") -> Path:
+    """A scikit-image photo at 64x64, the working size itself, so that two pipelines see the same pixels."""
+    from PIL import Image
+    from skimage import data
+
+    path = folder / f"{name}.png"
+    Image.fromarray(getattr(data, name)()).resize((64, 64), Image.LANCZOS).save(path)
+    return path
