@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from img2img import Engine, GenerationRequest, InvalidArgument
+from img2img.errors import ModelError
 from tiny_models import build_tiny_lora, reference_img2img, square_photo
 
 
@@ -23,6 +24,7 @@ def lora_dir(tmp_path_factory: pytest.TempPathFactory, tiny_sd: Path, tiny_sdxl:
     build_tiny_lora(tiny_sd, folder / "ink_v2.safetensors", "kohya")
     build_tiny_lora(tiny_sd, folder / "peft-style.safetensors", "diffusers", seed=2)
     build_tiny_lora(tiny_sdxl, folder / "xl_glow.safetensors", "diffusers", seed=3)
+    build_tiny_lora(tiny_sd, folder / "locon.safetensors", "kohya", seed=5, convolutions=True)
     return folder
 
 
@@ -54,7 +56,7 @@ def _diffusers(model: Path, lora: Path | None, weight: float, photo: Path) -> np
 
 
 @pytest.mark.parametrize(("model", "file", "weight"), [("sd", "ink_v2", 0.8), ("sd", "peft-style", 1.3),
-                                                       ("sdxl", "xl_glow", 0.7)])
+                                                       ("sd", "locon", 0.9), ("sdxl", "xl_glow", 0.7)])
 def test_a_lora_matches_diffusers_load_lora_weights(model, file, weight, tiny_sd, tiny_sdxl, photo, loras) -> None:
     folder = tiny_sd if model == "sd" else tiny_sdxl
     engine = Engine(device="cpu", dtype="float32", backend="torch")
@@ -95,10 +97,23 @@ def test_two_loras_and_a_sweep_over_prompts(tiny_sd, photo, loras) -> None:
 def test_bad_loras_are_refused_in_one_line(tiny_sd, tiny_sdxl, photo, loras, tmp_path) -> None:
     engine = Engine(device="cpu", dtype="float32", backend="torch")
     with pytest.raises(InvalidArgument, match=r"prompt should be a LoRA registered .* in .*loras.* \(ink_v2, "
-                                              r"peft-style, xl_glow\), but got 'nope'"):
+                                              r"locon, peft-style, xl_glow\), but got 'nope'"):
         engine.generate(_request(photo, tiny_sd, "a fox <lora:nope:1>"))
     with pytest.raises(InvalidArgument, match=r"prompt should be LoRAs for .* the model in use, but got 'xl_glow"):
         engine.generate(_request(photo, tiny_sd, "a fox <lora:xl_glow:1>"))
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 32)}, str(loras / "not-a-lora.safetensors"))
+    save_file({"lora_unet_x.hada_w1_a": torch.zeros(2, 2)}, str(loras / "loha.safetensors"))
+    try:
+        with pytest.raises(InvalidArgument, match=r"LoRA names that are LoRA files, but got 'not-a-lora \(.* is an "
+                                                  r"embedding\)'"):
+            engine.generate(_request(photo, tiny_sd, "a fox <lora:not-a-lora:1>"))
+        with pytest.raises(ModelError, match=r"loha.safetensors is a LyCORIS LoHa/LoKr/OFT/IA3 file"):
+            engine.generate(_request(photo, tiny_sd, "a fox <lora:loha:1>"))
+    finally:
+        (loras / "not-a-lora.safetensors").unlink()
+        (loras / "loha.safetensors").unlink()
     with pytest.raises(InvalidArgument, match=r"LoRA weights in \[-5, 5\]"):
         GenerationRequest(source=photo, prompt="a fox <lora:ink_v2:9>").validated()
     many = " ".join(f"<lora:l{n}:1>" for n in range(11))
@@ -114,7 +129,7 @@ def test_openvino_adds_the_same_deltas_as_peft(tiny_sd, tiny_sdxl, loras) -> Non
 
     from img2img.models.ov_lora import unet_factors
 
-    for model, file in ((tiny_sd, "ink_v2"), (tiny_sd, "peft-style"), (tiny_sdxl, "xl_glow")):
+    for model, file in ((tiny_sd, "ink_v2"), (tiny_sd, "peft-style"), (tiny_sd, "locon"), (tiny_sdxl, "xl_glow")):
         xl = (model / "text_encoder_2").is_dir()
         pipeline_class = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
         extra = {} if xl else {"safety_checker": None, "requires_safety_checker": False}

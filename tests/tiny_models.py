@@ -129,11 +129,13 @@ def build_full_depth(folder: Path, layout: str) -> Path:
     return folder
 
 
-def build_tiny_lora(model: Path, path: Path, layout: str = "kohya", seed: int = 1, rank: int = 4) -> Path:
+def build_tiny_lora(model: Path, path: Path, layout: str = "kohya", seed: int = 1, rank: int = 4,
+                    convolutions: bool = False) -> Path:
     """A random LoRA for a tiny model's attention projections (UNet and text encoders), saved as ``path``.
 
     ``kohya``: A1111's keys (``lora_unet_...``, ``lora_te_...`` with ``lora_down``/``lora_up`` and ``alpha``);
     ``diffusers``: diffusers' own (``unet.<module>.lora_A.weight``, ``text_encoder.<module>...``, no alpha).
+    ``convolutions`` (kohya only): also the UNet's 3x3 ResNet convolutions, as a LoCon file has them.
     """
     import diffusers
     from safetensors.torch import save_file
@@ -165,6 +167,14 @@ def build_tiny_lora(model: Path, path: Path, layout: str = "kohya", seed: int = 
             else:
                 tensors |= {f"{component}.{module_path}.lora_A.weight": down,
                             f"{component}.{module_path}.lora_B.weight": up}
+    if convolutions:
+        for name, module in pipe.unet.named_modules():
+            if isinstance(module, torch.nn.Conv2d) and "resnets" in name and name.endswith("conv1"):
+                key = f"lora_unet_{name.replace('.', '_')}"
+                tensors |= {
+                    f"{key}.lora_down.weight": torch.randn(rank, module.in_channels, 3, 3, generator=generator) * 0.1,
+                    f"{key}.lora_up.weight": torch.randn(module.out_channels, rank, 1, 1, generator=generator) * 0.1,
+                    f"{key}.alpha": torch.tensor(float(rank))}
     save_file(tensors, str(path))
     return path
 
