@@ -91,7 +91,7 @@ def patch(model: Any, loras: list[tuple[dict[str, Factor], float]], prefix: str 
         base = op.get_data()
         if base.dtype not in (np.float16, np.float32):
             raise ModelError("LoRAs cannot be added to 8-bit weights (--quantize int8); run without --quantize")
-        weights = torch.from_numpy(np.asarray(base, dtype=np.float32)).clone()
+        weights = torch.from_numpy(np.array(base, dtype=np.float32))  # a writable copy of the graph's weights
         for factors, weight in loras:
             if name in factors:
                 weights += weight * factors[name].delta(tuple(weights.shape))
