@@ -191,3 +191,31 @@ def test_the_command_line_registers_applies_and_reproduces_loras(tiny_sd, photo,
                           "FILE should be made with a LoRA that is here: ink_v2")
     assert_one_line_error(img2img("run", *common, "--lora", "missing:1", env=env),
                           "PROMPT should be a LoRA registered", "'missing'")
+
+
+def test_the_base_of_a_lora_or_embedding_is_read_from_its_shapes(tmp_path, monkeypatch) -> None:
+    """SD 1.x, SD 2.x and SDXL files are told apart by their widths, without loading a model."""
+    from safetensors.torch import save_file
+
+    from img2img.engine.prompt_syntax import LoraTag
+    from img2img.models.addons import detect
+    from img2img.models.loras import resolve
+
+    monkeypatch.setenv("IMG2IMG_LORA_DIR", str(tmp_path))
+    block = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    for name, width, extra in (("sd15", 768, {}), ("sd21", 1024, {}),
+                               ("xl", 2048, {"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight":
+                                             torch.zeros(4, 768)})):
+        save_file({f"{block}.lora_down.weight": torch.zeros(4, width), f"{block}.lora_up.weight": torch.zeros(8, 4),
+                   **extra}, str(tmp_path / f"{name}.safetensors"))
+    assert [detect(tmp_path / f"{name}.safetensors").base for name in ("sd15", "sd21", "xl")] == [
+        "SD 1.x", "SD 2.x", "SDXL"]
+    save_file({"string_to_param": torch.zeros(2, 1024)}, str(tmp_path / "old-format.safetensors"))
+    embedding = detect(tmp_path / "old-format.safetensors")
+    assert (embedding.kind, embedding.base, embedding.vectors) == ("embedding", "SD 2.x", 2)
+    assert resolve((LoraTag("sd15", 1.0),), {}, 768, False)[0].name == "sd15"
+    with pytest.raises(InvalidArgument, match=r"prompt should be LoRAs for SD 1.x, the model in use, but got "
+                                              r"'sd21 \(for SD 2.x\)'"):
+        resolve((LoraTag("sd21", 1.0),), {}, 768, False)
+    with pytest.raises(InvalidArgument, match=r"LoRAs for SDXL, the model in use, but got 'sd21 \(for SD 2.x\)'"):
+        resolve((LoraTag("sd21", 1.0),), {}, 2048, True)
