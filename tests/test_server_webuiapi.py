@@ -81,6 +81,9 @@ def test_img2img_png_info_and_upscale(api, photo: Path) -> None:
     assert exact.image.size == (100, 100)
     with pytest.raises(RuntimeError, match="upscaler_1 should be one of None, Lanczos, Nearest"):
         api.extra_single_image(source, upscaler_1="R-ESRGAN 4x+")
+    batch = api.extra_batch_images([source, result.image], name_list=["photo", "made"], upscaler_1="Lanczos",
+                                   upscaling_resize=1.5)
+    assert [image.size for image in batch.images] == [(96, 72), (144, 96)] and "made: Postprocess" in batch.info
     with pytest.raises(RuntimeError, match="gfpgan_visibility should be 0"):
         api.extra_single_image(source, gfpgan_visibility=1)
 

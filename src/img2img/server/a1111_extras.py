@@ -1,4 +1,5 @@
-"""A1111's upscalers that need no weights, ``POST /sdapi/v1/extra-single-image`` and ``GET /sdapi/v1/upscalers``.
+"""A1111's upscalers that need no weights: ``POST /sdapi/v1/extra-single-image`` and ``/extra-batch-images``, and
+``GET /sdapi/v1/upscalers``.
 
 Only resampling filters are offered (Lanczos, Nearest, and "None"): the learned upscalers (ESRGAN and the like)
 need weights that we do not ship. A client that asks for one gets a 422 naming the ones we have, never a silent
@@ -22,12 +23,12 @@ router = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 UPSCALERS: dict[str, Image.Resampling | None] = {"None": None, "Lanczos": Image.Resampling.LANCZOS,
                                                  "Nearest": Image.Resampling.NEAREST}
 MAX_UPSCALE = 8.0
+MAX_BATCH = 16  # images per extra-batch-images call
 
 
-class ExtrasSingleImageRequest(BaseModel):
-    """A1111's ExtrasSingleImageRequest; face restoration has no weights here and must stay off."""
+class ExtrasRequest(BaseModel):
+    """What A1111's extras requests share; face restoration has no weights here and must stay off."""
 
-    image: str = Field("", max_length=40_000_000)
     resize_mode: int = Field(0, ge=0, le=1)  # 0: scale by upscaling_resize, 1: to upscaling_resize_w x _h
     show_extras_results: bool = True
     gfpgan_visibility: float = Field(0, ge=0, le=1)
@@ -41,6 +42,19 @@ class ExtrasSingleImageRequest(BaseModel):
     upscaler_2: str = "None"
     extras_upscaler_2_visibility: float = Field(0, ge=0, le=1)
     upscale_first: bool = False
+
+
+class ExtrasSingleImageRequest(ExtrasRequest):
+    image: str = Field("", max_length=40_000_000)
+
+
+class BatchImage(BaseModel):
+    data: str = Field(max_length=40_000_000)
+    name: str = Field("", max_length=256)
+
+
+class ExtrasBatchImagesRequest(ExtrasRequest):
+    imageList: list[BatchImage] = Field(default_factory=list, max_length=MAX_BATCH)  # A1111's spelling
 
 
 def upscaler(name: str | None, field: str) -> Image.Resampling | None:
@@ -66,17 +80,31 @@ def upscalers(_who: CallerDep) -> list[dict[str, Any]]:
 @router.post("/extra-single-image")
 def extra_single_image(body: ExtrasSingleImageRequest, _who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
     """Upscale one image with a resampling filter (and blend a second one over it, as A1111 does)."""
+    png, info = _upscaled(body, body.image, "image", svc)
+    return {"html_info": f"<p>{info}</p>", "image": base64.b64encode(png).decode("ascii")}
+
+
+@router.post("/extra-batch-images")
+def extra_batch_images(body: ExtrasBatchImagesRequest, _who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
+    """Upscale each image of ``imageList`` as extra-single-image does, in order."""
+    done = [_upscaled(body, image.data, f"imageList[{index}]", svc) for index, image in enumerate(body.imageList)]
+    info = "".join(f"<p>{image.name}: {text}</p>" for image, (_, text) in zip(body.imageList, done, strict=True))
+    return {"html_info": info, "images": [base64.b64encode(png).decode("ascii") for png, _ in done]}
+
+
+def _upscaled(body: ExtrasRequest, data: str, field: str, svc: Any) -> tuple[bytes, str]:
+    """One image upscaled as ``body`` says: its PNG and A1111's line about it."""
     from img2img.errors import SourceImageError
     from img2img.imageio.source import read_source
 
     if body.gfpgan_visibility or body.codeformer_visibility:
-        field = "gfpgan_visibility" if body.gfpgan_visibility else "codeformer_visibility"
-        raise ApiError(422, "invalid_argument", f"{field} should be 0 (face restoration needs weights that are not "
-                       f"available here), but got {getattr(body, field)}", field)
+        name = "gfpgan_visibility" if body.gfpgan_visibility else "codeformer_visibility"
+        raise ApiError(422, "invalid_argument", f"{name} should be 0 (face restoration needs weights that are not "
+                       f"available here), but got {getattr(body, name)}", name)
     try:
-        picture = read_source(decode_base64(body.image, "image", svc), max_pixels=svc.settings.max_pixels)
+        picture = read_source(decode_base64(data, field, svc), max_pixels=svc.settings.max_pixels)
     except SourceImageError as exc:
-        raise ApiError(422, "invalid_image", f"image: {exc}", "image") from exc
+        raise ApiError(422, "invalid_image", f"{field}: {exc}", field) from exc
     source = picture.rgb
     if body.resize_mode == 0:
         size = (round(source.width * body.upscaling_resize), round(source.height * body.upscaling_resize))
@@ -92,8 +120,7 @@ def extra_single_image(body: ExtrasSingleImageRequest, _who: CallerDep, svc: Ser
         result = Image.blend(result, second, body.extras_upscaler_2_visibility)
     buffer = io.BytesIO()
     result.save(buffer, format="PNG")
-    info = f"Postprocess upscale to: {size[0]}x{size[1]}, Postprocess upscaler: {body.upscaler_1}"
-    return {"html_info": f"<p>{info}</p>", "image": base64.b64encode(buffer.getvalue()).decode("ascii")}
+    return buffer.getvalue(), f"Postprocess upscale to: {size[0]}x{size[1]}, Postprocess upscaler: {body.upscaler_1}"
 
 
 def _scaled(source: Image.Image, size: tuple[int, int], name: str, field: str, crop: bool) -> Image.Image:
