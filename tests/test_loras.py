@@ -219,3 +219,37 @@ def test_the_base_of_a_lora_or_embedding_is_read_from_its_shapes(tmp_path, monke
         resolve((LoraTag("sd21", 1.0),), {}, 768, False)
     with pytest.raises(InvalidArgument, match=r"LoRAs for SDXL, the model in use, but got 'sd21 \(for SD 2.x\)'"):
         resolve((LoraTag("sd21", 1.0),), {}, 2048, True)
+
+
+def test_everything_at_a_photos_size_on_the_default_backend(tiny_sd, loras, tmp_path, monkeypatch) -> None:
+    """A LoRA, an embedding, a VAE of one's own and a long weighted prompt on a 130x97 photo, through OpenVINO
+    (the default CPU backend), as PyTorch paints it."""
+    pytest.importorskip("openvino")
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from tiny_models import square_photo
+
+    photo = square_photo(tmp_path, "coffee")
+    Image.open(photo).resize((130, 97), Image.LANCZOS).save(photo)
+    (tmp_path / "embeddings").mkdir()
+    save_file({"emb_params": torch.randn(2, 32, generator=torch.Generator().manual_seed(8))},
+              str(tmp_path / "embeddings" / "crema.safetensors"))
+    shutil.copytree(tiny_sd / "vae", tmp_path / "vaes" / "same-vae")
+    monkeypatch.setenv("IMG2IMG_EMBEDDINGS_DIR", str(tmp_path / "embeddings"))
+    monkeypatch.setenv("IMG2IMG_VAE_DIR", str(tmp_path / "vaes"))
+    prompt = "a cup of coffee, (crema:1.1), " + ", ".join(f"detail {n} in the foam" for n in range(20)) + \
+             " <lora:locon:0.7>"
+    request = GenerationRequest(source=photo, prompt=prompt, model=str(tiny_sd), strength=0.6, steps=6, seed=4,
+                                vae="same-vae")
+    results = {backend: Engine(device="cpu", dtype="float32", backend=backend).generate(request)
+               for backend in ("torch", "openvino")}
+    fast, reference = results["openvino"], results["torch"]
+    assert fast.images[0].size == (130, 97)
+    assert not any("OpenVINO could not" in note for note in fast.notes), fast.notes
+    gap = np.abs(np.asarray(fast.images[0], float) - np.asarray(reference.images[0], float)).max()
+    assert gap <= 2, gap
+    record = fast.record
+    assert [lora["name"] for lora in record.loras] == ["locon"] and record.embeddings[0]["name"] == "crema"
+    assert record.vae_sha256 is not None

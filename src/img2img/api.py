@@ -195,29 +195,14 @@ class Engine:
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
             output_size, working_size, files = self.plan(first, source, runs)
             assert files is not None
-            tags = prompt_loras(cells)  # unknown names are refused before a model loads
-            registered = self.registry.addons("lora") if tags else {}
-            self.check_addons(cells)
-            texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
-                     for text in (cell.prompt, cell.negative_prompt)]
-            named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
-            vae_file = vae_path(first.vae, self.registry.addons("vae")) if first.vae and runs else None
+            self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
             prepared = self._prepared(first, source, output_size, working_size, model)
-            if loaded is not None and (tags or named):
-                pipeline = loaded.pipeline
-                xl = hasattr(pipeline, "text_encoder_2")
-                width = pipeline.text_encoder.config.hidden_size if pipeline.text_encoder is not None else 0
-                used = embeddings.resolve(named, width, xl)
-                embeddings.load(pipeline, used)
-                prepared = replace(prepared, embeddings=used, loras={
-                    prompt: resolve_loras(found, registered, pipeline.unet.config.cross_attention_dim, xl)
-                    for prompt, found in tags.items()})
-            vae = self._vae(vae_file, loaded) if vae_file is not None and loaded is not None else None
-            if vae is not None:
-                prepared = replace(prepared, vae_sha256=weights_sha256(vae_file))  # type: ignore[arg-type]
+            vae = None
+            if loaded is not None:
+                prepared, vae = self._with_addons(prepared, cells, loaded)
             with using_vae(loaded.pipeline if loaded else None, vae):
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
@@ -233,6 +218,29 @@ class Engine:
                 find_addon("lora", tag.name, loras)
         if cells[0].vae and not self.is_builtin(cells[0].model):
             vae_path(cells[0].vae, self.registry.addons("vae"))
+
+    def _with_addons(self, prepared: Prepared, cells: list[GenerationRequest], loaded: LoadedModel
+                     ) -> tuple[Prepared, Any]:
+        """The prompts' LoRAs and embeddings, checked against the model (embeddings loaded into it), and the
+        request's own VAE, if any."""
+        pipeline = loaded.pipeline
+        xl = hasattr(pipeline, "text_encoder_2")
+        tags = prompt_loras(cells)
+        texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
+                 for text in (cell.prompt, cell.negative_prompt)]
+        named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
+        if tags or named:
+            width = pipeline.text_encoder.config.hidden_size if pipeline.text_encoder is not None else 0
+            used = embeddings.resolve(named, width, xl)
+            embeddings.load(pipeline, used)
+            registered = self.registry.addons("lora")
+            prepared = replace(prepared, embeddings=used, loras={
+                prompt: resolve_loras(found, registered, pipeline.unet.config.cross_attention_dim, xl)
+                for prompt, found in tags.items()})
+        if not cells[0].vae:
+            return prepared, None
+        path = vae_path(cells[0].vae, self.registry.addons("vae"))
+        return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""

@@ -80,6 +80,20 @@ def physical_memory() -> int | None:
         return None
 
 
+def available_memory() -> int | None:
+    """Bytes the system can give without swapping: MemAvailable on Linux, else the free pages."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def check_fits(estimate: int, budget: int | None, what: str) -> None:
     """Refuse ``what`` (a working size and model) when its estimate exceeds the budget."""
     if budget is not None and estimate > budget:

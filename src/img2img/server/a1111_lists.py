@@ -114,12 +114,12 @@ def cmd_flags(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
 
 @router.get("/memory")
 def memory(_who: CallerDep) -> dict[str, Any]:
-    """RAM of this machine (from /proc/meminfo) and the GPU's memory, in A1111's shape."""
-    ram: dict[str, Any] = {"error": "no /proc/meminfo on this system"}
-    info = _meminfo()
-    if info:
-        total, free = info.get("MemTotal", 0), info.get("MemAvailable", info.get("MemFree", 0))
-        ram = {"free": free, "used": total - free, "total": total}
+    """RAM of this machine and the GPU's memory, in A1111's shape."""
+    from img2img.models.memory import available_memory, physical_memory
+
+    total, free = physical_memory(), available_memory()
+    ram: dict[str, Any] = {"free": free, "used": total - free, "total": total} if total and free is not None else {
+        "error": "this system does not report its memory"}
     return {"ram": ram, "cuda": _cuda()}
 
 
@@ -140,19 +140,6 @@ def _addons(kind: str) -> dict[str, Path]:
 
     found = {path.stem: path for path in available(kind) if is_kind(path, kind)}
     return dict(sorted((found | {name: Path(path) for name, path in ModelRegistry().addons(kind).items()}).items()))
-
-
-def _meminfo() -> dict[str, int]:
-    path = Path("/proc/meminfo")
-    if not path.is_file():
-        return {}
-    values = {}
-    for line in path.read_text().splitlines():
-        name, _, rest = line.partition(":")
-        parts = rest.split()
-        if parts and parts[0].isdigit():
-            values[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
-    return values
 
 
 def _cuda() -> dict[str, Any]:
