@@ -42,23 +42,27 @@ def _vae(scaling_factor: float):
                          sample_size=64, scaling_factor=scaling_factor)
 
 
-def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", prediction: str = "epsilon") -> Path:
-    """Save a tiny SD 1.x-shaped pipeline as a diffusers folder at ``folder``."""
+def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", prediction: str = "epsilon",
+                  inpainting: bool = False) -> Path:
+    """Save a tiny SD 1.x-shaped pipeline as a diffusers folder at ``folder`` (``inpainting``: a 9-channel UNet,
+    saved as diffusers saves SD 1.5 inpainting)."""
     import diffusers
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                                in_channels=9 if inpainting else 4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
     vae = _vae(0.18215)
     text_encoder = CLIPTextModel(_text_config())
     scheduler = getattr(diffusers, scheduler_class).from_config(
         {**SCHEDULER, "prediction_type": prediction, "skip_prk_steps": True})
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer("<|endoftext|>"),
-                                       unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipeline = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer("<|endoftext|>"),
+                              unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                              requires_safety_checker=False)
     pipeline.save_pretrained(folder)
     return folder
 

@@ -34,12 +34,12 @@ def prompt_check(
     from transformers import CLIPTokenizer
 
     from img2img.engine.prompt_syntax import chunks, parse, plain
-    from img2img.engine.request import _check_field
+    from img2img.engine.request import check_scalar
     from img2img.models.families import Family
     from img2img.models.loading import prepared_config_dir
 
-    _check_field(SPEC["prompt_syntax"], syntax, 1)
-    _check_field(SPEC["prompt"], prompt, 1)
+    check_scalar(SPEC["prompt_syntax"], syntax, 1)
+    check_scalar(SPEC["prompt"], prompt, 1)
     # Every Stable Diffusion text encoder reads CLIP's vocabulary; SD 1.x's tokenizer stands for all of them.
     tokenizer = CLIPTokenizer.from_pretrained(prepared_config_dir(Family("sd1")) / "tokenizer")
     warnings: tuple[str, ...] = ()

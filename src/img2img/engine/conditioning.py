@@ -1,9 +1,11 @@
 """Conditioners: the kinds of conditioning that act inside the denoising loop, on one small protocol.
 
-The loop (``img2img.engine.diffusion.denoise``) knows nothing of prompts, masks or control maps. At every step it
-asks each conditioner of the run for extra UNet inputs, lets each adjust the guided noise prediction, and lets each
-act on the latents after the sampler's step. Text conditioning is the first conditioner; a new kind (a mask, a
-control unit, an image prompt) is a new class here or beside it, and never an edit of the loop.
+The loop (``img2img.engine.diffusion.denoise``) knows nothing of prompts, masks or control maps. Once per image,
+after its start latents are drawn, each conditioner may bind itself to that image (``begin``). At every step the
+loop asks each conditioner of the run for extra UNet inputs (keywords, or channels beside the latents), lets each
+adjust the guided noise prediction, and lets each act on the latents after the sampler's step. Text conditioning
+is the first conditioner; a new kind (a mask, a control unit, an image prompt) is a new class here or beside it
+(``img2img.engine.mask_conditioner``), and never an edit of the loop.
 
 Every hook is optional: ``Conditioner``'s own do nothing. A conditioner is an immutable value that describes
 itself (``metadata``, written into each result's record, and ``cache_key``, what makes two of them the same).
@@ -12,11 +14,13 @@ itself (``metadata``, written into each result's record, and ``cache_key``, what
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,20 @@ class StartLatents:
     clean: torch.Tensor | None  # the source's latents, scaled for the UNet; None when the run starts from noise
     noise: torch.Tensor  # the noise added at the first timestep (standard normal, float32)
     noised: torch.Tensor  # the sampler's starting latents
+    pure: bool = False  # the run starts from pure noise (strength 1): ``noised`` holds no trace of ``clean``
+
+
+@dataclass(frozen=True)
+class Begin:
+    """One image's start, for the conditioners to bind to (``Conditioner.begin``)."""
+
+    pipeline: Any  # the run's diffusers components
+    source: Image.Image  # the pass's source at the working size
+    encode: Callable[[str, torch.Tensor], Any]  # (name, pixels in [-1, 1]) -> the VAE's latent distribution,
+    # computed once per name and source
+    noised: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clean, noise) -> at the first step's level
+    generator: torch.Generator  # the image's own, after the start latents were drawn
+    start: StartLatents
 
 
 @dataclass(frozen=True)
@@ -39,6 +57,7 @@ class Step:
     guided: bool  # classifier-free guidance: the UNet sees a batch of two, [unconditional, conditional]
     start: StartLatents
     scheduler: Any
+    next_timestep: torch.Tensor | None = None  # None at the last step
 
 
 class Conditioner:
@@ -48,6 +67,19 @@ class Conditioner:
     # The UNet keyword inputs that unet_inputs gives, declared so that a backend is checked before a run
     # (img2img.models.backends): one that does not take them hands the UNet to another, or refuses.
     inputs: tuple[str, ...] = ()
+
+    def needs_source_latents(self) -> bool:
+        """Whether the run must encode the source even when it starts from pure noise (strength 1)."""
+        return False
+
+    def begin(self, begin: Begin) -> tuple[Conditioner, StartLatents]:
+        """Once per image, after its start latents are drawn: this conditioner bound to the image, and the start
+        (which a conditioner may change, as a mask's content does in the area it repaints)."""
+        return self, begin.start
+
+    def extend_sample(self, step: Step, sample: torch.Tensor) -> torch.Tensor:
+        """The UNet's sample input after the sampler's scaling (an inpainting UNet takes channels beside it)."""
+        return sample
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
         """Keyword inputs for the UNet at ``step`` (batched as the step says: two rows when guided); only those

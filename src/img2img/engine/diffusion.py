@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from img2img.engine.conditioning import Conditioner, StartLatents, Step, TextConditioner, unet_inputs
+from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner, unet_inputs
 from img2img.engine.samplers import build_scheduler
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.strength import StepPlan, plan_steps
@@ -67,6 +67,7 @@ class DiffusionSession:
         self.pipeline = pipeline
         self.source = source  # already at the working size, multiples of 8
         self._latent_dist: Any = None
+        self._encoded: dict[str, Any] = {}  # what conditioners had encoded, by name
         self._texts: dict[tuple[str, str, bool, str, int], TextConditioner] = {}
 
     @torch.inference_mode()
@@ -85,8 +86,10 @@ class DiffusionSession:
         # 2. Steps: where strength becomes timesteps.
         plan = self.plan(job)
 
-        # 3. The source's latent distribution, encoded once per session.
-        latent_dist = None if plan.from_pure_noise else self.latent_dist()
+        # 3. The source's latent distribution, encoded once per session (a mask needs it even at strength 1).
+        conditioners = (text, *job.conditions)
+        needs_source = not plan.from_pure_noise or any(c.needs_source_latents() for c in job.conditions)
+        latent_dist = self.latent_dist() if needs_source else None
 
         images, seconds, steps_run, start_sigma = [], [], 0, 0.0
         for index, seed in enumerate(job.seeds):
@@ -97,7 +100,9 @@ class DiffusionSession:
             steps_run = plan.steps_to_run
 
             # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
-            start = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width))
+            start = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width),
+                                    plan.from_pure_noise)
+            bound = self.begin(conditioners, scheduler, timesteps[0], generator, start)
 
             # 5. Denoise.
             def report(done: int, total: int, latents: torch.Tensor, index: int = index) -> None:
@@ -106,8 +111,8 @@ class DiffusionSession:
                 if on_latents:
                     on_latents(index, latents)
 
-            latents = denoise(pipeline, scheduler, timesteps, start, (text, *job.conditions), job.guidance_scale,
-                              guided, generator, report)
+            latents = denoise(pipeline, scheduler, timesteps, bound[1], bound[0], job.guidance_scale, guided,
+                              generator, report)
 
             # 6. Decode.
             images.append(decode(pipeline, latents))
@@ -124,16 +129,27 @@ class DiffusionSession:
         if self._latent_dist is None:
             vae = self.pipeline.vae
             pixels = self.pipeline.image_processor.preprocess(self.source).to(vae.device, vae.dtype)
-            if needs_tiles(*pixels.shape[-2:]):
-                from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
-                scale = self.pipeline.vae_scale_factor
-                moments = tiled_apply(lambda tile: vae.encode(tile).latent_dist.parameters, pixels, TILE_PIXELS,
-                                      OVERLAP_PIXELS, 1 / scale, align=scale)
-                self._latent_dist = DiagonalGaussianDistribution(moments.to(vae.dtype))
-            else:
-                self._latent_dist = vae.encode(pixels).latent_dist
+            self._latent_dist = encode_pixels(vae, pixels, self.pipeline.vae_scale_factor)
         return self._latent_dist
+
+    def begin(self, conditioners: tuple[Conditioner, ...], scheduler: Any, first_timestep: torch.Tensor,
+              generator: torch.Generator, start: StartLatents) -> tuple[tuple[Conditioner, ...], StartLatents]:
+        """Each conditioner bound to one image's start, in order; the start as they leave it."""
+        bound = []
+        for conditioner in conditioners:
+            begin = Begin(self.pipeline, self.source, self.encode,
+                          lambda clean, noise: scheduler.add_noise(clean, noise, first_timestep.reshape(1)),
+                          generator, start)
+            conditioner, start = conditioner.begin(begin)
+            bound.append(conditioner)
+        return tuple(bound), start
+
+    def encode(self, name: str, pixels: torch.Tensor) -> Any:
+        """The VAE's latent distribution of ``pixels`` (in [-1, 1], at the working size), once per name."""
+        if name not in self._encoded:
+            vae = self.pipeline.vae
+            self._encoded[name] = encode_pixels(vae, pixels.to(vae.device, vae.dtype), self.pipeline.vae_scale_factor)
+        return self._encoded[name]
 
     def text(self, job: DiffusionJob, guided: bool) -> TextConditioner:
         key = (job.prompt, job.negative_prompt, guided, job.prompt_syntax, job.clip_skip)
@@ -148,6 +164,17 @@ def run_diffusion(
 ) -> DiffusionOutput:
     """Run ``job`` on ``source`` (already at the working size, multiples of 8) with ``pipeline``'s components."""
     return DiffusionSession(pipeline, source).run(job, on_step)
+
+
+def encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
+    """The VAE's latent distribution of ``pixels``, in tiles when the picture is large."""
+    if not needs_tiles(*pixels.shape[-2:]):
+        return vae.encode(pixels).latent_dist
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    moments = tiled_apply(lambda tile: vae.encode(tile).latent_dist.parameters, pixels, TILE_PIXELS,
+                          OVERLAP_PIXELS, 1 / scale, align=scale)
+    return DiagonalGaussianDistribution(moments.to(vae.dtype))
 
 
 def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:
@@ -180,9 +207,12 @@ def sigma_at(scheduler: Any, index: int, timestep: torch.Tensor) -> float:
 
 def prepare_latents(
     pipeline: Any, scheduler: Any, latent_dist: Any, first_timestep: torch.Tensor,
-    generator: torch.Generator, size: tuple[int, int],
+    generator: torch.Generator, size: tuple[int, int], pure: bool = False,
 ) -> StartLatents:
     """The starting latents, in float32 whatever the UNet's dtype, with the clean latents and the noise kept.
+
+    ``pure``: the run starts from pure noise (strength 1); the source's latents, when given, are still drawn (a
+    mask blends them back), before the noise, as diffusers' inpaint pipeline does.
 
     Noise is drawn in float32 and the sampler works in float32: PyTorch's normal draws in bf16 or fp16 are a
     different sequence from float32's (for tensors of more than a few elements), so drawing in the model's dtype
@@ -193,12 +223,14 @@ def prepare_latents(
     if latent_dist is None:  # the VAE's channels: an inpainting UNet takes more than it returns
         scale = pipeline.vae_scale_factor
         noise = draw_noise((1, vae.config.latent_channels, size[0] // scale, size[1] // scale), generator, device)
-        return StartLatents(None, noise, noise * scheduler.init_noise_sigma)
+        return StartLatents(None, noise, noise * scheduler.init_noise_sigma, pure=True)
     mean = latent_dist.mean.float()  # the posterior sample, then the noise: diffusers' order
     latents = mean + latent_dist.std.float() * draw_noise(mean.shape, generator, device)
     shift, std = _latent_stats(vae, latents)
     clean = (latents - shift) * vae.config.scaling_factor / std
     noise = draw_noise(clean.shape, generator, device)
+    if pure:
+        return StartLatents(clean, noise, noise * scheduler.init_noise_sigma, pure=True)
     return StartLatents(clean, noise, scheduler.add_noise(clean, noise, first_timestep.reshape(1)))
 
 
@@ -219,9 +251,12 @@ def denoise(
     step_options = _step_options(scheduler, generator)
     latents = start.noised
     for index, timestep in enumerate(timesteps):
-        step = Step(index, len(timesteps), timestep, guided, start, scheduler)
+        following = timesteps[index + 1] if index + 1 < len(timesteps) else None
+        step = Step(index, len(timesteps), timestep, guided, start, scheduler, following)
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
+        for conditioner in conditioners:
+            model_input = conditioner.extend_sample(step, model_input)
         noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
                                    **unet_inputs(conditioners, step))[0].float()
         if guided:

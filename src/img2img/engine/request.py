@@ -25,6 +25,7 @@ from img2img.engine.fields import (
     field_table,
     scalar,
 )
+from img2img.engine.inpaint import Inpaint
 from img2img.engine.prompt_syntax import extract_loras, parse
 from img2img.engine.samplers import canonical_sampler_name
 from img2img.engine.seeds import MAX_SEED
@@ -50,6 +51,7 @@ class GenerationRequest:
         style_image: a picture to take the style from (the built-in style engine only, ``model="builtin"``).
         conditions: conditioners that act inside the denoising loop beside the prompt
             (``img2img.engine.conditioning``; diffusion models only). Each one's metadata goes into the records.
+        inpaint: repaint only part of the source (a mask), or grow its canvas (``img2img.engine.inpaint``).
     """
 
     source: Image.Image | Path | str
@@ -97,6 +99,7 @@ class GenerationRequest:
                             "end (2 for many anime models).", 1, MAX_CLIP_SKIP)
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
+    inpaint: Inpaint | None = None
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -108,7 +111,7 @@ class GenerationRequest:
         for spec in FIELDS:  # types, ranges and choices, as the field table defines them
             value = getattr(self, spec.name)
             if value is not None or spec.default is not None:
-                _check_field(spec, value, max_images)
+                check_scalar(spec, value, max_images)
         if self.seed is not None and self.seed != -1 and self.seed + self.num_images - 1 > MAX_SEED:
             raise InvalidArgument("seed", f"at most {MAX_SEED - self.num_images + 1} for {self.num_images} "
                                   "images (image k uses seed+k)", self.seed)
@@ -126,14 +129,17 @@ class GenerationRequest:
         if self.loop_decay == 0:
             raise InvalidArgument("loop_decay", "above 0 (it multiplies the strength after each loop)", 0)
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
-        return replace(self, sampler=sampler, conditions=check_conditions(self.conditions))
+        if self.inpaint is not None and not isinstance(self.inpaint, Inpaint):
+            raise InvalidArgument("inpaint", "an img2img.Inpaint", type(self.inpaint).__name__)
+        return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
+                       inpaint=self.inpaint.validated() if self.inpaint is not None else None)
 
 
 FIELDS: tuple[FieldSpec, ...] = field_table(GenerationRequest)
 SPEC: MappingProxyType[str, FieldSpec] = MappingProxyType({spec.name: spec for spec in FIELDS})
 
 
-def _check_field(spec: FieldSpec, value: object, max_images: int) -> None:
+def check_scalar(spec: FieldSpec, value: object, max_images: int = DEFAULT_MAX_IMAGES) -> None:
     """One scalar field against its spec; ``num_images`` against the engine's own limit."""
     name = spec.name
     if spec.choices is not None:
