@@ -47,6 +47,12 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sd_inpainting(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD model with a 9-channel UNet, as SD 1.5 inpainting is."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-inpainting", inpainting=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Engine": "img2img.api",
     "GenerationRequest": "img2img.engine.request",
+    "Inpaint": "img2img.engine.inpaint",
     "GenerationRecord": "img2img.engine.result",
     "GenerationResult": "img2img.engine.result",
     "DEFAULT_SAMPLER": "img2img.engine.samplers",
@@ -34,6 +35,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from img2img.api import Engine
+    from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.engine.result import GenerationRecord, GenerationResult
     from img2img.engine.samplers import DEFAULT_SAMPLER, sampler_names
@@ -67,6 +69,7 @@ __all__ = [
     "GenerationRequest",
     "GenerationResult",
     "Img2ImgError",
+    "Inpaint",
     "InvalidArgument",
     "ModelEntry",
     "ModelError",

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
     Prepared,
@@ -28,7 +29,7 @@ from img2img.engine.prompt_syntax import extract_loras
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
 from img2img.engine.seeds import batch_seeds, resolve_seed
-from img2img.engine.sizing import plan_sizes
+from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
@@ -130,25 +131,42 @@ class Engine:
         """Decode and check the request's source with this engine's limits."""
         return read_source(request.source, max_pixels=self.max_source_pixels, background=request.background)
 
-    def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True
+    def masking(self, request: GenerationRequest, source: SourceImage) -> Masking | None:
+        """The request's mask read against ``source`` (the canvas grown for an outpaint), or None without one."""
+        if request.inpaint is None:
+            return None
+        return resolve_mask(request.inpaint, source, self.max_source_pixels)
+
+    def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True, masking: Masking | None = None
              ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
         """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
         engine), checked before any model loads: the working shape must be one a model can paint and, when the
         request ``runs`` a model, its estimated peak memory must fit the budget (and its prompt name built-in
-        styles, for the built-in engine)."""
+        styles, for the built-in engine). With ``masking`` (from ``masking``), ``source`` is its canvas and an
+        "only masked" request works at the mask's box scaled to the model's native size."""
         if self.is_builtin(request.model):
             if runs and request.strength > 0:
                 self.check_styles(request)
-            output, working = plan_sizes(source.rgb.size, STYLE_NATIVE_SIDE, request.size, request.max_side)
+            output, working = self._sizes(request, source, STYLE_NATIVE_SIDE, masking)
             check_fits(style_peak_bytes(working), self.memory_budget,
                        f"{working[0]}x{working[1]} with the built-in style engine")
             return output, working, None
         files = self._files(request.model)
-        output, working = plan_sizes(source.rgb.size, files.family.native_side, request.size, request.max_side)
+        output, working = self._sizes(request, source, files.family.native_side, masking)
         if runs:
             estimate = diffusion_peak_bytes(weight_files_bytes(files.path), working, self.placement.dtype.itemsize)
             check_fits(estimate, self.memory_budget, f"{working[0]}x{working[1]} with {files.name}")
         return output, working, files
+
+    @staticmethod
+    def _sizes(request: GenerationRequest, source: SourceImage, native_side: int, masking: Masking | None
+               ) -> tuple[tuple[int, int], tuple[int, int]]:
+        output, working = plan_sizes(source.rgb.size, native_side, request.size, request.max_side)
+        region = masking.region(output, request.resize_mode) if masking is not None else None
+        if region is not None:
+            working = scale_to_native(region[2] - region[0], region[3] - region[1], native_side)
+            check_aspect(working, "mask", (region[2] - region[0], region[3] - region[1]))
+        return output, working
 
     def generate(self, request: GenerationRequest, on_progress: ProgressCallback | None = None,
                  on_preview: PreviewCallback | None = None) -> GenerationResult:
@@ -177,29 +195,31 @@ class Engine:
         """Resolve the model and the sizes for ``cells`` (they differ only in fields that change neither), then
         run them through the pipeline's stages (``img2img.engine.pipeline``)."""
         started, first = time.perf_counter(), cells[0]
+        masking = self.masking(first, source)
+        source = masking.canvas if masking is not None else source
         if self.is_builtin(first.model):
             if first.conditions:
                 raise InvalidArgument("conditions", "used with diffusion models only (the built-in style engine "
                                       "has no denoising loop)", ", ".join(c.kind for c in first.conditions))
-            output_size, working_size, _ = self.plan(first, source)
+            output_size, working_size, _ = self.plan(first, source, masking=masking)
             style_image = None if first.style_image is None else read_source(
                 first.style_image, max_pixels=self.max_source_pixels).rgb
             model = ModelInfo(BUILTIN_MODEL, Family("sd1"), networks_fingerprint(), BUILTIN_LABEL)
-            prepared = self._prepared(first, source, output_size, working_size, model)
+            prepared = self._prepared(first, source, output_size, working_size, model, masking)
             result = run_styles(cells, prepared, self.style_engine(), style_image, self.check_styles, on_progress)
         else:
             if first.style_image is not None:
                 raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
                                       str(first.style_image))
-            runs = any(cell.strength > 0 for cell in cells)
+            runs = any(cell.strength > 0 for cell in cells) and not (masking is not None and masking.empty)
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
-            output_size, working_size, files = self.plan(first, source, runs)
+            output_size, working_size, files = self.plan(first, source, runs, masking)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
-            prepared = self._prepared(first, source, output_size, working_size, model)
+            prepared = self._prepared(first, source, output_size, working_size, model, masking)
             vae = None
             if loaded is not None:
                 prepared, vae = self._with_addons(prepared, cells, loaded)
@@ -208,6 +228,7 @@ class Engine:
             result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
         result.seconds = time.perf_counter() - started  # model loading included
+        result.notes += list(masking.notes) if masking is not None else []
         return result
 
     def check_addons(self, cells: list[GenerationRequest]) -> None:
@@ -251,9 +272,12 @@ class Engine:
             file, placement.dtype, placement.device, config))
 
     def _prepared(self, first: GenerationRequest, source: SourceImage, output_size: tuple[int, int],
-                  working_size: tuple[int, int], model: ModelInfo) -> Prepared:
-        working = fit_to_size(source.rgb, working_size, first.resize_mode)
-        return Prepared(source, output_size, working, model, self.placement)
+                  working_size: tuple[int, int], model: ModelInfo, masking: Masking | None = None) -> Prepared:
+        if masking is None:
+            working = fit_to_size(source.rgb, working_size, first.resize_mode)
+            return Prepared(source, output_size, working, model, self.placement)
+        mask = masking.plan(output_size, working_size, first.resize_mode)
+        return Prepared(source, output_size, mask.working, model, self.placement, mask=mask)
 
     def _files(self, reference: str | None) -> ModelFiles:
         """A model's files, recognised without loading them."""

@@ -37,6 +37,7 @@ class Masking:
     weights: Image.Image  # L, at the canvas size
     sha256: str | None
     notes: tuple[str, ...]
+    source_sha256: str  # of the source as given (the canvas of an outpaint is not what reproduce reads)
 
     @property
     def empty(self) -> bool:
@@ -48,6 +49,50 @@ class Masking:
         if size == self.canvas.rgb.size:
             return self.canvas.rgb, self.weights
         return fit_to_size(self.canvas.rgb, size, mode), fit_to_size(self.weights, size, mode)  # type: ignore[arg-type]
+
+    def region(self, output_size: tuple[int, int], mode: str) -> tuple[int, int, int, int] | None:
+        """The box that the model paints, in output pixels: None for the whole picture."""
+        if self.inpaint.inpaint_area != "masked":
+            return None
+        return crop_region(self.at(output_size, mode)[1], self.inpaint.masked_padding)
+
+    def plan(self, output_size: tuple[int, int], working_size: tuple[int, int], mode: str) -> MaskPlan:
+        """The mask's part of the stages, once the sizes are known."""
+        base, weights = self.at(output_size, mode)
+        region = self.region(output_size, mode)
+        if region is None:
+            working = fit_to_size(self.canvas.rgb, working_size, mode)  # type: ignore[arg-type]
+            working_weights = weights.resize(working_size, Image.BILINEAR)
+        else:
+            working = base.crop(region).resize(working_size, Image.LANCZOS)
+            working_weights = weights.crop(region).resize(working_size, Image.BILINEAR)
+        if self.inpaint.masked_content == "fill":
+            working = fill_masked(working, working_weights)
+        return MaskPlan(self.inpaint, base, weights, region, working, working_weights, self.sha256, self.empty,
+                        self.source_sha256)
+
+
+@dataclass(frozen=True)
+class MaskPlan:
+    """What the stages need of a mask: the pictures at the output and the working size."""
+
+    inpaint: Inpaint
+    base: Image.Image  # the canvas at the output size: the paste-back keeps its pixels
+    weights: Image.Image  # L at the output size: the paste-back's weights
+    region: tuple[int, int, int, int] | None  # the box painted (only masked), in output pixels
+    working: Image.Image  # what the model starts from, at the working size (pre-filled for "fill")
+    working_weights: Image.Image  # L at the working size: what the loop repaints (binarized there)
+    sha256: str | None
+    empty: bool  # an all-black mask: nothing is painted
+    source_sha256: str
+
+    def keep(self, painted: Image.Image, source: Image.Image) -> Image.Image:
+        """A pass's result at the working size with the unmasked area of ``source`` put back."""
+        return Image.composite(painted, source, self.working_weights)
+
+    def finish(self, painted: Image.Image) -> Image.Image:
+        """The result at the output size: ``painted`` through the mask over the canvas, kept pixels exact."""
+        return paste_back(self.base, painted, self.weights, self.region)
 
 
 def resolve_mask(inpaint: Inpaint, source: SourceImage, max_pixels: int) -> Masking:
@@ -73,7 +118,7 @@ def resolve_mask(inpaint: Inpaint, source: SourceImage, max_pixels: int) -> Mask
     weights = mask.filter(ImageFilter.GaussianBlur(inpaint.mask_blur)) if inpaint.mask_blur else mask
     if weights.getbbox() is None:
         notes.append("the mask is all black: nothing to repaint, so the source comes back unchanged")
-    return Masking(inpaint, canvas, weights, sha256, tuple(notes))
+    return Masking(inpaint, canvas, weights, sha256, tuple(notes), source.sha256)
 
 
 def read_mask(mask: Image.Image | Path | str, max_pixels: int) -> tuple[Image.Image, str]:

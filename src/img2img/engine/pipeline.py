@@ -23,6 +23,9 @@ from PIL import Image
 
 from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
+from img2img.engine.inpaint import ALPHA
+from img2img.engine.mask_conditioner import INPAINTING_CHANNELS, MaskConditioner
+from img2img.engine.masking import MaskPlan
 from img2img.engine.preview import latent_preview
 from img2img.engine.prompt_syntax import LoraTag, extract_loras, parse
 from img2img.engine.request import GenerationRequest
@@ -76,6 +79,16 @@ class Prepared:
     loras: Mapping[str, tuple[LoraUse, ...]] = field(default_factory=dict)  # each prompt's LoRAs, resolved
     embeddings: tuple[EmbeddingUse, ...] = ()  # the embeddings the cells' prompts name, loaded
     vae_sha256: str | None = None  # the request's own VAE, when it has one
+    mask: MaskPlan | None = None  # what an inpaint repaints; ``source`` is then its canvas
+
+    @property
+    def source_sha256(self) -> str:
+        return self.mask.source_sha256 if self.mask is not None else self.source.sha256
+
+    @property
+    def paints(self) -> bool:
+        """Whether anything is to be painted (an all-black mask paints nothing)."""
+        return self.mask is None or not self.mask.empty
 
 
 def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: Any | None,
@@ -92,7 +105,7 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
             report = (lambda done, total, i=index: on_progress(i, done, total)) if on_progress else None
             preview = _previewer(index, on_preview, prepared.model.family.base == "sdxl") if on_preview else None
             uses = prepared.loras.get(cell.prompt, ())
-            if session is None or cell.strength == 0:
+            if session is None or cell.strength == 0 or not prepared.paints:
                 picture = _unpainted(cell, prepared)
                 record = make_record(cell, to_job(cell, prepared.model.family, 0.0), prepared, 0, 0.0)
             else:
@@ -132,6 +145,13 @@ def _loopback(
     """
     strengths = [cell.strength * cell.loop_decay**loop for loop in range(cell.loops)]
     job = to_job(cell, prepared.model.family)
+    channels = session.pipeline.unet.config.in_channels
+    if prepared.mask is not None or channels == INPAINTING_CHANNELS:
+        # An inpainting model given no mask repaints the whole picture, as A1111 runs it.
+        mask = MaskConditioner(prepared.mask.working_weights, prepared.mask.inpaint.masked_content, channels) \
+            if prepared.mask is not None else MaskConditioner(Image.new("L", session.source.size, 255), "original",
+                                                              channels)
+        job = replace(job, conditions=(*job.conditions, mask))
     totals = [session.plan(replace(job, strength=strength)).steps_to_run for strength in strengths]
     reference, record, picture = session.source, None, session.source
     for loop, strength in enumerate(strengths):
@@ -142,6 +162,8 @@ def _loopback(
         picture = _to_image(output.images[0])
         if cell.color_match:
             picture = match_colors(picture, reference)
+        if prepared.mask is not None:
+            picture = prepared.mask.keep(picture, session.source)
         if record is None:
             record = make_record(cell, job, prepared, output.steps_run, output.start_sigma)
         if loop + 1 < cell.loops:
@@ -163,17 +185,18 @@ def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: Style
         started = time.perf_counter()
         recipe = engine.recipe(style_weights(cell), style_image)
         picture = _unpainted(cell, prepared)
-        if cell.strength > 0:
+        if cell.strength > 0 and prepared.paints:
             picture = prepared.working
             for loop in range(cell.loops):
-                picture = engine.restyle(picture, recipe, cell.strength * cell.loop_decay**loop,
-                                         ((cell.seed or 0) + loop) % (MAX_SEED + 1))
+                restyled = engine.restyle(picture, recipe, cell.strength * cell.loop_decay**loop,
+                                          ((cell.seed or 0) + loop) % (MAX_SEED + 1))
                 if cell.color_match:
-                    picture = match_colors(picture, prepared.working)
+                    restyled = match_colors(restyled, prepared.working)
+                picture = prepared.mask.keep(restyled, picture) if prepared.mask is not None else restyled
                 if on_progress:
                     on_progress(index, loop + 1, cell.loops)
         job = DiffusionJob(cell.prompt, "", cell.strength, 0.0, 1, STYLE_SAMPLER, (cell.seed or 0,))
-        record = make_record(cell, job, prepared, int(cell.strength > 0), 0.0)
+        record = make_record(cell, job, prepared, int(cell.strength > 0 and prepared.paints), 0.0)
         records.append(replace(record, engine="style", width=prepared.output_size[0],
                                height=prepared.output_size[1], style_image_sha256=style_sha256))
         images.append(finish(cell, picture, prepared))
@@ -184,6 +207,8 @@ def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: Style
 
 def _unpainted(cell: GenerationRequest, prepared: Prepared) -> Image.Image:
     """Strength 0: the source itself, at its own size unless the request asks for another."""
+    if prepared.mask is not None:
+        return prepared.mask.base.copy()
     keeps_size = cell.size is None and cell.max_side is None
     return (prepared.source.rgb if keeps_size else prepared.working).copy()
 
@@ -191,6 +216,8 @@ def _unpainted(cell: GenerationRequest, prepared: Prepared) -> Image.Image:
 def finish(cell: GenerationRequest, picture: Image.Image, prepared: Prepared) -> Image.Image:
     """Bring the result to the output size and put the source's transparency back when asked."""
     output_size, source = prepared.output_size, prepared.source
+    if prepared.mask is not None:
+        picture = prepared.mask.finish(picture)
     if picture.size != output_size:
         picture = picture.resize(output_size, Image.LANCZOS)
     if cell.keep_alpha and source.alpha is not None:
@@ -205,15 +232,20 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
                 start_sigma: float) -> GenerationRecord:
     """The record of one image (its output size is set by the caller)."""
     working, model, placement = prepared.working.size, prepared.model, prepared.placement
+    inpaint = cell.inpaint
+    if inpaint is not None and inpaint.mask != ALPHA:
+        inpaint = replace(inpaint, mask=None)  # a picture: the record knows it by its hash
     resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
                        negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
-                       guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name)
+                       guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name,
+                       inpaint=inpaint)
     return GenerationRecord(
         request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),
         width=working[0], height=working[1], working_width=working[0], working_height=working[1],
-        model_family=model.family_label, model_hash=model.sha256, source_sha256=prepared.source.sha256,
+        model_family=model.family_label, model_hash=model.sha256, source_sha256=prepared.source_sha256,
         device=placement.device, dtype=placement.dtype_name, quantize=placement.quantize, versions=library_versions(),
         conditions=tuple(entry for entry in (_described(c) for c in cell.conditions) if entry is not None),
+        mask_sha256=prepared.mask.sha256 if prepared.mask is not None else None,
     )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from PIL import Image
 
+from img2img.engine.inpaint import INPAINT_FIELDS, SIDES, Inpaint
 from img2img.engine.request import FIELDS, GenerationRequest
 from img2img.errors import InvalidArgument
 
@@ -48,6 +49,7 @@ class GenerationRecord:
     loras: tuple[dict[str, Any], ...] = ()  # the prompt's LoRAs as they ran: name, weight and file SHA-256
     embeddings: tuple[dict[str, Any], ...] = ()  # the textual-inversion embeddings the prompts named, by hash
     vae_sha256: str | None = None  # the VAE used instead of the model's (request.vae), by hash
+    mask_sha256: str | None = None  # the inpaint's mask picture, by the hash of its greyscale pixels
 
     def __getattr__(self, name: str) -> Any:
         """The request's fields, read through (called only for names the record itself lacks)."""
@@ -60,9 +62,13 @@ class GenerationRecord:
         """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
         data = {name: getattr(self.request, name) for name in RECORDED}
         data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
-        for name in ("conditions", "loras", "embeddings", "vae_sha256"):  # absent: read as before they existed
+        for name in ("conditions", "loras", "embeddings", "vae_sha256", "mask_sha256"):  # absent: as before them
             if not data[name]:
                 del data[name]
+        inpaint = self.request.inpaint
+        if inpaint is not None:  # its fields beside the others, and the mask when it is a word ("alpha")
+            data |= {spec.name: getattr(inpaint, spec.name) for spec in INPAINT_FIELDS}
+            data |= {"outpaint": list(inpaint.outpaint), "mask": inpaint.mask}
         return json.dumps(data, sort_keys=True, ensure_ascii=False)
 
     @classmethod
@@ -75,6 +81,10 @@ class GenerationRecord:
             asked |= {key: value for key, value in data.items() if key in RECORDED}
             if asked.get("size") is not None:
                 asked["size"] = tuple(asked["size"])
+            if "inpaint_area" in data:
+                asked["inpaint"] = Inpaint(mask=data.get("mask"), outpaint=tuple(data.get("outpaint", (0,) * 4)),
+                                           **{spec.name: data[spec.name] for spec in INPAINT_FIELDS
+                                              if spec.name in data})
             ran = {f.name: data[f.name] for f in fields(cls) if f.name != "request" and f.name in data}
             for name in ("conditions", "loras", "embeddings"):
                 if ran.get(name):
@@ -84,14 +94,21 @@ class GenerationRecord:
             raise InvalidArgument("record", "an img2img JSON record", text[:80]) from exc
 
     def to_request(
-        self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None
+        self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None,
+        mask: Image.Image | Path | str | None = None,
     ) -> GenerationRequest:
-        """The request that produced this image, to run again on ``source`` (``img2img reproduce``)."""
+        """The request that produced this image, to run again on ``source`` (``img2img reproduce``), with the
+        inpaint's ``mask`` picture when it had one (its hash is checked when it runs: ``check_mask``)."""
+        if self.mask_sha256 and mask is None:
+            raise InvalidArgument("mask", f"the mask picture this image was made with (SHA-256 "
+                                  f"{self.mask_sha256[:12]}...)", None)
         if self.conditions:
             kinds = ", ".join(str(entry.get("kind", "?")) for entry in self.conditions)
             raise InvalidArgument("record", "one without conditioners (their objects cannot be rebuilt from a file)",
                                   kinds)
         request = replace(self.request, source=source, style_image=style_image)
+        if request.inpaint is not None and self.mask_sha256:
+            request = replace(request, inpaint=replace(request.inpaint, mask=mask))
         if self.engine == "style":  # the style engine has no guidance, steps or sampler to set
             request = replace(request, **dict.fromkeys(NOT_STYLE))
         return request
@@ -117,6 +134,19 @@ class GenerationRecord:
         if self.embeddings:
             hashes = ", ".join(f"{entry['name']}: {entry['sha256'][:12]}" for entry in self.embeddings)
             fields["TI hashes"] = f'"{hashes}"'
+        inpaint = self.request.inpaint
+        if inpaint is not None:  # A1111's names, and ours where it has none
+            fields["Mask blur"] = inpaint.mask_blur
+            if inpaint.inpaint_area == "masked":
+                fields["Inpaint area"], fields["Masked area padding"] = "Only masked", inpaint.masked_padding
+            fields["Masked content"] = inpaint.masked_content
+            if inpaint.invert_mask:
+                fields["Mask mode"] = "Inpaint not masked"
+            if self.mask_sha256:
+                fields["Mask hash"] = self.mask_sha256[:10]
+            if inpaint.outpaints:
+                fields["Outpaint"] = '"' + ", ".join(f"{side}={pixels}" for side, pixels in zip(
+                    SIDES, inpaint.outpaint, strict=True) if pixels) + '"'
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
 

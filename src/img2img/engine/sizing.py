@@ -58,6 +58,13 @@ def fit_working_size(width: int, height: int, native_side: int) -> tuple[int, in
     return (_fit_side(width * scale), _fit_side(height * scale))
 
 
+def scale_to_native(width: int, height: int, native_side: int) -> tuple[int, int]:
+    """Keep the aspect ratio and scale, up or down, to about ``native_side``² pixels in multiples of 8 (an "only
+    masked" box is painted at the model's own resolution, whatever its size in the photo)."""
+    scale = math.sqrt(native_side * native_side / (width * height))
+    return (_fit_side(width * scale), _fit_side(height * scale))
+
+
 def fit_long_side(width: int, height: int, long_side: int) -> tuple[int, int]:
     """Scale so that the long side is ``long_side`` (a multiple of 8); round the short side to a multiple of 8."""
     scale = long_side / max(width, height)

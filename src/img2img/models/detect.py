@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from img2img.errors import ModelNotFound, PickleRefused, UnknownModelFormat
-from img2img.models.families import Family, Prediction, base_from_cross_attention_dim, distillation_from_name
+from img2img.models.families import (
+    Family,
+    Prediction,
+    base_from_cross_attention_dim,
+    distillation_from_name,
+    inpainting_from_channels,
+)
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -20,6 +26,7 @@ SDXL_TEXT_KEY = "conditioner.embedders.1.model.ln_final.weight"
 SD2_TEXT_KEY = "cond_stage_model.model.ln_final.weight"
 SD1_TEXT_KEY = "cond_stage_model.transformer.text_model.final_layer_norm.weight"
 UNET_PREFIX = "model.diffusion_model."
+UNET_INPUT_KEY = f"{UNET_PREFIX}input_blocks.0.0.weight"  # (320, input channels, 3, 3)
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,7 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
         base=base,  # type: ignore[arg-type]
         prediction=prediction or scheduler.get("prediction_type", "epsilon"),
         distillation=distillation,
+        inpainting=inpainting_from_channels(int(unet.get("in_channels", 4)), str(path)),
     )
     weights = list((path / "unet").glob("*.safetensors"))
     pickled = not weights
@@ -147,7 +155,9 @@ def _family_from_keys(
         else:
             prediction = "v_prediction"  # most SD 2.x checkpoints are the 768-px v-prediction kind
     title = " ".join(metadata.get(k, "") for k in ("modelspec.title", "modelspec.architecture"))
-    return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title))  # type: ignore[arg-type]
+    channels = shapes.get(UNET_INPUT_KEY, [0, 4])[1]
+    return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title),  # type: ignore[arg-type]
+                  inpainting=inpainting_from_channels(channels, path.name))
 
 
 def _safetensors_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:

@@ -133,7 +133,8 @@ def _pipeline_class(family: Family) -> Any:
 
 def prepared_config_dir(family: Family) -> Path:
     """The shipped configs of ``family`` plus generated tokenizer files, prepared once in the user cache."""
-    target = cache_dir() / "configs" / f"{family.config_name}-v{CONFIG_SET_VERSION}"
+    variant = "-inpainting" if family.inpainting else ""
+    target = cache_dir() / "configs" / f"{family.config_name}{variant}-v{CONFIG_SET_VERSION}"
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,9 @@ def prepared_config_dir(family: Family) -> Path:
             shutil.copytree(source, staging, dirs_exist_ok=True)
         for tokenizer in staging.glob("tokenizer*"):
             write_tokenizer_files(tokenizer)
+        if family.inpainting:  # the same architecture with the mask and the masked source's latents as input
+            unet_config = staging / "unet" / "config.json"
+            unet_config.write_text(json.dumps(json.loads(unet_config.read_text()) | {"in_channels": 9}, indent=2))
         staging.rename(target)  # atomic: a reader sees a complete folder or none
     except FileExistsError:
         pass  # another process prepared it first
