@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from img2img.cli.app import app
 from img2img.cli.generate import _make_folder, announce_model, prepare, save
 from img2img.cli.options import request_options
 from img2img.errors import InvalidArgument, SourceImageError
+
+if TYPE_CHECKING:
+    from img2img.engine.request import GenerationRequest
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
@@ -79,7 +82,7 @@ def batch(
                 skipped.append(source)
             else:
                 try:
-                    result = engine.generate(replace(request, source=source))
+                    result = engine.generate(_with_mask(replace(request, source=source)))
                 except SourceImageError as exc:
                     failed.append((source, str(exc)))
                 else:
@@ -93,6 +96,20 @@ def batch(
         console.print(f"  failed {escape(source.name)}: {escape(reason)}", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _with_mask(request: GenerationRequest) -> GenerationRequest:
+    """With --mask FOLDER, the request with the mask named as its source (any image suffix)."""
+    inpaint = request.inpaint
+    if inpaint is None or not isinstance(inpaint.mask, Path) or not inpaint.mask.is_dir():
+        return request
+    stem = Path(str(request.source)).stem
+    found = sorted(path for path in inpaint.mask.iterdir() if path.stem == stem and path.suffix.lower() in
+                   IMAGE_SUFFIXES)
+    if not found:
+        raise SourceImageError(f"mask should be in {inpaint.mask} as {stem}.png (or another image suffix), but "
+                               "there is none")
+    return replace(request, inpaint=replace(inpaint, mask=found[0]))
 
 
 def _target_names(sources: list[Path], folder: Path, suffix: str) -> list[Path]:

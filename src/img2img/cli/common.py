@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from img2img.engine.inpaint import INPAINT_SPEC
 from img2img.engine.request import SPEC
 from img2img.errors import InvalidArgument, OutputPathError
 
@@ -44,6 +45,8 @@ def flag_for(argument: str) -> str:
         return argument
     if argument in SPEC:
         return SPEC[argument].option
+    if argument in INPAINT_SPEC:
+        return INPAINT_SPEC[argument].option
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
 
 

@@ -96,6 +96,7 @@ def reproduce(
     file: File,
     source: Annotated[Path, typer.Option("--source", help="The source image FILE was made from.")],
     style_image: c.StyleImage = None,
+    mask: Annotated[Path | None, typer.Option("--mask", help="The mask FILE was inpainted with.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or a folder.")] = None,
     model: c.Model = None,
     quality: c.Quality = 90,
@@ -113,7 +114,7 @@ def reproduce(
       img2img reproduce outputs/00001-42.png --source photo.jpg
       img2img reproduce painting.png --source photo.jpg --model ~/models/sd15.safetensors -o again.png
 
-    The same source, model, settings and machine give an identical file.
+    The same source, model, settings and machine give an identical file. An inpainted FILE needs its --mask.
     """
     from img2img.cli.generate import announce_model, prepare, save
     from img2img.engine.result import GenerationRecord
@@ -125,17 +126,21 @@ def reproduce(
     record = GenerationRecord.from_json(metadata.record)
     if record.style_image_sha256 and style_image is None:
         raise InvalidArgument("style_image", f"the style picture {file.name} was made with", None)
-    request = record.to_request(source, style_image)
+    request = record.to_request(source, style_image, mask)
     if model is not None:
         request = replace(request, model=model)
     request = _same_addons(record, request)
     format_name = format_of(file)
     engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend,
                                            quantize)
-    source_sha = engine.read_source(request).sha256
-    if source_sha != record.source_sha256:
+    picture = engine.read_source(request)
+    if picture.sha256 != record.source_sha256:
         raise SourceImageError(f"--source should be the image {file.name} was made from (SHA-256 "
-                               f"{record.source_sha256[:12]}…), but {source} has SHA-256 {source_sha[:12]}…")
+                               f"{record.source_sha256[:12]}…), but {source} has SHA-256 {picture.sha256[:12]}…")
+    masking = engine.masking(request, picture)
+    if masking is not None and masking.sha256 != record.mask_sha256:
+        raise SourceImageError(f"--mask should be the mask {file.name} was inpainted with (SHA-256 "
+                               f"{str(record.mask_sha256)[:12]}…), but {mask} has SHA-256 {str(masking.sha256)[:12]}…")
     targets = c.output_paths(output, 1, format_name)
     console = Console(emoji=False)
     announce_model(console, engine, request)

@@ -92,7 +92,7 @@ def run(
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,
                                            quantize)
     targets = c.output_paths(output, count, format_name)
-    early_notes = list(engine.read_source(request).notes)  # a bad source is reported before a model loads
+    early_notes = source_notes(engine, request)  # a bad source or mask is reported before a model loads
     c.print_notes(early_notes)
     console = Console(emoji=False)
     announce_model(console, engine, request)
@@ -172,7 +172,8 @@ def sweep(
 
     cells = len(sweep_cells(request, axes))  # checks every axis value before any work
     targets = c.output_paths(folder, cells, format_name)
-    c.print_notes(list(engine.read_source(request).notes))
+    early_notes = source_notes(engine, request)
+    c.print_notes(early_notes)
     console = Console(emoji=False)
     announce_model(console, engine, request)
     with c.step_progress(console) as update:
@@ -227,6 +228,13 @@ def prepare(
     if request.keep_alpha and format_name == "jpeg":
         raise InvalidArgument("format", "png or webp with --keep-alpha (JPEG has no transparency)", format_name)
     return engine, request, format_name
+
+
+def source_notes(engine: Engine, request: GenerationRequest) -> list[str]:
+    """Read the source and the mask (refused now if bad) and return what to warn about."""
+    source = engine.read_source(request)
+    masking = engine.masking(request, source)
+    return [*source.notes, *(masking.notes if masking is not None else ())]
 
 
 def announce_model(console: Console, engine: Engine, request: GenerationRequest) -> None:

@@ -4,6 +4,9 @@
 its help, range and default. The command receives the options the user gave as ``fields`` (a dict, left-out
 options absent), so that the request's own defaults, or a file's parameters (``--params-from``), fill the rest.
 A new field in the table is an option of run, sweep and batch with no change here.
+
+The inpainting part's fields (``img2img.engine.inpaint.INPAINT_FIELDS``) are options too, in their own help panel,
+beside ``--mask`` and ``--outpaint``; given a mask or an outpaint, ``fields["inpaint"]`` holds the ``Inpaint``.
 """
 
 from __future__ import annotations
@@ -11,20 +14,31 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
 from img2img.engine.fields import FieldSpec
+from img2img.engine.inpaint import ALPHA, INPAINT_FIELDS, Inpaint, parse_outpaint
 from img2img.engine.request import FIELDS
+from img2img.errors import InvalidArgument
 
 F = TypeVar("F", bound=Callable[..., None])
 ALIASES = {"num_images": ("--count",)}  # older spellings that stay accepted
 
 
+MASK_HELP = ("A mask image (white repaints, black keeps, grey blends; resized to the source), or alpha: the "
+             "source's transparent pixels. batch: a folder of masks named as the sources, or one for all.")
+OUTPAINT_HELP = "Grow the canvas and paint the new area: 128 (every side) or right=256,bottom=128."
+PANEL = "Inpainting"
+
+
 def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
-    """Add an option for every request field but the positional PROMPT and those in ``leave_out``."""
+    """Add an option for every request field but the positional PROMPT and those in ``leave_out``, and the
+    inpainting options."""
     specs = [spec for spec in FIELDS if spec.name not in leave_out and spec.option.startswith("-")]
+    inpaint_specs = list(INPAINT_FIELDS)
 
     def decorate(command: F) -> F:
         signature = inspect.signature(command, eval_str=True)
@@ -33,11 +47,20 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
         arguments = [param for param in own if _is_argument(param)]
         added = [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(spec))
                  for spec in specs]
+        added += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            str | None, typer.Option(f"--{name}", help=text, rich_help_panel=PANEL, show_default=False)])
+            for name, text in (("mask", MASK_HELP), ("outpaint", OUTPAINT_HELP))]
+        added += [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                    annotation=_option(spec, PANEL)) for spec in inpaint_specs]
 
         @functools.wraps(command)
         def with_fields(**values: Any) -> None:
             given = {spec.name: values.pop(spec.name) for spec in specs}
-            command(**values, fields={name: value for name, value in given.items() if value is not None})
+            fields = {name: value for name, value in given.items() if value is not None}
+            inpaint = {spec.name: values.pop(spec.name) for spec in inpaint_specs}
+            mask, outpaint = values.pop("mask"), values.pop("outpaint")
+            part = inpaint_part(mask, outpaint, {name: value for name, value in inpaint.items() if value is not None})
+            command(**values, fields=fields | ({"inpaint": part} if part is not None else {}))
 
         parameters = [*arguments, *added, *(param for param in own if param not in arguments)]
         with_fields.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
@@ -47,7 +70,18 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
     return decorate
 
 
-def _option(spec: FieldSpec) -> Any:
+def inpaint_part(mask: str | None, outpaint: str | None, fields: dict[str, Any]) -> Inpaint | None:
+    """The ``Inpaint`` of --mask, --outpaint and the inpainting options; None without a mask or an outpaint."""
+    if mask is None and outpaint is None:
+        if fields:
+            name = next(iter(fields))
+            raise InvalidArgument(name, "given with --mask or --outpaint", fields[name])
+        return None
+    chosen: str | Path | None = None if mask is None else ALPHA if mask.strip().lower() == ALPHA else Path(mask)
+    return Inpaint(mask=chosen, outpaint=parse_outpaint(outpaint) if outpaint else (0, 0, 0, 0), **fields)
+
+
+def _option(spec: FieldSpec, panel: str = "Generation") -> Any:
     """The typer annotation of one field's option: None when not given, its default shown in the help."""
     text = spec.help
     if spec.kind in (int, float) and spec.low is not None:
@@ -63,7 +97,7 @@ def _option(spec: FieldSpec) -> Any:
         shown = spec.unset
     if shown:
         text += rf" \[default: {shown}]"  # escaped: rich would read [default: ...] as markup
-    option = typer.Option(*decls, help=text, show_default=False, rich_help_panel="Generation")
+    option = typer.Option(*decls, help=text, show_default=False, rich_help_panel=panel)
     return Annotated[spec.kind | None, option]
 
 
