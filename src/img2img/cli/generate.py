@@ -29,6 +29,8 @@ RUN_HELP = """Generate images from SOURCE guided by PROMPT.
   img2img run sketch.png "finished fantasy illustration" --strength 0.6 --loops 3 --loop-decay 0.8 --color-match
   img2img run photo.jpg "starry-swirl" --strength 0.8 --model builtin
   img2img run photo.jpg "" --style-image painting.jpg --strength 0.7
+  img2img run photo.jpg "a red vintage car" --mask car-mask.png --strength 0.9 --inpaint-area masked
+  img2img run photo.jpg "a wide beach at dusk" --outpaint right=256,left=256 --strength 1
 
 With no model registered (or --model builtin) the built-in style engine restyles the photo: PROMPT names \
 styles (img2img styles lists them) and --style-image takes the style from any picture. It adds no new content.
@@ -37,6 +39,10 @@ Strength 0 returns the source unchanged; strength 1 ignores it (plain text-to-im
 By default the last int(steps x strength) steps of a STEPS schedule run (diffusers' rule, at least one); \
 --steps-mode exact runs exactly STEPS steps from the strength's noise level. Image k of a batch uses seed+k. \
 The output keeps the source's size unless --size or --max-side is given.
+
+--mask repaints only the white part of the mask (pixels outside it and its blur stay exactly the source's); \
+--outpaint grows the canvas and paints the new area. Inpainting models (9-channel UNets) are recognised and used \
+as such; other models inpaint too.
 """
 
 SWEEP_HELP = """Run PROMPT on SOURCE over every combination of the listed values and compare them in one grid.
