@@ -21,7 +21,7 @@ from img2img.engine.fields import FieldSpec, field_table, scalar
 from img2img.errors import InvalidArgument
 
 AREAS: tuple[str, ...] = ("whole", "masked")
-CONTENTS: tuple[str, ...] = ("original", "fill", "noise", "nothing")  # A1111's inpainting_fill 0..3, in order
+CONTENTS: tuple[str, ...] = ("original", "fill", "noise", "nothing")
 MAX_BLUR = 64
 MAX_PADDING = 512
 MAX_OUTPAINT = 2048  # pixels a side; the grown canvas must still pass the source's pixel limit
@@ -34,14 +34,14 @@ class Inpaint:
     """What to repaint, and how.
 
     Attributes:
-        mask: white repaints, black keeps, grey blends (a PIL image or a path; resized to the source when the sizes
-            differ, with a note), or ``"alpha"``: the source's transparent pixels. None with an outpaint alone: the
-            added area is the mask.
+        mask: white repaints, black keeps, grey blends (a PIL image, a path or a file's bytes; resized to the
+            source when the sizes differ, with a note), or ``"alpha"``: the source's transparent pixels. None with
+            an outpaint alone: the added area is the mask.
         outpaint: pixels to add on each side (left, top, right, bottom); the added area is pre-filled as
             ``masked_content`` says and repainted, overlapping the old edge by the mask blur.
     """
 
-    mask: Image.Image | Path | str | None = None
+    mask: Image.Image | Path | str | bytes | None = None
     mask_blur: int = scalar(int, 4, "Blur the mask's edge by this many pixels, so that the repaint blends in.",
                             0, MAX_BLUR, a1111="mask_blur")
     invert_mask: bool = scalar(bool, False, "Repaint the black part of the mask instead of the white.")
@@ -69,7 +69,7 @@ class Inpaint:
             raise InvalidArgument("mask", "an image, a path or 'alpha' (or an outpaint)", None)
         if isinstance(self.mask, str) and self.mask.lower() == ALPHA:
             return replace(self, mask=ALPHA, outpaint=check_outpaint(self.outpaint))
-        if self.mask is not None and not isinstance(self.mask, Image.Image | Path | str):
+        if self.mask is not None and not isinstance(self.mask, Image.Image | Path | str | bytes):
             raise InvalidArgument("mask", "an image, a path or 'alpha'", type(self.mask).__name__)
         return replace(self, outpaint=check_outpaint(self.outpaint))
 

@@ -121,10 +121,16 @@ def resolve_mask(inpaint: Inpaint, source: SourceImage, max_pixels: int) -> Mask
     return Masking(inpaint, canvas, weights, sha256, tuple(notes), source.sha256)
 
 
-def read_mask(mask: Image.Image | Path | str, max_pixels: int) -> tuple[Image.Image, str]:
+def read_mask(mask: Image.Image | Path | str | bytes, max_pixels: int) -> tuple[Image.Image, str]:
     """The mask as 8-bit greyscale and the SHA-256 of its pixels; transparent pixels read as black (keep)."""
     if isinstance(mask, Image.Image):
         image = mask
+    elif isinstance(mask, bytes):
+        try:
+            image = open_checked(mask, max_pixels, "mask")
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise SourceImageError(f"mask is truncated or corrupt ({exc})") from exc
     else:
         path = Path(mask)
         if not path.is_file():

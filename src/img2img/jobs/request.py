@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.jobs.blobs import BlobStore
 
-STORED_APART = ("source", "style_image", "model_sha256")
+STORED_APART = ("source", "style_image", "model_sha256", "mask")
 
 
 @dataclass(frozen=True)
@@ -19,16 +20,18 @@ class JobRequest:
     fields: dict[str, Any] = field(default_factory=dict)  # GenerationRequest's other fields, as JSON values
     style_image: str | None = None  # a style picture's blob name (the built-in engine)
     model_sha256: str | None = None  # the weights the job was accepted with; None for the built-in engine
+    mask: str | None = None  # an inpaint's mask picture's blob name
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form: one flat JSON object (the same as before this type existed)."""
         return {**self.fields, "source": self.source, "style_image": self.style_image,
-                **({"model_sha256": self.model_sha256} if self.model_sha256 else {})}
+                **({"model_sha256": self.model_sha256} if self.model_sha256 else {}),
+                **({"mask": self.mask} if self.mask else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRequest:
         return cls(data["source"], {key: value for key, value in data.items() if key not in STORED_APART},
-                   data.get("style_image"), data.get("model_sha256"))
+                   data.get("style_image"), data.get("model_sha256"), data.get("mask"))
 
     def generation_request(self, blobs: BlobStore, default_model: str | None = None) -> GenerationRequest:
         """The engine's request, its images read from ``blobs``; ``default_model`` for jobs stored before models
@@ -38,5 +41,20 @@ class JobRequest:
         values = dict(self.fields)
         values["model"] = values.get("model") or default_model
         size = values.pop("size", None)
+        inpaint = inpaint_part(values.pop("inpaint", None), blobs.path(self.mask) if self.mask else None)
         return GenerationRequest(source=blobs.path(self.source), size=tuple(size) if size else None,
-                                 style_image=blobs.path(self.style_image) if self.style_image else None, **values)
+                                 style_image=blobs.path(self.style_image) if self.style_image else None,
+                                 inpaint=inpaint, **values)
+
+
+def inpaint_part(values: dict[str, Any] | None, mask: Any) -> Inpaint | None:
+    """The request's ``Inpaint`` from its JSON fields and its mask picture (None: none, or the word in the fields)."""
+    from img2img.engine.inpaint import Inpaint
+
+    if values is None and mask is None:
+        return None
+    values = dict(values or {})
+    word = values.pop("mask", None)
+    outpaint = values.pop("outpaint", None)
+    return Inpaint(mask=mask if mask is not None else word,
+                   outpaint=tuple(outpaint) if outpaint is not None else (0, 0, 0, 0), **values)

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from img2img.engine.fields import MAX_PROMPT_CHARS
+from img2img.engine.inpaint import MAX_PADDING
 from img2img.engine.request import FIELDS
 from img2img.engine.seeds import MAX_SEED
 from img2img.server.auth import Caller
@@ -35,6 +36,9 @@ RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
 SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
              "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
              "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid"}
+INPAINT = {"mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res",
+           "inpaint_full_res_padding", "inpainting_mask_invert"}
+FILLS = ("fill", "original", "noise", "nothing")  # A1111's inpainting_fill 0..3 ("Masked content")
 HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
          "hr_sampler_name", "hr_prompt", "hr_negative_prompt"}
 OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}  # the override_settings that act here
@@ -96,10 +100,10 @@ class Img2ImgRequest(ProcessingRequest):
     mask_blur_x: Count = 4
     mask_blur_y: Count = 4
     mask_blur: Count | None = None
-    inpainting_fill: Count = 0
+    inpainting_fill: int = Field(0, ge=0, le=3)
     inpaint_full_res: bool = True
-    inpaint_full_res_padding: Count = 0
-    inpainting_mask_invert: Count = 0
+    inpaint_full_res_padding: int = Field(0, ge=0, le=MAX_PADDING)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
     initial_noise_multiplier: float | None = None
     latent_mask: str | None = None
     include_init_images: bool = False
@@ -144,7 +148,17 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
     if body.resize_mode == 3:
         warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
     source = decode_base64(body.init_images[0], "init_images", svc)
-    outputs = await _run(svc, who, fields, source, warnings, "img2img")
+    mask = None
+    if body.mask:
+        mask = decode_base64(body.mask, "mask", svc)
+        blur = body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y)
+        if body.mask_blur is None and body.mask_blur_x != body.mask_blur_y:
+            warnings.append(f"mask_blur_x and mask_blur_y differ; both were {blur}")
+        fields["inpaint"] = {"mask_blur": blur, "invert_mask": bool(body.inpainting_mask_invert),
+                             "inpaint_area": "masked" if body.inpaint_full_res else "whole",
+                             "masked_padding": body.inpaint_full_res_padding,
+                             "masked_content": FILLS[body.inpainting_fill]}
+    outputs = await _run(svc, who, fields, source, warnings, "img2img", mask)
     return _answer(body, fields, outputs, warnings)
 
 
@@ -161,11 +175,11 @@ async def txt2img(body: Txt2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
 
 
 async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes, warnings: list[str],
-               route: str) -> list[dict[str, Any]]:
+               route: str, mask: bytes | None = None) -> list[dict[str, Any]]:
     """Queue one job, await its end and return its outputs, each with its PNG's bytes."""
     for warning in warnings:
         log.warning("sdapi/v1/%s: %s", route, warning)
-    submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source))
+    submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source, mask=mask))
     job = await svc.wait(who, submitted.id)
     if job.state != "done":
         status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
@@ -213,7 +227,8 @@ def _answer(body: ProcessingRequest, fields: dict[str, Any], outputs: list[dict[
         "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": body.denoising_strength,
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
         "job_timestamp": _timestamp(job.created), "clip_skip": fields.get("clip_skip", 1),
-        "is_using_inpainting_conditioning": False, "version": "img2img", "warnings": warnings, "job_id": job.id,
+        "is_using_inpainting_conditioning": _inpainting_model(first["png"]), "version": "img2img",
+        "warnings": warnings, "job_id": job.id,
     }
     parameters = body.model_dump() | ({"init_images": None, "mask": None} if isinstance(body, Img2ImgRequest) else {})
     return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
@@ -357,7 +372,8 @@ def _number(value: str) -> Any:
 def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     """The native request fields for an A1111 request, and a warning for each field we do not honour."""
     defaults = type(body)()
-    supported = SUPPORTED | (HIRES if isinstance(body, Txt2ImgRequest) and body.enable_hr else set())
+    supported = SUPPORTED | (HIRES if isinstance(body, Txt2ImgRequest) and body.enable_hr else set()) | (
+        INPAINT if isinstance(body, Img2ImgRequest) and body.mask else set())
     warnings = [f"{name} is not supported and was ignored" for name in type(body).model_fields
                 if name not in supported and getattr(body, name) != getattr(defaults, name)]
     warnings += [f"{name} is not an A1111 {type(body).__name__.removesuffix('Request').lower()} field and was "
@@ -385,6 +401,14 @@ def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     if isinstance(vae, str) and vae not in ("Automatic", "None", ""):
         fields["vae"] = vae.removesuffix(".safetensors")
     return fields, warnings
+
+
+def _inpainting_model(png: bytes) -> bool:
+    """Whether an inpainting model (9-channel UNet) made the picture, from its record."""
+    from img2img.imageio.metadata import read_metadata
+
+    record = read_metadata(io.BytesIO(png)).record
+    return bool(record) and json.loads(record).get("model_family", "").endswith("inpainting")
 
 
 def _model_hash(infotext: str) -> str | None:

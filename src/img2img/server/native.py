@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import ConfigDict, Field, ValidationError, create_model
 
+from img2img.engine.fields import FieldSpec
+from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
 from img2img.server.deps import CallerDep, ServiceDep
@@ -31,10 +33,10 @@ JOB_LINKS = {"responses": {202: {"description": "the job, queued", "links": {
 }}}}
 
 
-def _job_fields() -> type[BaseModel]:
-    """The request's fields as the API takes them, from the one field table (``img2img.engine.fields``)."""
+def _schema_fields(specs: tuple[FieldSpec, ...]) -> dict[str, Any]:
+    """Pydantic fields for a table of field specs (``img2img.engine.fields``)."""
     fields: dict[str, Any] = {}
-    for spec in FIELDS:
+    for spec in specs:
         kind: Any = Literal[spec.choices] if spec.choices else spec.kind  # type: ignore[valid-type]
         constraints: dict[str, Any] = {}
         if spec.kind in (int, float) and spec.choices is None:
@@ -43,12 +45,23 @@ def _job_fields() -> type[BaseModel]:
             constraints = {"max_length": int(spec.high)}
         fields[spec.name] = (kind if spec.default is not None else kind | None,
                              Field(spec.default, description=spec.help, **constraints))
-    fields["size"] = (tuple[Side, Side] | None, Field(None, description="the output size (width, height)"))
-    return create_model("JobFields", __config__=ConfigDict(extra="forbid"),  # type: ignore[call-overload]
-                        __doc__="The request, as img2img.GenerationRequest takes it (without the images).", **fields)
+    return fields
 
 
-JobFields = _job_fields()
+Pixels = Annotated[int, Field(ge=0, le=MAX_OUTPAINT)]
+InpaintFields = create_model(  # type: ignore[call-overload]
+    "InpaintFields", __config__=ConfigDict(extra="forbid"),
+    __doc__="Repaint part of the source (img2img.Inpaint): the mask picture comes as ``mask`` beside the request.",
+    **_schema_fields(INPAINT_FIELDS),
+    mask=(Literal["alpha"] | None, Field(None, description="alpha: repaint the source's transparent pixels "
+                                         "(instead of a mask picture)")),
+    outpaint=(tuple[Pixels, Pixels, Pixels, Pixels], Field((0, 0, 0, 0), description="pixels to add on each side "
+                                                          "(left, top, right, bottom), painted")))
+JobFields = create_model(  # type: ignore[call-overload]
+    "JobFields", __config__=ConfigDict(extra="forbid"),
+    __doc__="The request, as img2img.GenerationRequest takes it (without the images).", **_schema_fields(FIELDS),
+    size=(tuple[Side, Side] | None, Field(None, description="the output size (width, height)")),
+    inpaint=(InpaintFields | None, Field(None, description="repaint only part of the source, or grow its canvas")))
 
 
 class JsonJob(JobFields):  # type: ignore[valid-type, misc]
@@ -56,6 +69,8 @@ class JsonJob(JobFields):  # type: ignore[valid-type, misc]
     style_image: str | None = Field(None, description="a style picture, base64 (built-in engine only)")
     params_from: str | None = Field(None, description="a picture whose generation parameters (ours, A1111, ComfyUI, "
                                     "InvokeAI, Fooocus, NovelAI) the job starts from, base64; given fields override")
+    mask: str | None = Field(None, description="a mask picture, base64: white repaints, black keeps (the inpaint "
+                             "field's options apply)")
 
 
 @router.post("/jobs", status_code=202, **JOB_LINKS)
@@ -65,7 +80,8 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     fields, notes = _with_params(body, params, svc.settings.max_pixels)
     source = decode_base64(body.source, "source", svc)
     style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
-    return {**svc.view(svc.submit(who, fields, source, style)), "notes": notes}
+    mask = decode_base64(body.mask, "mask", svc) if body.mask else None
+    return {**svc.view(svc.submit(who, fields, source, style, mask)), "notes": notes}
 
 
 @router.post("/jobs/form", status_code=202, **JOB_LINKS)
@@ -75,6 +91,7 @@ async def submit_form(
     style_image: Annotated[UploadFile | None, File(description="a style picture (built-in engine)")] = None,
     params_from: Annotated[UploadFile | None, File(description="a picture whose parameters the job starts from")
                            ] = None,
+    mask: Annotated[UploadFile | None, File(description="a mask picture: white repaints, black keeps")] = None,
 ) -> dict[str, Any]:
     """Queue a job from a multipart form: the source image file and the request as JSON."""
     try:
@@ -87,7 +104,8 @@ async def submit_form(
     fields, notes = await asyncio.to_thread(_with_params, body, params, svc.settings.max_pixels)
     data = await _read_upload(source, "source", svc)
     style = await _read_upload(style_image, "style_image", svc) if style_image else None
-    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style)))
+    mask_data = await _read_upload(mask, "mask", svc) if mask else None
+    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style, mask_data)))
     return {**job, "notes": notes}
 
 
@@ -215,8 +233,9 @@ def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
 
 @router.get("/fields")
 def fields(_who: CallerDep) -> dict[str, list[dict[str, Any]]]:
-    """Each request field's type, default, range or choices, help and A1111 name (the studio's defaults)."""
-    return {"fields": [spec.describe() for spec in FIELDS]}
+    """Each request field's type, default, range or choices, help and A1111 name (the studio's defaults), and
+    those of the inpaint part."""
+    return {"fields": [spec.describe() for spec in FIELDS], "inpaint": [spec.describe() for spec in INPAINT_FIELDS]}
 
 
 @router.get("/samplers")

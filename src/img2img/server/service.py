@@ -19,7 +19,7 @@ from PIL import Image
 from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
 from img2img.jobs.blobs import BlobStore
-from img2img.jobs.request import JobRequest
+from img2img.jobs.request import JobRequest, inpaint_part
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import Job, JobStore, QueueFull
 from img2img.server.auth import Caller
@@ -64,9 +64,10 @@ class Service:
 
     # Submitting -------------------------------------------------------------------------------------------------
 
-    def submit(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None = None) -> Job:
+    def submit(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None = None,
+               mask: bytes | None = None) -> Job:
         """Check ``fields`` (GenerationRequest's, without the images) and the images, store them, queue the job."""
-        request = self.check(caller, fields, source, style_image)
+        request = self.check(caller, fields, source, style_image, mask)
         try:
             job = self.store.submit(caller.owner, caller.rank, request, max_per_owner=self.settings.max_queued_per_key,
                                     max_total=self.settings.max_queued_total)
@@ -77,8 +78,8 @@ class Service:
         self.hub.publish_positions(self.store)
         return job
 
-    def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None
-              ) -> JobRequest:
+    def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None,
+              mask: bytes | None = None) -> JobRequest:
         from img2img.engine.request import GenerationRequest
         from img2img.imageio.source import read_source
 
@@ -104,9 +105,15 @@ class Service:
             if style_image is not None:
                 reading = "style_image"
                 style = read_source(style_image, max_pixels=settings.max_pixels)
-            request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None},
+            inpaint = inpaint_part(fields.get("inpaint"), mask)
+            request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None,
+                                                               "inpaint": inpaint},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
-            files = self.planner.plan(request, picture, runs=request.strength > 0)[2]  # styles, sizes, memory
+            reading = "mask"
+            masking = self.planner.masking(request, picture)
+            if masking is not None:
+                picture = masking.canvas
+            files = self.planner.plan(request, picture, request.strength > 0, masking)[2]  # styles, sizes, memory
             self.planner.check_addons([request])  # LoRA and VAE names
             model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
@@ -127,7 +134,8 @@ class Service:
         except TypeError as exc:  # a field GenerationRequest does not have
             raise ApiError(422, "invalid_request", str(exc)) from exc
         return JobRequest(self.blobs.put(source, _suffix(source)), fields,
-                          self.blobs.put(style_image, _suffix(style_image)) if style_image else None, model_sha256)
+                          self.blobs.put(style_image, _suffix(style_image)) if style_image else None, model_sha256,
+                          self.blobs.put(mask, _suffix(mask)) if mask else None)
 
     def model_name(self, caller: Caller, model: str | None) -> str:
         """A registry name or the built-in engine; never a path or a repo id from a request. With none asked
@@ -172,7 +180,8 @@ class Service:
 
     def view(self, job: Job) -> dict[str, Any]:
         fraction = job.step / job.total if job.total else (1.0 if job.state == "done" else 0.0)
-        request = {key: value for key, value in job.request.to_dict().items() if key not in ("source", "style_image")}
+        request = {key: value for key, value in job.request.to_dict().items()
+                   if key not in ("source", "style_image", "mask")}
         return {
             "id": job.id, "state": job.state, "position": self.store.position(job),
             "progress": {"step": job.step, "total": job.total, "fraction": round(fraction, 4)},
