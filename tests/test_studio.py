@@ -288,3 +288,80 @@ def test_asks_for_the_api_key_once(browser: Any, tmp_path: Path) -> None:
         context.close()
     finally:
         keyed.stop()
+
+
+def _job_images(server: ServerProcess) -> tuple[dict[str, Any], Image.Image]:
+    """The newest job and its first image, read through the API."""
+    with server.client() as client:
+        job = client.get("/v1/jobs?limit=1").json()["jobs"][0]
+        image = Image.open(io.BytesIO(client.get(job["images"][0]["url"]).content)).convert("RGB")
+    return job, image
+
+
+def test_paint_a_mask_undo_and_inpaint(page: Any, server: ServerProcess, big_photo: Path) -> None:
+    import numpy as np
+
+    _upload(page, big_photo)
+    page.click("#inpaint-panel summary")
+    assert page.input_value("#inpaint-area") == "whole" and page.input_value("#mask-blur") == "4"  # the table's
+    canvas = page.locator("#mask-canvas").bounding_box()
+    middle = canvas["y"] + canvas["height"] / 2
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.2, middle)
+    page.mouse.down()
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.8, middle, steps=10)
+    page.mouse.up()
+    painted = "document.querySelector('#mask-canvas').getContext('2d').getImageData(0, 0, 192, 192).data" \
+              ".filter((v, i) => i % 4 === 3 && v > 0).length"
+    first = page.evaluate(painted)
+    assert first > 192 * 8  # a stroke the width of the brush across most of the picture
+    page.click("#mask-invert")
+    assert page.evaluate(painted) > 192 * 192 - first
+    page.click("#mask-undo")
+    assert page.evaluate(painted) == first
+    page.select_option("#masked-content", "fill")
+    page.fill("#mask-blur", "2")
+    page.click("#generate")
+    _wait_result(page)
+    job, image = _job_images(server)
+    assert job["request"]["inpaint"]["masked_content"] == "fill" and job["request"]["inpaint"]["mask_blur"] == 2
+    out, source = np.asarray(image, dtype=int), np.asarray(Image.open(big_photo).convert("RGB"), dtype=int)
+    assert np.array_equal(out[:40], source[:40]) and np.array_equal(out[-40:], source[-40:])  # far from the stroke
+    assert np.abs(out[90:102, 60:130] - source[90:102, 60:130]).mean() > 10  # under it
+
+
+def test_outpaint_buttons_grow_the_picture(page: Any, server: ServerProcess, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.click("#inpaint-panel summary")
+    page.click("button[data-outpaint='2']")
+    page.click("button[data-outpaint='2']")
+    page.click("button[data-outpaint='3']")
+    assert page.text_content("[data-outpaint-value]") == "Adds right 256, bottom 128 px"
+    page.click("#generate")
+    _wait_result(page)
+    job, image = _job_images(server)
+    assert job["request"]["inpaint"]["outpaint"] == [0, 0, 256, 128] and image.size == (192 + 256, 192 + 128)
+
+
+def test_the_brush_follows_touch_on_a_phone(browser: Any, server: ServerProcess, big_photo: Path) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                  bypass_csp=True)
+    page = context.new_page()
+    page.goto(server.url)
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    _upload(page, big_photo)
+    page.tap("#inpaint-panel summary")
+    page.locator("#mask-canvas").scroll_into_view_if_needed()
+    box = page.locator("#mask-canvas").bounding_box()
+    touch = context.new_cdp_session(page)
+    y = box["y"] + box["height"] / 2
+    points = [box["x"] + box["width"] * share for share in (0.2, 0.4, 0.6, 0.8)]
+    touch.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0], "y": y}]})
+    for x in points[1:]:
+        touch.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x, "y": y}]})
+    touch.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    row = page.evaluate("""() => {
+        const data = document.querySelector('#mask-canvas').getContext('2d').getImageData(0, 96, 192, 1).data;
+        return [...data].filter((v, i) => i % 4 === 3 && v > 0).length; }""")
+    assert row > 192 * 0.5, "the stroke runs along the finger's path"
+    page.screenshot(path=str(SHOTS / "phone-mask.png"), full_page=True)
+    context.close()

@@ -87,10 +87,11 @@ export async function readParameters(file) {
 }
 
 // Queue a job: the source (and style picture) as files, the request as JSON.
-export async function submit(source, fields, styleImage = null) {
+export async function submit(source, fields, styleImage = null, mask = null) {
   const form = new FormData();
   form.append("source", source, source.name || "source.png");
   if (styleImage) form.append("style_image", styleImage, styleImage.name || "style.png");
+  if (mask) form.append("mask", mask, "mask.png");
   form.append("request", JSON.stringify(fields));
   const response = await fetch("/v1/jobs/form", { method: "POST", headers: headers(), body: form });
   if (!response.ok) throw await failure(response);

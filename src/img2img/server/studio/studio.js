@@ -2,12 +2,14 @@
 
 import { ApiError, explain, follow, getBlob, getJson, postJson, readParameters, storeKey, submit } from "./api.js";
 import { mountCompare } from "./compare.js";
+import { mountMask } from "./mask.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SEED = 4294967295;
 const SMALL_SIDE = 384; // below this the model has little to work with
 const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null };
 const compare = mountCompare($("compare"));
+const mask = mountMask($("mask-editor"));
 
 // Errors ---------------------------------------------------------------------------------------------------------
 
@@ -48,6 +50,9 @@ async function setSource(file) {
   $("source-preview").alt = `Source image, ${size.width} by ${size.height} pixels`;
   $("source-preview").hidden = false;
   $("drop-hint").textContent = "Drop, paste or choose another image";
+  mask.setSource(state.sourceUrl, size.width, size.height);
+  $("mask-empty").hidden = true;
+  document.querySelector(".mask-stage").hidden = false;
   const small = Math.min(size.width, size.height) < SMALL_SIDE;
   $("source-info").textContent = `${size.width} × ${size.height} px` +
     (small ? ` — small: results look best from ${SMALL_SIDE} px a side or more` : "");
@@ -172,7 +177,29 @@ function fields(overrides = {}) {
     if ($("guidance").value) request.guidance_scale = Number($("guidance").value);
     if ($("sampler").value) request.sampler = $("sampler").value;
   }
+  if (mask.painted() || mask.outpaint().some(Boolean)) {
+    request.inpaint = {
+      inpaint_area: $("inpaint-area").value, masked_content: $("masked-content").value,
+      mask_blur: Number($("mask-blur").value), masked_padding: Number($("masked-padding").value),
+      outpaint: mask.outpaint(),
+    };
+  }
   return { ...request, ...overrides };
+}
+
+// The inpaint part's selects and numbers, from the server's table of its fields.
+function applyInpaintFields(fields) {
+  const ids = { inpaint_area: "inpaint-area", masked_content: "masked-content", mask_blur: "mask-blur",
+    masked_padding: "masked-padding" };
+  for (const field of fields) {
+    const element = $(ids[field.name] || "");
+    if (!element) continue;
+    element.title = field.help;
+    if (field.choices) fill(element, field.choices);
+    if (field.low !== null && !field.choices) element.min = field.low;
+    if (field.high !== null && !field.choices) element.max = field.high;
+    element.value = String(field.default);
+  }
 }
 
 function reuse(request) {
@@ -188,6 +215,12 @@ function reuse(request) {
     $("sampler").value = request.sampler ?? "";
   }
   setStrength(request.strength);
+  if (request.inpaint) {
+    $("inpaint-area").value = request.inpaint.inpaint_area;
+    $("masked-content").value = request.inpaint.masked_content;
+    $("mask-blur").value = String(request.inpaint.mask_blur);
+    $("masked-padding").value = String(request.inpaint.masked_padding);
+  }
   $("seed").value = String(request.seed);
   $("seed-lock").checked = true;
 }
@@ -217,7 +250,8 @@ function busy(on) {
 
 // Queue one job and follow it to its end; resolves with the finished job, or null when it did not finish.
 async function run(request, label) {
-  const job = await submit(state.source, request, isBuiltin() ? state.style : null);
+  const painted = request.inpaint && mask.painted() ? await mask.blob() : null;
+  const job = await submit(state.source, request, isBuiltin() ? state.style : null, painted);
   state.job = job.id;
   let started = null;
   status(job.position ? `${label}: queued, number ${job.position} in line` : `${label}: starting…`, null);
@@ -433,6 +467,7 @@ async function init() {
   const [samplers, styles, spec] = await Promise.all([getJson("/v1/samplers"), getJson("/v1/styles"),
     getJson("/v1/fields")]);
   applyFields(spec.fields);
+  applyInpaintFields(spec.inpaint || []);
   fill($("model"), models.map((model) => ({
     value: model.name, label: model.name === "builtin" ? "Built-in styles (no model)" : model.name })));
   $("model").value = (models.find((model) => model.default) || models[0]).name;
