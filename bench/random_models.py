@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl"}
+ARCHITECTURES = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl", "sd15-inpainting": "sd1"}
+INPAINTING = ("sd15-inpainting",)  # the same architecture with a 9-channel UNet
 
 
 def bench_dir() -> Path:
@@ -21,7 +22,7 @@ def bench_dir() -> Path:
 
 
 def random_model(name: str) -> Path:
-    """The folder of the random-weight model ``name`` (sd15, sd21 or sdxl), built on first use."""
+    """The folder of the random-weight model ``name`` (sd15, sd21, sdxl or sd15-inpainting), built on first use."""
     target = bench_dir() / name
     if (target / "model_index.json").is_file():
         return target
@@ -31,7 +32,7 @@ def random_model(name: str) -> Path:
     from img2img.models.families import Family
     from img2img.models.loading import prepared_config_dir
 
-    configs = prepared_config_dir(Family(ARCHITECTURES[name]))  # type: ignore[arg-type]
+    configs = prepared_config_dir(Family(ARCHITECTURES[name], inpainting=name in INPAINTING))  # type: ignore[arg-type]
     staging = target.with_name(f".{name}-staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(configs, staging)
