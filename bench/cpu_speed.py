@@ -89,8 +89,9 @@ def build_model(name: str) -> None:
     subprocess.run([sys.executable, str(script), name], check=True, stdout=subprocess.DEVNULL)
 
 
-def run_worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", job, impl, "--repeats", str(repeats), "--out", str(out)]
+def run_worker(job: str, impl: str, repeats: int, out: Path, script: str = __file__) -> dict[str, Any]:
+    """``script --worker JOB IMPL`` in its own process (so that its peak memory is its own); its last line."""
+    command = [sys.executable, script, "--worker", job, impl, "--repeats", str(repeats), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{job}/{impl} failed:\n{done.stderr[-3000:]}")

@@ -15,7 +15,6 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu_speed import PROMPT, SEED, Timer, build_model, demo_photo, matmul_peaks, psnr
+from cpu_speed import run_worker as run_script
 
 STEPS, CFG, SAMPLER = 20, 7.5, "DPM++ 2M Karras"
 JOBS: dict[str, dict[str, Any]] = {
@@ -60,9 +60,9 @@ def main() -> None:
         results, outputs = {}, {}
         for impl in spec["impls"]:
             if impl.startswith("ours"):  # convert for OpenVINO once, outside the measured process
-                run_worker(job, impl, 0, Path(tempfile.mkdtemp()) / "x.npy")
+                run_script(job, impl, 0, Path(tempfile.mkdtemp()) / "x.npy", __file__)
             out = Path(tempfile.mkdtemp()) / f"{job}-{impl}.npy"
-            results[impl] = run_worker(job, impl, args.repeats, out)
+            results[impl] = run_script(job, impl, args.repeats, out, __file__)
             outputs[impl] = np.load(out)
             print(json.dumps({job: {impl: results[impl]}}), flush=True)
         first, second = spec["impls"]
@@ -74,14 +74,6 @@ def main() -> None:
         report[job] = results
         print(json.dumps({job: results}), flush=True)
     print(json.dumps(report), flush=True)
-
-
-def run_worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--worker", job, impl, "--repeats", str(repeats), "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{job}/{impl} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:

@@ -261,3 +261,48 @@ def test_openvino_runs_the_masked_loop_as_pytorch_does(model_fixture, photo, req
     assert np.abs(ours - theirs).max() <= 2
     mse = np.mean((np.asarray(fast.images[0], float)[inside] - theirs) ** 2)
     assert 10 * np.log10(255**2 / max(mse, 1e-9)) > 25  # random weights amplify bf16's rounding (see test_openvino)
+
+
+def test_a_single_file_inpainting_checkpoint_is_recognised_and_loads(tiny_sd_inpainting, engine, photo,
+                                                                      tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from img2img import ModelEntry, ModelRegistry
+    from img2img.models.families import Family
+    from img2img.models.loading import prepared_config_dir
+    from ldm_layout import sd1_state_dict
+
+    pipeline = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
+        tiny_sd_inpainting, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    path = tmp_path / "tiny-inpainting.safetensors"
+    save_file(sd1_state_dict(pipeline), str(path))
+    assert inspect_model(path).family == Family("sd1", inpainting=True)
+    # The shipped SD 1.x architecture, with the inpainting UNet's 9 input channels, for full-size checkpoints.
+    shipped = json.loads((prepared_config_dir(Family("sd1", inpainting=True)) / "unet" / "config.json").read_text())
+    assert shipped["in_channels"] == 9 and shipped["cross_attention_dim"] == 768
+    registry = ModelRegistry()
+    registry.add(ModelEntry("inpainting", str(path), config=str(tiny_sd_inpainting)))
+    mask = _box_mask((64, 48), (16, 8, 48, 40))
+    fields = {"source": photo, "prompt": PROMPT, "strength": 0.8, "steps": 4, "seed": 6,
+              "inpaint": Inpaint(mask=mask)}
+    from_file = Engine(device="cpu", dtype="float32", backend="torch", registry=registry).generate(
+        GenerationRequest(**fields, model="inpainting")).images[0]
+    from_folder = engine.generate(GenerationRequest(**fields, model=str(tiny_sd_inpainting))).images[0]
+    assert np.abs(np.asarray(from_file, dtype=int) - np.asarray(from_folder, dtype=int)).max() <= 1
+
+
+def test_sweeps_and_loopback_with_a_mask(engine, tiny_sd, photo) -> None:
+    from img2img import Axis
+
+    mask = _box_mask((64, 48), (16, 8, 48, 40))
+    request = GenerationRequest(source=photo, prompt=PROMPT, steps=4, seed=3, model=str(tiny_sd),
+                                inpaint=Inpaint(mask=mask, mask_blur=0))
+    swept = engine.sweep(request, [Axis("strength", (0.5, 0.9))])
+    alone = engine.generate(replace(request, strength=0.9)).images[0]
+    assert np.array_equal(np.asarray(swept.result.images[1]), np.asarray(alone))
+    looped = engine.generate(replace(request, strength=0.5, loops=3, color_match=True)).images[0]
+    kept = np.asarray(mask) == 0
+    source = np.asarray(Image.open(photo).convert("RGB"))
+    assert np.array_equal(np.asarray(looped)[kept], source[kept])

@@ -88,6 +88,16 @@ def _wait_result(page: Any) -> None:
                            "document.querySelector('#compare-after').naturalWidth > 0")
 
 
+def _drag_across(page: Any, selector: str, start: float, end: float, steps: int) -> None:
+    """Drag the mouse across the middle of an element, from one share of its width to another."""
+    box = page.locator(selector).bounding_box()
+    middle = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * start, middle)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * end, middle, steps=steps)
+    page.mouse.up()
+
+
 def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, photo: Path) -> None:
     # The defaults and limits come from the server's field table, not from the page.
     page.wait_for_function("document.querySelector('#strength-value').textContent === '0.60'")
@@ -111,12 +121,7 @@ def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, ph
     assert page.get_attribute("#live-preview", "src").startswith("data:image/jpeg")
     assert "seed 42" in page.text_content("#result-caption")
 
-    box = page.locator("#compare").bounding_box()
-    middle = box["y"] + box["height"] / 2
-    page.mouse.move(box["x"] + box["width"] * 0.25, middle)
-    page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.75, middle, steps=5)
-    page.mouse.up()
+    _drag_across(page, "#compare", 0.25, 0.75, steps=5)
     assert 70 <= int(page.get_attribute("#compare-handle", "aria-valuenow")) <= 80
     page.focus("#compare-handle")
     page.keyboard.press("Home")
@@ -241,13 +246,19 @@ def test_a_dropped_picture_offers_the_settings_it_was_made_with(page: Any, tmp_p
     assert found.is_hidden()
 
 
-def test_fits_a_phone_and_works_by_keyboard(browser: Any, server: ServerProcess, big_photo: Path) -> None:
+def _phone(browser: Any, server: ServerProcess, photo: Path) -> tuple[Any, Any]:
+    """A phone-sized touch context and its page, with ``photo`` as the source."""
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
                                   bypass_csp=True)
     page = context.new_page()
     page.goto(server.url)
     page.wait_for_function("document.querySelector('#model').options.length > 0")
-    _upload(page, big_photo)
+    _upload(page, photo)
+    return context, page
+
+
+def test_fits_a_phone_and_works_by_keyboard(browser: Any, server: ServerProcess, big_photo: Path) -> None:
+    context, page = _phone(browser, server, big_photo)
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.focus("#style")
     page.keyboard.press("Tab")  # the style picture's drop area is a label: the next stop is its file input
@@ -304,12 +315,7 @@ def test_paint_a_mask_undo_and_inpaint(page: Any, server: ServerProcess, big_pho
     _upload(page, big_photo)
     page.click("#inpaint-panel summary")
     assert page.input_value("#inpaint-area") == "whole" and page.input_value("#mask-blur") == "4"  # the table's
-    canvas = page.locator("#mask-canvas").bounding_box()
-    middle = canvas["y"] + canvas["height"] / 2
-    page.mouse.move(canvas["x"] + canvas["width"] * 0.2, middle)
-    page.mouse.down()
-    page.mouse.move(canvas["x"] + canvas["width"] * 0.8, middle, steps=10)
-    page.mouse.up()
+    _drag_across(page, "#mask-canvas", 0.2, 0.8, steps=10)
     painted = "document.querySelector('#mask-canvas').getContext('2d').getImageData(0, 0, 192, 192).data" \
               ".filter((v, i) => i % 4 === 3 && v > 0).length"
     first = page.evaluate(painted)
@@ -343,12 +349,7 @@ def test_outpaint_buttons_grow_the_picture(page: Any, server: ServerProcess, big
 
 
 def test_the_brush_follows_touch_on_a_phone(browser: Any, server: ServerProcess, big_photo: Path) -> None:
-    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
-                                  bypass_csp=True)
-    page = context.new_page()
-    page.goto(server.url)
-    page.wait_for_function("document.querySelector('#model').options.length > 0")
-    _upload(page, big_photo)
+    context, page = _phone(browser, server, big_photo)
     page.tap("#inpaint-panel summary")
     page.locator("#mask-canvas").scroll_into_view_if_needed()
     box = page.locator("#mask-canvas").bounding_box()

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step
+from img2img.engine.diffusion import draw_noise
 
 INPAINTING_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 
@@ -87,7 +88,5 @@ class MaskConditioner(Conditioner):
 
 
 def draw_like(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    from img2img.engine.diffusion import draw_noise
-
     return draw_noise(tuple(like.shape), generator, like.device)
 
