@@ -53,6 +53,12 @@ def tiny_sd_inpainting(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_inpainting(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SDXL model with a 9-channel UNet, as SDXL inpainting is."""
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl-inpainting", inpainting=True)
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 

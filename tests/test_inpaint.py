@@ -52,8 +52,11 @@ def _photo(size: tuple[int, int]) -> Image.Image:
 
 def _diffusers_inpaint(model: Path, source: Image.Image, mask: Image.Image, sampler: str, strength: float
                        ) -> np.ndarray:
-    pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
-        model, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if (model / "text_encoder_2").is_dir():
+        pipe = diffusers.StableDiffusionXLInpaintPipeline.from_pretrained(model)
+    else:
+        pipe = diffusers.StableDiffusionInpaintPipeline.from_pretrained(
+            model, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.scheduler = build_scheduler(sampler, dict(pipe.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
     image = pipe(prompt=PROMPT, negative_prompt="blurry", image=source, mask_image=mask, strength=strength,
@@ -63,10 +66,13 @@ def _diffusers_inpaint(model: Path, source: Image.Image, mask: Image.Image, samp
 
 
 @pytest.mark.parametrize("strength", [0.6, 1.0])
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras"])
-@pytest.mark.parametrize("model_fixture", ["tiny_sd", "tiny_sd_inpainting"])
+@pytest.mark.parametrize(("model_fixture", "sampler"), [
+    ("tiny_sd", "Euler"), ("tiny_sd", "DPM++ 2M Karras"), ("tiny_sd_inpainting", "Euler"),
+    ("tiny_sd_inpainting", "DPM++ 2M Karras"), ("tiny_sdxl", "Euler"), ("tiny_sdxl_inpainting", "Euler"),
+])
 def test_matches_diffusers_inpaint_pipeline_inside_the_mask(model_fixture, sampler, strength, engine, square,
                                                            request) -> None:
+    """SD and SDXL, regular and inpainting UNets, against StableDiffusion(XL)InpaintPipeline."""
     model = request.getfixturevalue(model_fixture)
     source = Image.open(square).convert("RGB")
     mask = _box_mask(source.size, (16, 8, 48, 40))

@@ -67,13 +67,15 @@ def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", predicti
     return folder
 
 
-def build_tiny_sdxl(folder: Path) -> Path:
-    """Save a tiny SDXL-shaped pipeline (two text encoders, size conditioning) at ``folder``."""
+def build_tiny_sdxl(folder: Path, inpainting: bool = False) -> Path:
+    """Save a tiny SDXL-shaped pipeline (two text encoders, size conditioning) at ``folder`` (``inpainting``: a
+    9-channel UNet, as SDXL inpainting has)."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
+                                in_channels=9 if inpainting else 4,
                                 out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
                                 use_linear_projection=True, addition_embed_type="text_time",
