@@ -17,6 +17,7 @@ _EXPORTS = {
     "Engine": "img2img.api",
     "GenerationRequest": "img2img.engine.request",
     "Inpaint": "img2img.engine.inpaint",
+    "ControlUnit": "img2img.engine.control",
     "GenerationRecord": "img2img.engine.result",
     "GenerationResult": "img2img.engine.result",
     "DEFAULT_SAMPLER": "img2img.engine.samplers",
@@ -35,6 +36,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from img2img.api import Engine
+    from img2img.engine.control import ControlUnit
     from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.engine.result import GenerationRecord, GenerationResult
@@ -63,6 +65,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "DEFAULT_SAMPLER",
     "Axis",
+    "ControlUnit",
     "Engine",
     "FoundRequest",
     "GenerationRecord",

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from img2img.engine.control import ControlConditioner
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -43,7 +44,7 @@ from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.loras import resolve as resolve_loras
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
-from img2img.models.parts import PartCache
+from img2img.models.parts import PartCache, load_controlnet
 from img2img.models.registry import ModelRegistry
 from img2img.models.vae import load_vae, vae_path
 from img2img.models.vae import using as using_vae
@@ -223,6 +224,10 @@ class Engine:
             vae = None
             if loaded is not None:
                 prepared, vae = self._with_addons(prepared, cells, loaded)
+                controls = self._controls(first, prepared, source)
+                if controls:
+                    backend_notes += BACKENDS[self.placement.backend].check_conditions(controls)
+                    cells = [replace(cell, conditions=(*cell.conditions, *controls)) for cell in cells]
             with using_vae(loaded.pipeline if loaded else None, vae):
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
@@ -262,6 +267,24 @@ class Engine:
             return prepared, None
         path = vae_path(cells[0].vae, self.registry.addons("vae"))
         return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
+
+    def _controls(self, first: GenerationRequest, prepared: Prepared, source: SourceImage
+                  ) -> tuple[ControlConditioner, ...]:
+        """The request's control units as conditioners: each ControlNet from the part cache, each map (the source
+        when it names none) fitted to the working size."""
+        from img2img.imageio.source import pixels_sha256
+
+        controls = []
+        for unit in first.control:
+            path = Path(unit.model)
+            if not (path / "config.json").is_file():
+                raise InvalidArgument("control.model", "a diffusers ControlNet folder (with a config.json)", str(path))
+            net = self.parts.get("controlnet", path, self.placement, load_controlnet)
+            picture = source.rgb if unit.image is None else read_source(
+                unit.image, max_pixels=self.max_source_pixels).rgb
+            fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
+            controls.append(ControlConditioner(net, fitted, unit, pixels_sha256(picture)))
+        return tuple(controls)
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""

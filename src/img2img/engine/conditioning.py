@@ -45,6 +45,7 @@ class Begin:
     noised: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (clean, noise) -> at the first step's level
     generator: torch.Generator  # the image's own, after the start latents were drawn
     start: StartLatents
+    text: TextConditioner | None = None  # the prompt's conditioner of the run (a ControlNet reads its embeddings)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Step:
     start: StartLatents
     scheduler: Any
     next_timestep: torch.Tensor | None = None  # None at the last step
+    sample: torch.Tensor | None = None  # the UNet's latents input after the sampler's scaling (two rows when guided)
 
 
 class Conditioner:
@@ -119,15 +121,25 @@ class TextConditioner(Conditioner):
                 "added_cond_kwargs": self.added}
 
 
+# Inputs that several conditioners may give at once: their values add up (ControlNets' residuals, as diffusers'
+# MultiControlNetModel sums them).
+ADDITIVE = frozenset({"down_block_additional_residuals", "mid_block_additional_residual"})
+
+
 def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, Any]:
-    """Every conditioner's UNet inputs in one dict; two that give the same input are a fault of ours."""
+    """Every conditioner's UNet inputs in one dict; two that give the same input (other than an additive one)
+    are a fault of ours."""
     inputs: dict[str, Any] = {}
     for conditioner in conditioners:
         for name, value in conditioner.unet_inputs(step).items():
             if name not in conditioner.inputs:
                 raise ValueError(f"the {conditioner.kind} conditioner gives the UNet's {name} without declaring it")
-            if name in inputs:
+            if name in inputs and name not in ADDITIVE:
                 raise ValueError(f"two conditioners give the UNet's {name} ({conditioner.kind} and another)")
+            if name in inputs:
+                before = inputs[name]
+                value = [a + b for a, b in zip(before, value, strict=True)] if isinstance(value, list) else \
+                    before + value
             inputs[name] = value
     return inputs
 

@@ -135,11 +135,12 @@ class DiffusionSession:
     def begin(self, conditioners: tuple[Conditioner, ...], scheduler: Any, first_timestep: torch.Tensor,
               generator: torch.Generator, start: StartLatents) -> tuple[tuple[Conditioner, ...], StartLatents]:
         """Each conditioner bound to one image's start, in order; the start as they leave it."""
-        bound = []
+        bound: list[Conditioner] = []
         for conditioner in conditioners:
+            text = next((c for c in bound if isinstance(c, TextConditioner)), None)
             begin = Begin(self.pipeline, self.source, self.encode,
                           lambda clean, noise: scheduler.add_noise(clean, noise, first_timestep.reshape(1)),
-                          generator, start)
+                          generator, start, text)
             conditioner, start = conditioner.begin(begin)
             bound.append(conditioner)
         return tuple(bound), start
@@ -252,9 +253,9 @@ def denoise(
     latents = start.noised
     for index, timestep in enumerate(timesteps):
         following = timesteps[index + 1] if index + 1 < len(timesteps) else None
-        step = Step(index, len(timesteps), timestep, guided, start, scheduler, following)
         model_input = torch.cat([latents] * 2) if guided else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
+        step = Step(index, len(timesteps), timestep, guided, start, scheduler, following, model_input)
         for conditioner in conditioners:
             model_input = conditioner.extend_sample(step, model_input)
         noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,

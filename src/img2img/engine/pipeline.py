@@ -238,7 +238,7 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
     resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
                        negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
                        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name,
-                       inpaint=inpaint)
+                       inpaint=inpaint, control=())  # control units are recorded as conditioners
     return GenerationRecord(
         request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),
         width=working[0], height=working[1], working_width=working[0], working_height=working[1],

@@ -12,6 +12,7 @@ from typing import Literal
 from PIL import Image, ImageColor
 
 from img2img.engine.conditioning import Conditioner, check_conditions
+from img2img.engine.control import ControlUnit, check_units
 from img2img.engine.fields import (
     MAX_CLIP_SKIP,
     MAX_GUIDANCE,
@@ -52,6 +53,7 @@ class GenerationRequest:
         conditions: conditioners that act inside the denoising loop beside the prompt
             (``img2img.engine.conditioning``; diffusion models only). Each one's metadata goes into the records.
         inpaint: repaint only part of the source (a mask), or grow its canvas (``img2img.engine.inpaint``).
+        control: up to three ControlNet units that keep the structure of a map (``img2img.engine.control``).
     """
 
     source: Image.Image | Path | str
@@ -100,6 +102,7 @@ class GenerationRequest:
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
     inpaint: Inpaint | None = None
+    control: tuple[ControlUnit, ...] = ()
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -132,7 +135,8 @@ class GenerationRequest:
         if self.inpaint is not None and not isinstance(self.inpaint, Inpaint):
             raise InvalidArgument("inpaint", "an img2img.Inpaint", type(self.inpaint).__name__)
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
-                       inpaint=self.inpaint.validated() if self.inpaint is not None else None)
+                       inpaint=self.inpaint.validated() if self.inpaint is not None else None,
+                       control=check_units(self.control))
 
 
 FIELDS: tuple[FieldSpec, ...] = field_table(GenerationRequest)

@@ -1,0 +1,109 @@
+"""ControlNet units in the engine: parity with diffusers' ControlNet img2img pipeline, weight 0, the step window,
+several units, and bad units."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+
+from img2img import ControlUnit, Engine, GenerationRequest, InvalidArgument
+from img2img.engine.samplers import build_scheduler
+from tiny_models import square_photo
+
+PROMPT = "a red fox in the snow"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine(device="cpu", dtype="float32", backend="torch")
+
+
+@pytest.fixture(scope="module")
+def controlnet(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ControlNet made from the tiny UNet (as diffusers' from_unet does), its last layers given
+    weights so that it acts (they start at zero)."""
+    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
+    torch.manual_seed(1)
+    net = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    with torch.no_grad():
+        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            block.weight.normal_(0, 0.3)
+    folder = tmp_path_factory.mktemp("controlnets") / "tiny-controlnet"
+    net.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory: pytest.TempPathFactory) -> Image.Image:
+    photo = Image.open(square_photo(tmp_path_factory.mktemp("edges"), "coffee")).convert("L")
+    return photo.filter(ImageFilter.FIND_EDGES).point(lambda v: 255 if v > 40 else 0).convert("RGB")
+
+
+def _ours(engine: Engine, model: Path, source: Image.Image, *units: ControlUnit, strength: float = 0.7) -> np.ndarray:
+    result = engine.generate(GenerationRequest(
+        source=source, prompt=PROMPT, negative_prompt="blurry", strength=strength, guidance_scale=7.5, steps=10,
+        sampler="Euler", seed=1234, model=str(model), prompt_syntax="plain", control=units))
+    return np.asarray(result.images[0], dtype=np.int16)
+
+
+@pytest.mark.parametrize("mode", ["balanced", "control"])
+def test_matches_diffusers_controlnet_img2img(mode, engine, tiny_sd, controlnet, edges, tmp_path) -> None:
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    unit = ControlUnit(model=controlnet, image=edges, mode=mode)
+    ours = _ours(engine, tiny_sd, source, unit)
+    pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_sd, controlnet=diffusers.ControlNetModel.from_pretrained(controlnet), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False)
+    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    reference = np.asarray(pipe(prompt=PROMPT, negative_prompt="blurry", image=source, control_image=edges,
+                                strength=0.7, guidance_scale=7.5, num_inference_steps=10, guess_mode=mode == "control",
+                                controlnet_conditioning_scale=1.0,  # its default is 0.8
+                                generator=torch.Generator("cpu").manual_seed(1234)).images[0], dtype=np.int16)
+    assert np.abs(ours - reference).max() <= 2
+    plain = _ours(engine, tiny_sd, source)
+    assert np.abs(ours - plain).mean() > 1, "the ControlNet acts"
+
+
+def test_weight_zero_and_an_empty_window_are_plain_img2img(engine, tiny_sd, controlnet, edges, tmp_path) -> None:
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    plain = _ours(engine, tiny_sd, source)
+    assert np.array_equal(_ours(engine, tiny_sd, source, ControlUnit(model=controlnet, image=edges, weight=0)), plain)
+    late = _ours(engine, tiny_sd, source, ControlUnit(model=controlnet, image=edges, start=0.5))
+    assert not np.array_equal(late, plain)
+    full = _ours(engine, tiny_sd, source, ControlUnit(model=controlnet, image=edges))
+    assert np.abs(late - plain).mean() < np.abs(full - plain).mean(), "acting on half the steps changes less"
+    two = _ours(engine, tiny_sd, source, ControlUnit(model=controlnet, image=edges, weight=0.5),
+                ControlUnit(model=controlnet, image=edges, weight=0.5))
+    assert np.abs(two - full).max() <= 2, "two units at 0.5 on one map add up to one at 1"
+
+
+def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -> None:
+    def run(*units: ControlUnit) -> None:
+        engine.generate(GenerationRequest(source=photo, prompt=PROMPT, model=str(tiny_sd), steps=2, control=units))
+
+    with pytest.raises(InvalidArgument, match=r"weight should be in \[0.0, 2.0\], but got 3"):
+        run(ControlUnit(model=controlnet, weight=3))
+    with pytest.raises(InvalidArgument, match=r"end should be at least start \(0.8\), but got 0.2"):
+        run(ControlUnit(model=controlnet, start=0.8, end=0.2))
+    with pytest.raises(InvalidArgument, match="control should be at most 3 units"):
+        run(*[ControlUnit(model=controlnet)] * 4)
+    with pytest.raises(InvalidArgument, match=r"control\.model should be a diffusers ControlNet folder"):
+        run(ControlUnit(model=photo))
+
+
+def test_openvino_hands_the_controlled_unet_to_pytorch_with_a_note(tiny_sd, controlnet, edges, photo) -> None:
+    pytest.importorskip("openvino")
+    request = GenerationRequest(source=photo, prompt=PROMPT, strength=0.7, steps=4, seed=2, model=str(tiny_sd),
+                                control=(ControlUnit(model=controlnet, image=edges),))
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
+    result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    assert any("down_block_additional_residuals" in note and "PyTorch instead" in note for note in result.notes)
+    difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert difference.max() <= 2
+    assert result.record.conditions[0]["kind"] == "controlnet" and result.record.conditions[0]["weight"] == 1.0
