@@ -25,13 +25,13 @@ def engine() -> Engine:
 
 @pytest.fixture(scope="module")
 def controlnet(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random ControlNet made from the tiny UNet (as diffusers' from_unet does), its last layers given
-    weights so that it acts (they start at zero)."""
+    """A tiny random ControlNet made from the tiny UNet (as diffusers' from_unet does), its zero-initialised
+    layers (the map's embedding out, the residual outs) given weights so that it acts and reads the map."""
     unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
     torch.manual_seed(1)
     net = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
     with torch.no_grad():
-        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
             block.weight.normal_(0, 0.3)
     folder = tmp_path_factory.mktemp("controlnets") / "tiny-controlnet"
     net.save_pretrained(folder)
@@ -107,3 +107,14 @@ def test_openvino_hands_the_controlled_unet_to_pytorch_with_a_note(tiny_sd, cont
     difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert difference.max() <= 2
     assert result.record.conditions[0]["kind"] == "controlnet" and result.record.conditions[0]["weight"] == 1.0
+
+
+def test_a_unit_makes_its_map_with_a_preprocessor(engine, tiny_sd, controlnet, tmp_path) -> None:
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    raw = _ours(engine, tiny_sd, source, ControlUnit(model=controlnet))  # the photo itself as the map
+    canny = engine.generate(GenerationRequest(
+        source=source, prompt=PROMPT, negative_prompt="blurry", strength=0.7, guidance_scale=7.5, steps=10,
+        sampler="Euler", seed=1234, model=str(tiny_sd), prompt_syntax="plain",
+        control=(ControlUnit(model=controlnet, preprocessor="canny"),)))
+    assert canny.record.conditions[0]["preprocessor"] == "canny"
+    assert np.abs(np.asarray(canny.images[0], dtype=np.int16) - raw).mean() > 1

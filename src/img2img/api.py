@@ -26,6 +26,7 @@ from img2img.engine.pipeline import (
     run_diffusion,
     run_styles,
 )
+from img2img.engine.preprocessors import preprocess
 from img2img.engine.prompt_syntax import extract_loras
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
@@ -282,8 +283,11 @@ class Engine:
             net = self.parts.get("controlnet", path, self.placement, load_controlnet)
             picture = source.rgb if unit.image is None else read_source(
                 unit.image, max_pixels=self.max_source_pixels).rgb
+            sha256 = pixels_sha256(picture)
+            if unit.preprocessor != "none":
+                picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b, first.seed or 0)
             fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
-            controls.append(ControlConditioner(net, fitted, unit, pixels_sha256(picture)))
+            controls.append(ControlConditioner(net, fitted, unit, sha256))
         return tuple(controls)
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner
 from img2img.engine.fields import scalar
+from img2img.engine.preprocessors import PREPROCESSORS
 from img2img.engine.sizing import RESIZE_MODES
 from img2img.errors import InvalidArgument
 
@@ -48,13 +49,20 @@ class ControlUnit:
     mode: str = scalar(str, "balanced", "Which side wins: balanced, prompt (the prompt) or control (the map).",
                        choices=MODES)
     resize: str = scalar(str, "just", "How the map fits the working size: just, crop or fill.", choices=RESIZE_MODES)
+    preprocessor: str = scalar(str, "none", "How the map is made from the image (img2img preprocess --list); none: "
+                               "the image is a map already.", choices=tuple(PREPROCESSORS))
+    threshold_a: float | None = scalar(float, None, "The preprocessor's first setting.", 0.0, 1024.0,
+                                       unset="the preprocessor's")
+    threshold_b: float | None = scalar(float, None, "Its second setting.", 0.0, 1024.0, unset="the preprocessor's")
 
     def validated(self) -> ControlUnit:
         from img2img.engine.fields import field_table
         from img2img.engine.request import check_scalar
 
         for spec in field_table(ControlUnit):
-            check_scalar(spec, getattr(self, spec.name))
+            value = getattr(self, spec.name)
+            if value is not None or spec.default is not None:
+                check_scalar(spec, value)
         if self.start > self.end:
             raise InvalidArgument("end", f"at least start ({self.start})", self.end)
         if not isinstance(self.model, str | Path) or not str(self.model):
@@ -125,4 +133,5 @@ class ControlConditioner(Conditioner):
     def metadata(self) -> dict[str, Any] | None:
         return {"model": Path(str(self.unit.model)).name, "weight": self.unit.weight, "start": self.unit.start,
                 "end": self.unit.end, "mode": self.unit.mode, "resize": self.unit.resize,
-                "image_sha256": self.image_sha256}
+                "preprocessor": self.unit.preprocessor, "threshold_a": self.unit.threshold_a,
+                "threshold_b": self.unit.threshold_b, "image_sha256": self.image_sha256}
