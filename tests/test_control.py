@@ -118,3 +118,25 @@ def test_a_unit_makes_its_map_with_a_preprocessor(engine, tiny_sd, controlnet, t
         control=(ControlUnit(model=controlnet, preprocessor="canny"),)))
     assert canny.record.conditions[0]["preprocessor"] == "canny"
     assert np.abs(np.asarray(canny.images[0], dtype=np.int16) - raw).mean() > 1
+
+
+def test_only_masked_inpainting_gives_the_unit_the_maps_part_in_the_box(engine, tiny_sd, controlnet, photo,
+                                                                         monkeypatch) -> None:
+    from img2img import Inpaint
+    from img2img.models.families import Family
+
+    monkeypatch.setattr(Family, "native_side", property(lambda _family: 64))  # the tiny models' own size
+
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (8, 8, 24, 24))
+    fields = {"source": photo, "prompt": PROMPT, "strength": 0.8, "steps": 4, "seed": 3, "model": str(tiny_sd),
+              "inpaint": Inpaint(mask=mask, inpaint_area="masked", masked_padding=4, mask_blur=0)}
+    left = Image.new("RGB", (64, 48), "black")
+    left.paste((255, 255, 255), (0, 0, 32, 48))  # white over the box, black elsewhere
+    right = Image.new("RGB", (64, 48), "white")
+    right.paste((0, 0, 0), (0, 0, 32, 48))  # the opposite: black over the box
+    white = Image.new("RGB", (64, 48), "white")
+    runs = [np.asarray(engine.generate(GenerationRequest(**fields, control=(ControlUnit(model=controlnet, image=m),)))
+                       .images[0], dtype=int) for m in (left, white, right)]
+    assert np.array_equal(runs[0], runs[1]), "only the map's part inside the painted box counts"
+    assert not np.array_equal(runs[2], runs[1])

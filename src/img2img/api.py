@@ -286,6 +286,9 @@ class Engine:
             sha256 = pixels_sha256(picture)
             if unit.preprocessor != "none":
                 picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b, first.seed or 0)
+            region = prepared.mask.region if prepared.mask is not None else None
+            if region is not None:  # "only masked" paints the mask's box: the map's part of it
+                picture = fit_to_size(picture, prepared.output_size, unit.resize).crop(region)  # type: ignore[arg-type]
             fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
             controls.append(ControlConditioner(net, fitted, unit, sha256))
         return tuple(controls)

@@ -134,7 +134,8 @@ def read_mask(mask: Image.Image | Path | str | bytes, max_pixels: int) -> tuple[
     else:
         path = Path(mask)
         if not path.is_file():
-            raise SourceImageError(f"mask should be an image file or 'alpha', but {path} does not exist")
+            found = "is not a file" if path.exists() else "does not exist"
+            raise SourceImageError(f"mask should be an image file or 'alpha', but {path} {found}")
         try:
             with path.open("rb") as stream:
                 image = open_checked(stream, max_pixels, "mask", str(path))
