@@ -64,6 +64,14 @@ def tiny_sdxl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnet(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ControlNet for the tiny SD model, as a diffusers folder."""
+    from tiny_control import build_tiny_controlnet
+
+    return build_tiny_controlnet(tiny_sd, tmp_path_factory.mktemp("controlnets") / "tiny-controlnet")
+
+
+@pytest.fixture(scope="session")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """scikit-image's astronaut, a real photograph, shrunk to 64x48 so that tiny models run in milliseconds."""
     from skimage import data

@@ -24,18 +24,8 @@ def engine() -> Engine:
 
 
 @pytest.fixture(scope="module")
-def controlnet(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random ControlNet made from the tiny UNet (as diffusers' from_unet does), its zero-initialised
-    layers (the map's embedding out, the residual outs) given weights so that it acts and reads the map."""
-    unet = diffusers.UNet2DConditionModel.from_pretrained(tiny_sd / "unet")
-    torch.manual_seed(1)
-    net = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
-    with torch.no_grad():
-        for block in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.controlnet_cond_embedding.conv_out]:
-            block.weight.normal_(0, 0.3)
-    folder = tmp_path_factory.mktemp("controlnets") / "tiny-controlnet"
-    net.save_pretrained(folder)
-    return folder
+def controlnet(tiny_controlnet: Path) -> Path:
+    return tiny_controlnet
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +83,11 @@ def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -
         run(ControlUnit(model=controlnet, start=0.8, end=0.2))
     with pytest.raises(InvalidArgument, match="control should be at most 3 units"):
         run(*[ControlUnit(model=controlnet)] * 4)
-    with pytest.raises(InvalidArgument, match=r"control\.model should be a diffusers ControlNet folder"):
+    with pytest.raises(InvalidArgument, match=r"control\.model should be a ControlNet or a T2I-Adapter .*, but got "
+                       r".*\(a \.png file, not \.safetensors\)"):
         run(ControlUnit(model=photo))
+    with pytest.raises(InvalidArgument, match=r"control\.model .* but got .*\(a diffusers pipeline folder\)"):
+        run(ControlUnit(model=tiny_sd))
 
 
 def test_openvino_hands_the_controlled_unet_to_pytorch_with_a_note(tiny_sd, controlnet, edges, photo) -> None:

@@ -34,28 +34,31 @@ def _text_config(**extra):
                              "projection_dim": 32, **extra})
 
 
-def _vae(scaling_factor: float):
+def _vae(scaling_factor: float, blocks: int = 2):
+    """A tiny VAE that halves the size (``blocks`` 2) or, as real ones do, divides it by 8 (``blocks`` 4)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-                         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-                         sample_size=64, scaling_factor=scaling_factor)
+    return AutoencoderKL(block_out_channels=[32, 64] if blocks == 2 else [32] * blocks, in_channels=3,
+                         out_channels=3, latent_channels=4, down_block_types=["DownEncoderBlock2D"] * blocks,
+                         up_block_types=["UpDecoderBlock2D"] * blocks, sample_size=64, scaling_factor=scaling_factor)
 
 
 def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", prediction: str = "epsilon",
-                  inpainting: bool = False) -> Path:
+                  inpainting: bool = False, vae_blocks: int = 2, attention_first: bool = False) -> Path:
     """Save a tiny SD 1.x-shaped pipeline as a diffusers folder at ``folder`` (``inpainting``: a 9-channel UNet,
-    saved as diffusers saves SD 1.5 inpainting)."""
+    saved as diffusers saves SD 1.5 inpainting; ``vae_blocks`` 4: latents an eighth of the size, as real ones;
+    ``attention_first``: the cross-attention block first, as in SD, where T2I-Adapter features fit)."""
     import diffusers
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
+    down, up = ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
                                 in_channels=9 if inpainting else 4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    vae = _vae(0.18215)
+                                out_channels=4, down_block_types=down[::-1] if attention_first else down,
+                                up_block_types=up[::-1] if attention_first else up, cross_attention_dim=32)
+    vae = _vae(0.18215, vae_blocks)
     text_encoder = CLIPTextModel(_text_config())
     scheduler = getattr(diffusers, scheduler_class).from_config(
         {**SCHEDULER, "prediction_type": prediction, "skip_prk_steps": True})

@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from img2img.engine.control import ControlConditioner
+from img2img.engine.control import AdapterConditioner, ControlConditioner, UnitConditioner
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -35,7 +35,7 @@ from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
-from img2img.models import embeddings, ov_runtime
+from img2img.models import control_models, embeddings, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
@@ -45,7 +45,7 @@ from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.loras import resolve as resolve_loras
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
-from img2img.models.parts import PartCache, load_controlnet
+from img2img.models.parts import PartCache
 from img2img.models.registry import ModelRegistry
 from img2img.models.vae import load_vae, vae_path
 from img2img.models.vae import using as using_vae
@@ -225,7 +225,7 @@ class Engine:
             vae = None
             if loaded is not None:
                 prepared, vae = self._with_addons(prepared, cells, loaded)
-                controls = self._controls(first, prepared, source)
+                controls = self._controls(first, prepared, source, loaded)
                 if controls:
                     backend_notes += BACKENDS[self.placement.backend].check_conditions(controls)
                     cells = [replace(cell, conditions=(*cell.conditions, *controls)) for cell in cells]
@@ -269,35 +269,45 @@ class Engine:
         path = vae_path(cells[0].vae, self.registry.addons("vae"))
         return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
 
-    def _controls(self, first: GenerationRequest, prepared: Prepared, source: SourceImage
-                  ) -> tuple[ControlConditioner, ...]:
-        """The request's control units as conditioners: each ControlNet from the part cache, each map (the source
-        when it names none) fitted to the working size."""
+    def _controls(self, first: GenerationRequest, prepared: Prepared, source: SourceImage, loaded: LoadedModel
+                  ) -> tuple[UnitConditioner, ...]:
+        """The request's control units as conditioners: each ControlNet or adapter found, checked against the
+        model's base and loaded through the part cache; each map (the source when it names none) made by its
+        preprocessor and fitted to the working size."""
         from img2img.imageio.source import pixels_sha256
 
-        controls = []
+        registered = self.registry.addons("controlnet") | self.registry.addons("t2i-adapter")
+        unet_config = dict(loaded.pipeline.unet.config)
+        xl = hasattr(loaded.pipeline, "text_encoder_2")
+        controls: list[UnitConditioner] = []
         for unit in first.control:
-            path = Path(unit.model)
-            if not (path / "config.json").is_file():
-                raise InvalidArgument("control.model", "a diffusers ControlNet folder (with a config.json)", str(path))
-            net = self.parts.get("controlnet", path, self.placement, load_controlnet)
+            name, path, info = control_models.resolve(unit.model, registered)
+            control_models.check_base(info, name, int(unet_config["cross_attention_dim"]), xl, loaded.name)
+            kind = f"{info.kind}@{_digest(unet_config)}"  # a single file's config is the model's UNet's
+            net = self.parts.get(kind, path, self.placement, lambda file, placement, info=info: control_models.load(
+                file, info, placement.dtype, placement.device, unet_config))
             picture = source.rgb if unit.image is None else read_source(
                 unit.image, max_pixels=self.max_source_pixels).rgb
             sha256 = pixels_sha256(picture)
-            if unit.preprocessor != "none":
+            if unit.preprocessor not in ("none", "inpaint"):
                 picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b, first.seed or 0)
             region = prepared.mask.region if prepared.mask is not None else None
             if region is not None:  # "only masked" paints the mask's box: the map's part of it
                 picture = fit_to_size(picture, prepared.output_size, unit.resize).crop(region)  # type: ignore[arg-type]
             fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
-            controls.append(ControlConditioner(net, fitted, unit, sha256))
+            hint_mask = None
+            if unit.preprocessor == "inpaint":  # the map is the source with the area to paint at -1
+                if prepared.mask is None:
+                    raise InvalidArgument("control.preprocessor", "inpaint only with a mask (inpaint.mask)", "inpaint")
+                hint_mask = prepared.mask.working_weights
+            conditioner = ControlConditioner if info.kind == "controlnet" else AdapterConditioner
+            controls.append(conditioner(net, fitted, unit, name, sha256, weights_sha256(path), hint_mask))
         return tuple(controls)
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""
         config = dict(loaded.pipeline.vae.config)
-        shape = json.dumps(config, sort_keys=True, default=str)  # the part depends on the model's VAE config
-        kind = f"vae@{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
+        kind = f"vae@{_digest(config)}"  # the part depends on the model's VAE config
         return self.parts.get(kind, path, self.placement, lambda file, placement: load_vae(
             file, placement.dtype, placement.device, config))
 
@@ -314,3 +324,8 @@ class Engine:
         entry = resolve_reference(reference, self.registry, self.allow_pickle)
         return inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
                              prediction=entry.prediction)
+
+
+def _digest(config: dict[str, Any]) -> str:
+    """A short hash of a component's config (a part loaded against it is another part for another config)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -23,14 +23,15 @@ def samplers() -> None:
 @models_app.command("add")
 def models_add(
     name: Annotated[str, typer.Argument(help="A short name for the model.")],
-    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint, LoRA, embedding or "
-                                              "VAE.")],
+    path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint, LoRA, embedding, "
+                                              "VAE, ControlNet or T2I-Adapter.")],
     config: Annotated[Path | None, typer.Option(help="Diffusers config folder for an unusual checkpoint.")] = None,
     prediction: Annotated[str | None, typer.Option(help="epsilon or v_prediction, if detection is wrong.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
     default: Annotated[bool, typer.Option("--default", help="Make it the default model.")] = False,
 ) -> None:
-    """Register a model, a LoRA or an embedding under NAME after checking what it is."""
+    """Register a model, a LoRA, an embedding, a VAE, a ControlNet or a T2I-Adapter under NAME after checking what
+    it is."""
     from img2img.models.addons import detect
     from img2img.models.registry import ModelEntry, ModelRegistry
 
@@ -54,14 +55,15 @@ def models_add(
 @models_app.command("list")
 def models_list() -> None:
     """List registered models, their families and paths."""
+    from img2img.models import addons
     from img2img.models.detect import inspect_model
     from img2img.models.registry import ModelRegistry
 
     registry = ModelRegistry()
     entries = registry.entries()
-    for kind in ("lora", "embedding", "vae"):
+    for kind in addons.KINDS:
         for name, path in registry.addons(kind).items():
-            typer.echo(f"  {name}\t{kind}\t{path}")
+            typer.echo(f"  {name}\t{kind}{_made_for(Path(path))}\t{path}")
     if not entries:
         typer.echo("no models registered: add one with 'img2img models add NAME PATH'")
         return
@@ -73,6 +75,17 @@ def models_list() -> None:
             label = f"unusable: {exc}"
         marker = "*" if entry.name == registry.default_name() else " "
         typer.echo(f"{marker} {entry.name}\t{label}\t{entry.path}")
+
+
+def _made_for(path: Path) -> str:
+    """" (for SD 1.x)" after a LoRA's, a ControlNet's or an adapter's kind; nothing when it cannot be read."""
+    from img2img.models.addons import detect
+
+    try:
+        info = detect(path)
+    except Img2ImgError:
+        return " (unreadable)"
+    return f" (for {info.base})" if info is not None and info.kind not in ("vae", "embedding") else ""
 
 
 @models_app.command("default")

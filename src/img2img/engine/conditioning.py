@@ -122,8 +122,9 @@ class TextConditioner(Conditioner):
 
 
 # Inputs that several conditioners may give at once: their values add up (ControlNets' residuals, as diffusers'
-# MultiControlNetModel sums them).
-ADDITIVE = frozenset({"down_block_additional_residuals", "mid_block_additional_residual"})
+# MultiControlNetModel sums them, and T2I-Adapters' features, as its MultiAdapter does).
+ADDITIVE = frozenset({"down_block_additional_residuals", "mid_block_additional_residual",
+                      "down_intrablock_additional_residuals"})
 
 
 def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, Any]:

@@ -1,9 +1,12 @@
-"""Structure control: a ControlNet steering every denoising step from a control map (edges, depth, a tile...).
+"""Structure control: a ControlNet or a T2I-Adapter steering the denoising steps from a control map (edges, depth,
+a tile...).
 
-``ControlUnit`` is the request's part (up to three in ``GenerationRequest.control``): which ControlNet, which map,
-how strongly and during which steps. The engine loads the ControlNet once per weights (its part cache), fits the
-map to the working size and hands the loop a ``ControlConditioner``, which runs the ControlNet at each step of
-its window and gives the UNet its residuals, as diffusers' ``StableDiffusionControlNetImg2ImgPipeline`` does.
+``ControlUnit`` is the request's part (up to three in ``GenerationRequest.control``): which model, which map, how
+strongly and during which steps. The engine loads the model once per weights (its part cache), fits the map to the
+working size and hands the loop a conditioner: ``ControlConditioner`` runs the ControlNet at each step of its
+window and gives the UNet its residuals, as diffusers' ``StableDiffusionControlNetImg2ImgPipeline`` does;
+``AdapterConditioner`` computes an adapter's features once per image and adds them inside the UNet's down blocks,
+as diffusers' ``StableDiffusionAdapterPipeline`` does.
 
 Control modes, as A1111's ControlNet extension names them: ``balanced`` (the residuals as they are), ``control``
 (the ControlNet sees the conditional half only and its residuals grow from shallow to deep layers: diffusers'
@@ -34,10 +37,11 @@ PROMPT_MODE_DECAY = 0.825  # per layer from the deepest, as A1111's "my prompt i
 
 @dataclass(frozen=True)
 class ControlUnit:
-    """One ControlNet and its map.
+    """One ControlNet or T2I-Adapter and its map.
 
     Attributes:
-        model: a diffusers ControlNet folder (its path).
+        model: a registered name, a file or folder name in the ControlNet folders, a repo id in the Hugging Face
+            cache, or a path (``img2img.models.control_models.resolve``).
         image: the control map (a PIL image or a path); None: the source itself.
     """
 
@@ -66,7 +70,7 @@ class ControlUnit:
         if self.start > self.end:
             raise InvalidArgument("end", f"at least start ({self.start})", self.end)
         if not isinstance(self.model, str | Path) or not str(self.model):
-            raise InvalidArgument("model", "a ControlNet's folder", self.model)
+            raise InvalidArgument("control.model", "a ControlNet's or an adapter's name or path", self.model)
         return self
 
 
@@ -80,13 +84,52 @@ def check_units(units: object) -> tuple[ControlUnit, ...]:
 
 
 @dataclass(frozen=True, eq=False)
-class ControlConditioner(Conditioner):
-    """A loaded ControlNet, its map at the working size (RGB), and the unit's settings."""
+class UnitConditioner(Conditioner):
+    """What a ControlNet's and an adapter's conditioners share: the unit, its map and how they are named."""
 
-    controlnet: Any
-    image: Image.Image
+    net: Any  # the loaded ControlNet or T2I-Adapter
+    image: Image.Image  # the map at the working size
     unit: ControlUnit
-    image_sha256: str = ""
+    name: str = ""  # the model's name, as the record shows it
+    image_sha256: str = ""  # of the unit's image before its preprocessor
+    model_sha256: str = ""
+    hint_mask: Image.Image | None = None  # the inpaint preprocessor: where the map is -1 (the area to paint)
+
+    def map_tensor(self, channels: int = 3) -> torch.Tensor:
+        """The map as the net reads it: (1, channels, H, W) in [0, 1], or -1 under ``hint_mask``."""
+        import numpy as np
+        import torch
+
+        picture = self.image.convert("L" if channels == 1 else "RGB")
+        pixels = np.asarray(picture, dtype=np.float32).reshape(picture.height, picture.width, -1) / 255
+        if self.hint_mask is not None:
+            pixels[np.asarray(self.hint_mask.convert("L")) > 127] = -1.0
+        return torch.from_numpy(pixels).permute(2, 0, 1)[None].to(self.net.device, self.net.dtype)
+
+    def shaped(self, step: Step, down: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``down`` (shallow to deep, the last one the deepest) after the unit's mode: faded towards the shallow
+        layers for "prompt" (the deepest kept); for "control", given to the conditional half only (zeros for the
+        unconditional one)."""
+        import torch
+
+        if self.unit.mode == "prompt":
+            down = [d * PROMPT_MODE_DECAY ** (len(down) - 1 - k) for k, d in enumerate(down)]
+        if step.guided and self.unit.mode == "control":
+            return [torch.cat([torch.zeros_like(d), d]) for d in down]
+        return down
+
+    def metadata(self) -> dict[str, Any] | None:
+        return {"model": self.name or Path(str(self.unit.model)).name, "model_sha256": self.model_sha256,
+                "weight": self.unit.weight, "start": self.unit.start, "end": self.unit.end, "mode": self.unit.mode,
+                "resize": self.unit.resize, "preprocessor": self.unit.preprocessor,
+                "threshold_a": self.unit.threshold_a, "threshold_b": self.unit.threshold_b,
+                "image_sha256": self.image_sha256, "image": "source" if self.unit.image is None else "given"}
+
+
+@dataclass(frozen=True, eq=False)
+class ControlConditioner(UnitConditioner):
+    """A ControlNet, run at each step of the unit's window on the step's latents; its residuals go to the UNet."""
+
     # Bound per image by ``begin``:
     text: TextConditioner | None = None
     cond: torch.Tensor | None = None
@@ -94,12 +137,7 @@ class ControlConditioner(Conditioner):
     inputs = ("down_block_additional_residuals", "mid_block_additional_residual")
 
     def begin(self, begin: Begin) -> tuple[Conditioner, StartLatents]:
-        import numpy as np
-        import torch
-
-        pixels = torch.from_numpy(np.asarray(self.image.convert("RGB"), dtype=np.float32) / 255)
-        cond = pixels.permute(2, 0, 1)[None].to(self.controlnet.device, self.controlnet.dtype)
-        return replace(self, text=begin.text, cond=cond), begin.start
+        return replace(self, text=begin.text, cond=self.map_tensor()), begin.start
 
     def active(self, step: Step) -> bool:
         """diffusers' rule: the unit acts at step i of n when start <= i/n and (i+1)/n <= end."""
@@ -120,18 +158,39 @@ class ControlConditioner(Conditioner):
         elif step.guided:
             cond = torch.cat([cond] * 2)
         extra = {"added_cond_kwargs": added} if added else {}
-        down, mid = self.controlnet(sample.to(self.controlnet.dtype), step.timestep, encoder_hidden_states=embeddings,
-                                    controlnet_cond=cond, conditioning_scale=self.unit.weight, guess_mode=guess,
-                                    return_dict=False, **extra)
-        if self.unit.mode == "prompt":
-            scales = [PROMPT_MODE_DECAY ** (len(down) - k) for k in range(len(down) + 1)]
-            down, mid = [d * s for d, s in zip(down, scales, strict=False)], mid * scales[-1]
-        if step.guided and guess:
-            down, mid = [torch.cat([torch.zeros_like(d), d]) for d in down], torch.cat([torch.zeros_like(mid), mid])
-        return {"down_block_additional_residuals": list(down), "mid_block_additional_residual": mid}
+        down, mid = self.net(sample.to(self.net.dtype), step.timestep, encoder_hidden_states=embeddings,
+                             controlnet_cond=cond, conditioning_scale=self.unit.weight, guess_mode=guess,
+                             return_dict=False, **extra)
+        *down, mid = self.shaped(step, [*down, mid])
+        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
 
-    def metadata(self) -> dict[str, Any] | None:
-        return {"model": Path(str(self.unit.model)).name, "weight": self.unit.weight, "start": self.unit.start,
-                "end": self.unit.end, "mode": self.unit.mode, "resize": self.unit.resize,
-                "preprocessor": self.unit.preprocessor, "threshold_a": self.unit.threshold_a,
-                "threshold_b": self.unit.threshold_b, "image_sha256": self.image_sha256}
+
+@dataclass(frozen=True, eq=False)
+class AdapterConditioner(UnitConditioner):
+    """A T2I-Adapter: its features of the map, computed once per image, are added inside the UNet's down blocks
+    at each step of the window."""
+
+    features: tuple[torch.Tensor, ...] = ()  # bound per image by ``begin``, scaled by the weight
+    kind = "t2i-adapter"
+    inputs = ("down_intrablock_additional_residuals",)
+
+    def begin(self, begin: Begin) -> tuple[Conditioner, StartLatents]:
+        import torch
+
+        with torch.no_grad():
+            features = self.net(self.map_tensor(int(self.net.config.in_channels)))
+        return replace(self, features=tuple(f * self.unit.weight for f in features)), begin.start
+
+    def active(self, step: Step) -> bool:
+        """diffusers' adapter rule: the features act at step i of n when start * n <= i < int(end * n)."""
+        return self.unit.start * step.total <= step.index < int(self.unit.end * step.total)
+
+    def unet_inputs(self, step: Step) -> dict[str, Any]:
+        import torch
+
+        if not self.features or not self.active(step) or self.unit.weight == 0:
+            return {}
+        features = self.shaped(step, list(self.features))
+        if step.guided and self.unit.mode != "control":
+            features = [torch.cat([f] * 2) for f in features]
+        return {"down_intrablock_additional_residuals": features}

@@ -21,10 +21,14 @@ import platformdirs
 
 from img2img.errors import InvalidArgument, ModelError
 
-KINDS = ("lora", "embedding", "vae")
-FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR", "vae": "IMG2IMG_VAE_DIR"}
-FOLDER_NAME = {"lora": "loras", "embedding": "embeddings", "vae": "vae"}
-LABEL = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE"}
+KINDS = ("lora", "embedding", "vae", "controlnet", "t2i-adapter")
+FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR", "vae": "IMG2IMG_VAE_DIR",
+              "controlnet": "IMG2IMG_CONTROLNET_DIR", "t2i-adapter": "IMG2IMG_CONTROLNET_DIR"}
+FOLDER_NAME = {"lora": "loras", "embedding": "embeddings", "vae": "vae", "controlnet": "controlnet",
+               "t2i-adapter": "controlnet"}
+LABEL = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE", "controlnet": "ControlNet",
+         "t2i-adapter": "T2I-Adapter"}
+FOLDER_KINDS = ("vae", "controlnet", "t2i-adapter")  # kinds that may be a diffusers folder rather than a file
 BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_A.default.weight")
 _LYCORIS = ("hada_w1_a", "lokr_w1", "lokr_w1_a", "oft_diag", "ia3")
@@ -49,11 +53,16 @@ class AddonInfo:
 
 
 def detect(path: Path) -> AddonInfo | None:
-    """What a ``.safetensors`` file (or a folder) is, from its header alone: a LoRA, an embedding, a VAE, or None
-    (a checkpoint)."""
+    """What a ``.safetensors`` file (or a folder) is, from its header alone: a LoRA, an embedding, a VAE, a
+    ControlNet or a T2I-Adapter, or None (a checkpoint)."""
     from safetensors import safe_open
 
+    from img2img.models import control_models
+
     if path.is_dir():
+        control = control_models.detect(path)
+        if control is not None:
+            return AddonInfo(control.kind, control.width, control.xl)
         config = path / "config.json"
         is_vae = config.is_file() and '"AutoencoderKL"' in config.read_text(encoding="utf-8", errors="replace")
         return AddonInfo("vae", None, False) if is_vae else None
@@ -65,6 +74,9 @@ def detect(path: Path) -> AddonInfo | None:
             shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in keys}
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{path.name} should be a readable .safetensors file ({exc})") from exc
+    control = control_models.detect(path, shapes)
+    if control is not None:
+        return AddonInfo(control.kind, control.width, control.xl)
     if any(marker in key for key in keys for marker in _LYCORIS):
         raise ModelError(f"{path.name} is a LyCORIS LoHa/LoKr/OFT/IA3 file, which diffusers cannot apply; "
                          "LoRA and LoCon files work")
@@ -102,7 +114,7 @@ def find(kind: str, name: str, registered: dict[str, str], argument: str = "prom
         return Path(registered[name])
     for folder in folders(kind):
         for candidate in (folder / f"{name}.safetensors", folder / name):
-            exists = candidate.is_file() or (kind == "vae" and (candidate / "config.json").is_file())
+            exists = candidate.is_file() or (kind in FOLDER_KINDS and (candidate / "config.json").is_file())
             if exists and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
                 return candidate
     where = ", ".join(str(folder) for folder in folders(kind))
@@ -120,9 +132,9 @@ def is_kind(path: Path, kind: str) -> bool:
 
 
 def available(kind: str) -> list[Path]:
-    """The add-on files in the folders of ``kind`` (and VAE folders)."""
+    """The add-on files in the folders of ``kind`` (and VAE, ControlNet and adapter folders)."""
     found = [path for folder in folders(kind) if folder.is_dir() for path in folder.glob("*.safetensors")]
-    if kind == "vae":
+    if kind in FOLDER_KINDS:
         found += [path for folder in folders(kind) if folder.is_dir() for path in folder.iterdir()
                   if (path / "config.json").is_file()]
     return sorted(found)

@@ -58,15 +58,3 @@ class PartCache:
     def clear(self) -> None:
         self._parts.clear()
 
-
-def load_controlnet(path: Path, placement: Placement) -> Any:
-    """A diffusers ControlNet folder in ``placement``'s dtype on its device, offline."""
-    import diffusers
-
-    from img2img.errors import ModelError
-
-    try:
-        net = diffusers.ControlNetModel.from_pretrained(str(path), torch_dtype=placement.dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"ControlNet {path} could not be loaded: {str(exc).splitlines()[0]}") from exc
-    return net.to(placement.device)
