@@ -77,9 +77,9 @@ def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -
     def run(*units: ControlUnit) -> None:
         engine.generate(GenerationRequest(source=photo, prompt=PROMPT, model=str(tiny_sd), steps=2, control=units))
 
-    with pytest.raises(InvalidArgument, match=r"weight should be in \[0.0, 2.0\], but got 3"):
+    with pytest.raises(InvalidArgument, match=r"control\.weight should be in \[0.0, 2.0\], but got 3"):
         run(ControlUnit(model=controlnet, weight=3))
-    with pytest.raises(InvalidArgument, match=r"end should be at least start \(0.8\), but got 0.2"):
+    with pytest.raises(InvalidArgument, match=r"control\.end should be at least start \(0.8\), but got 0.2"):
         run(ControlUnit(model=controlnet, start=0.8, end=0.2))
     with pytest.raises(InvalidArgument, match="control should be at most 3 units"):
         run(*[ControlUnit(model=controlnet)] * 4)

@@ -11,11 +11,13 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from img2img.engine.control import AdapterConditioner, ControlConditioner, UnitConditioner
+from PIL import Image
+
+from img2img.engine.control import AdapterConditioner, ControlConditioner, ControlUnit, UnitConditioner
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -60,6 +62,18 @@ BUILTIN_MODEL = "builtin-style"
 BUILTIN_LABEL = "built-in style transfer"
 
 
+@dataclass(frozen=True)
+class ControlMap:
+    """A control unit with its model found and its map made, before any model loads."""
+
+    unit: ControlUnit
+    name: str  # the model's name, as the record shows it
+    path: Path
+    info: control_models.ControlInfo
+    picture: Image.Image  # the map at the picture's own size
+    sha256: str  # of the unit's picture before its preprocessor
+
+
 class Engine:
     """Runs generation requests; keep one and reuse it so that models stay loaded between calls.
 
@@ -89,7 +103,7 @@ class Engine:
         self, *, device: str = "auto", dtype: str = "auto", backend: str = "auto", quantize: str = "none",
         registry: ModelRegistry | None = None, max_images: int = DEFAULT_MAX_IMAGES, allow_pickle: bool = False,
         cache_capacity: int = 1, max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
-        max_memory: int | str | None = None,
+        max_memory: int | str | None = None, control_paths: bool = True,
     ) -> None:
         self.placement: Placement = choose_placement(device, dtype, backend, quantize)
         self.memory_budget = memory_budget(max_memory)
@@ -97,6 +111,7 @@ class Engine:
         self.max_images = max_images
         self.allow_pickle = allow_pickle
         self.max_source_pixels = max_source_pixels
+        self.control_paths = control_paths  # a unit's model may be a path (not for requests from the network)
         self._models = ModelCache(cache_capacity)
         self.parts = PartCache()  # ControlNets, adapters, image encoders that conditioners bring, shared by runs
         self._style_networks = style_networks
@@ -147,6 +162,9 @@ class Engine:
         styles, for the built-in engine). With ``masking`` (from ``masking``), ``source`` is its canvas and an
         "only masked" request works at the mask's box scaled to the model's native size."""
         if self.is_builtin(request.model):
+            if request.control:
+                raise InvalidArgument("control", "used with diffusion models only (the built-in style engine has "
+                                      "no denoising steps to steer)", f"{len(request.control)} units")
             if runs and request.strength > 0:
                 self.check_styles(request)
             output, working = self._sizes(request, source, STYLE_NATIVE_SIDE, masking)
@@ -218,6 +236,7 @@ class Engine:
             output_size, working_size, files = self.plan(first, source, runs, masking)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
+            maps = self.control_maps(first, source) if runs else []
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))
@@ -225,10 +244,11 @@ class Engine:
             vae = None
             if loaded is not None:
                 prepared, vae = self._with_addons(prepared, cells, loaded)
-                controls = self._controls(first, prepared, source, loaded)
-                if controls:
-                    backend_notes += BACKENDS[self.placement.backend].check_conditions(controls)
-                    cells = [replace(cell, conditions=(*cell.conditions, *controls)) for cell in cells]
+                if maps:  # a sweep's cells may differ in their units' weights: conditioners per cell
+                    controls = [self._controls(maps, prepared, loaded, cell.control) for cell in cells]
+                    backend_notes += BACKENDS[self.placement.backend].check_conditions(controls[0])
+                    cells = [replace(cell, conditions=(*cell.conditions, *own))
+                             for cell, own in zip(cells, controls, strict=True)]
             with using_vae(loaded.pipeline if loaded else None, vae):
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
@@ -269,39 +289,49 @@ class Engine:
         path = vae_path(cells[0].vae, self.registry.addons("vae"))
         return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
 
-    def _controls(self, first: GenerationRequest, prepared: Prepared, source: SourceImage, loaded: LoadedModel
-                  ) -> tuple[UnitConditioner, ...]:
-        """The request's control units as conditioners: each ControlNet or adapter found, checked against the
-        model's base and loaded through the part cache; each map (the source when it names none) made by its
-        preprocessor and fitted to the working size."""
+    def control_maps(self, request: GenerationRequest, source: SourceImage) -> list[ControlMap]:
+        """Each control unit's model found (not loaded) and its map made (the source when the unit names no
+        picture), so that a bad unit is refused before any model loads."""
         from img2img.imageio.source import pixels_sha256
 
         registered = self.registry.addons("controlnet") | self.registry.addons("t2i-adapter")
+        maps = []
+        for unit in request.control:
+            name, path, info = control_models.resolve(unit.model, registered, self.control_paths)
+            picture = source.rgb if unit.image is None else read_source(
+                unit.image, max_pixels=self.max_source_pixels, field="control.image").rgb
+            sha256 = pixels_sha256(picture)
+            if unit.preprocessor not in ("none", "inpaint"):
+                picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b,
+                                     request.seed or 0)
+            if unit.preprocessor == "inpaint" and request.inpaint is None:
+                raise InvalidArgument("control.preprocessor", "inpaint only with a mask (inpaint.mask)", "inpaint")
+            maps.append(ControlMap(unit, name, path, info, picture, sha256))
+        return maps
+
+    def _controls(self, maps: list[ControlMap], prepared: Prepared, loaded: LoadedModel,
+                  units: tuple[ControlUnit, ...]) -> tuple[UnitConditioner, ...]:
+        """The control units as conditioners: each ControlNet or adapter checked against the model's base and
+        loaded through the part cache, each map fitted to the working size (cut to the painted box of an "only
+        masked" inpaint). ``units`` are a cell's own, which may differ from the maps' in their weights."""
         unet_config = dict(loaded.pipeline.unet.config)
         xl = hasattr(loaded.pipeline, "text_encoder_2")
         controls: list[UnitConditioner] = []
-        for unit in first.control:
-            name, path, info = control_models.resolve(unit.model, registered)
-            control_models.check_base(info, name, int(unet_config["cross_attention_dim"]), xl, loaded.name)
+        for found, unit in zip(maps, units, strict=True):
+            info = found.info
+            control_models.check_base(info, found.name, int(unet_config["cross_attention_dim"]), xl, loaded.name)
             kind = f"{info.kind}@{_digest(unet_config)}"  # a single file's config is the model's UNet's
-            net = self.parts.get(kind, path, self.placement, lambda file, placement, info=info: control_models.load(
-                file, info, placement.dtype, placement.device, unet_config))
-            picture = source.rgb if unit.image is None else read_source(
-                unit.image, max_pixels=self.max_source_pixels).rgb
-            sha256 = pixels_sha256(picture)
-            if unit.preprocessor not in ("none", "inpaint"):
-                picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b, first.seed or 0)
-            region = prepared.mask.region if prepared.mask is not None else None
-            if region is not None:  # "only masked" paints the mask's box: the map's part of it
+            net = self.parts.get(kind, found.path, self.placement, lambda file, placement, info=info:
+                                 control_models.load(file, info, placement.dtype, placement.device, unet_config))
+            picture, region = found.picture, prepared.mask.region if prepared.mask is not None else None
+            if region is not None:
                 picture = fit_to_size(picture, prepared.output_size, unit.resize).crop(region)  # type: ignore[arg-type]
             fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
-            hint_mask = None
-            if unit.preprocessor == "inpaint":  # the map is the source with the area to paint at -1
-                if prepared.mask is None:
-                    raise InvalidArgument("control.preprocessor", "inpaint only with a mask (inpaint.mask)", "inpaint")
-                hint_mask = prepared.mask.working_weights
+            # The inpaint preprocessor: the map is the source with the area to paint at -1.
+            hint_mask = prepared.mask.working_weights if unit.preprocessor == "inpaint" and prepared.mask else None
             conditioner = ControlConditioner if info.kind == "controlnet" else AdapterConditioner
-            controls.append(conditioner(net, fitted, unit, name, sha256, weights_sha256(path), hint_mask))
+            controls.append(conditioner(net, fitted, unit, found.name, found.sha256, weights_sha256(found.path),
+                                        hint_mask))
         return tuple(controls)
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:

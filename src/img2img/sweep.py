@@ -20,7 +20,7 @@ MAX_SWEEP_CELLS = 100
 # axis name -> the request field it varies
 AXES: dict[str, str] = {
     "strength": "strength", "cfg": "guidance_scale", "seed": "seed", "steps": "steps", "sampler": "sampler",
-    "prompt": "prompt", "negative": "negative_prompt",
+    "prompt": "prompt", "negative": "negative_prompt", "control_weight": "control",  # the first unit's weight
 }
 
 
@@ -83,10 +83,21 @@ def sweep_cells(request: GenerationRequest, axes: Sequence[Axis]) -> list[Genera
         count *= len(axis.values)
     if count > MAX_SWEEP_CELLS:
         raise InvalidArgument("axes", f"at most {MAX_SWEEP_CELLS} combinations", count)
+    if "control_weight" in names and not request.control:
+        raise InvalidArgument("axes", "control_weight with a control unit to weigh", "no control unit")
     cells = []
     for row in itertools.product(*(axis.values for axis in axes[1:])):
         for column_value in axes[0].values:
-            changes = {AXES[axes[0].name]: column_value}
-            changes.update({AXES[axis.name]: value for axis, value in zip(axes[1:], row, strict=True)})
-            cells.append(replace(request, **changes).validated())  # type: ignore[arg-type]
+            cell = request
+            for axis, value in zip(axes, (column_value, *row), strict=True):
+                cell = _with(cell, axis.name, value)
+            cells.append(cell.validated())
     return cells
+
+
+def _with(request: GenerationRequest, axis: str, value: object) -> GenerationRequest:
+    """``request`` with ``axis`` set to ``value``."""
+    if axis == "control_weight":
+        first, *others = request.control
+        return replace(request, control=(replace(first, weight=value), *others))  # type: ignore[arg-type]
+    return replace(request, **{AXES[axis]: value})  # type: ignore[arg-type]

@@ -47,6 +47,8 @@ def flag_for(argument: str) -> str:
         return SPEC[argument].option
     if argument in INPAINT_SPEC:
         return INPAINT_SPEC[argument].option
+    if argument.startswith("control."):  # a unit's key: --control's KEY=VALUE
+        return f"--control's {argument.removeprefix('control.')}"
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
 
 

@@ -97,6 +97,8 @@ def reproduce(
     source: Annotated[Path, typer.Option("--source", help="The source image FILE was made from.")],
     style_image: c.StyleImage = None,
     mask: Annotated[Path | None, typer.Option("--mask", help="The mask FILE was inpainted with.")] = None,
+    control_image: Annotated[list[Path] | None, typer.Option(
+        "--control-image", help="The picture of each control unit that had its own, in order.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or a folder.")] = None,
     model: c.Model = None,
     quality: c.Quality = 90,
@@ -114,7 +116,8 @@ def reproduce(
       img2img reproduce outputs/00001-42.png --source photo.jpg
       img2img reproduce painting.png --source photo.jpg --model ~/models/sd15.safetensors -o again.png
 
-    The same source, model, settings and machine give an identical file. An inpainted FILE needs its --mask.
+    The same source, model, settings and machine give an identical file. An inpainted FILE needs its --mask, a
+    controlled one the pictures of its control units (--control-image, repeated).
     """
     from img2img.cli.generate import announce_model, prepare, save
     from img2img.engine.result import GenerationRecord
@@ -126,7 +129,7 @@ def reproduce(
     record = GenerationRecord.from_json(metadata.record)
     if record.style_image_sha256 and style_image is None:
         raise InvalidArgument("style_image", f"the style picture {file.name} was made with", None)
-    request = record.to_request(source, style_image, mask)
+    request = record.to_request(source, style_image, mask, control_image or ())
     if model is not None:
         request = replace(request, model=model)
     request = _same_addons(record, request)
@@ -155,20 +158,24 @@ def reproduce(
 
 
 def _same_addons(record: GenerationRecord, request: GenerationRequest) -> GenerationRequest:
-    """The request with each recorded LoRA, embedding and VAE found by its hash: under its own name, or renamed (the
-    request then names the new file, which holds the same bytes)."""
-    from img2img.models.addons import find_by_hash, folders
+    """The request with each recorded LoRA, embedding, VAE and control model found by its hash: under its own name,
+    or renamed (the request then names the new file, which holds the same bytes)."""
+    from img2img.models.addons import LABEL, find_by_hash, folders
     from img2img.models.embeddings import rename
     from img2img.models.registry import ModelRegistry
 
     registry = ModelRegistry()
-    prompt, negative, vae = request.prompt, request.negative_prompt, request.vae
+    prompt, negative, vae, units = request.prompt, request.negative_prompt, request.vae, list(request.control)
     vaes = ({"name": record.vae, "sha256": record.vae_sha256},) if record.vae and record.vae_sha256 else ()
-    for kind, entries in (("lora", record.loras), ("embedding", record.embeddings), ("vae", vaes)):
-        for entry in entries:
+    controls = tuple({"name": entry["model"], "sha256": entry["model_sha256"], "kind": entry["kind"]}
+                     for entry in record.controls)
+    for kind, entries in (("lora", record.loras), ("embedding", record.embeddings), ("vae", vaes),
+                          ("controlnet", controls)):
+        registered = registry.addons(kind) | (registry.addons("t2i-adapter") if kind == "controlnet" else {})
+        for number, entry in enumerate(entries):
             name, sha256 = entry["name"], entry["sha256"]
-            found = find_by_hash(kind, name, sha256, registry.addons(kind))
-            label = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE"}[kind]
+            found = find_by_hash(kind, name, sha256, registered)
+            label = LABEL[entry.get("kind", kind)]
             if found is None:
                 where = ", ".join(str(folder) for folder in folders(kind))
                 raise InvalidArgument("FILE", f"made with a {label} that is here: {name} (SHA-256 {sha256[:12]}…), "
@@ -178,12 +185,14 @@ def _same_addons(record: GenerationRecord, request: GenerationRequest) -> Genera
             c.print_notes([f"{label} {name} is found by its hash as {found}"])
             if kind == "vae":
                 vae = found
+            elif kind == "controlnet":
+                units[number] = replace(units[number], model=found)
             elif kind == "lora":
                 prompt = prompt.replace(f"<lora:{name}:", f"<lora:{found}:").replace(f"<lora:{name}>",
                                                                                       f"<lora:{found}>")
             else:
                 prompt, negative = rename(prompt, name, found), rename(negative, name, found)
-    return replace(request, prompt=prompt, negative_prompt=negative, vae=vae)
+    return replace(request, prompt=prompt, negative_prompt=negative, vae=vae, control=tuple(units))
 
 
 def _metadata(file: Path) -> Metadata:

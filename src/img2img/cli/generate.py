@@ -130,6 +130,8 @@ def sweep(
     steps: Annotated[str | None, typer.Option(help="Step counts, comma-separated.")] = None,
     sampler: Annotated[str | None, typer.Option(help="Sampler names, comma-separated.")] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated.")] = None,
+    control_weights: Annotated[str | None, typer.Option(
+        help="Weights of the first --control unit, comma-separated.")] = None,
     prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help=r"A folder \[default: ./outputs]")] = None,
     format_: c.Format = None,
@@ -157,13 +159,20 @@ def sweep(
              ("steps", c.parse_list("steps", steps, int) if steps is not None else None),
              ("sampler", c.parse_list("sampler", sampler, str) if sampler is not None else None),
              ("seed", c.parse_list("seeds", seeds, int) if seeds is not None else None),
-             ("prompt", [prompt, *prompts] if prompts else None)]
+             ("prompt", [prompt, *prompts] if prompts else None),
+             ("control_weight", c.parse_list("control_weights", control_weights, float)
+              if control_weights is not None else None)]
     axes = [make_axis(name, values) for name, values in given if values is not None and len(values) > 1]
     fixed = {name: values[0] for name, values in given if values is not None and len(values) == 1}
     if not axes:
         axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
     fixed_fields = {"strength": fixed.get("strength"), "guidance_scale": fixed.get("cfg"), "steps": fixed.get("steps"),
                     "sampler": fixed.get("sampler"), "seed": fixed.get("seed")}
+    if "control_weight" in fixed and fields.get("control"):
+        from dataclasses import replace
+
+        first, *others = fields["control"]
+        fields["control"] = (replace(first, weight=fixed["control_weight"]), *others)
     request = GenerationRequest(
         source=source, **fields | {key: value for key, value in fixed_fields.items() if value is not None},
         prompt=prompt, size=c.parse_size(size), style_image=style_image,

@@ -7,6 +7,7 @@ A new field in the table is an option of run, sweep and batch with no change her
 
 The inpainting part's fields (``img2img.engine.inpaint.INPAINT_FIELDS``) are options too, in their own help panel,
 beside ``--mask`` and ``--outpaint``; given a mask or an outpaint, ``fields["inpaint"]`` holds the ``Inpaint``.
+``--control`` (repeatable) gives ``fields["control"]``, the ``ControlUnit`` objects.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from img2img.engine.control import parse_unit
 from img2img.engine.fields import FieldSpec
 from img2img.engine.inpaint import ALPHA, INPAINT_FIELDS, Inpaint, parse_outpaint
 from img2img.engine.request import FIELDS
@@ -32,6 +34,10 @@ MASK_HELP = ("A mask image (white repaints, black keeps, grey blends; resized to
              "source's transparent pixels. batch: a folder of masks named as the sources, or one for all.")
 OUTPAINT_HELP = "Grow the canvas and paint the new area: 128 (every side) or right=256,bottom=128."
 PANEL = "Inpainting"
+CONTROL_HELP = ("A ControlNet or T2I-Adapter unit: model=NAME (registered, in the ControlNet folder, or a path), "
+                "and any of image=FILE (default: the source), preprocessor (img2img preprocess --list), weight 0..2, "
+                "start, end, mode (balanced, prompt, control), resize (just, crop, fill), threshold_a, threshold_b. "
+                "Up to 3.")
 
 
 def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
@@ -52,6 +58,9 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
             for name, text in (("mask", MASK_HELP), ("outpaint", OUTPAINT_HELP))]
         added += [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                     annotation=_option(spec, PANEL)) for spec in inpaint_specs]
+        added.append(inspect.Parameter("control", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            list[str] | None, typer.Option("--control", help=CONTROL_HELP, rich_help_panel="Control",
+                                           show_default=False, metavar="KEY=VALUE,...")]))
 
         @functools.wraps(command)
         def with_fields(**values: Any) -> None:
@@ -60,7 +69,10 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
             inpaint = {spec.name: values.pop(spec.name) for spec in inpaint_specs}
             mask, outpaint = values.pop("mask"), values.pop("outpaint")
             part = inpaint_part(mask, outpaint, {name: value for name, value in inpaint.items() if value is not None})
-            command(**values, fields=fields | ({"inpaint": part} if part is not None else {}))
+            fields |= {"inpaint": part} if part is not None else {}
+            units = values.pop("control")
+            fields |= {"control": tuple(parse_unit(text) for text in units)} if units else {}
+            command(**values, fields=fields)
 
         parameters = [*arguments, *added, *(param for param in own if param not in arguments)]
         with_fields.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]

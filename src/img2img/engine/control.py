@@ -15,6 +15,7 @@ guess mode) and ``prompt`` (the residuals fade towards the shallow layers, 0.825
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner
-from img2img.engine.fields import scalar
+from img2img.engine.fields import FieldSpec, field_table, scalar
 from img2img.engine.preprocessors import PREPROCESSORS
 from img2img.engine.sizing import RESIZE_MODES
 from img2img.errors import InvalidArgument
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
 MAX_UNITS = 3
 MODES: tuple[str, ...] = ("balanced", "prompt", "control")
 PROMPT_MODE_DECAY = 0.825  # per layer from the deepest, as A1111's "my prompt is more important"
+KINDS = ("controlnet", "t2i-adapter")  # the conditioners' kinds, as records name them
+# A1111's ControlNet extension's names for the modes and resize modes (its API and its infotext use them).
+A1111_MODES = {"balanced": "Balanced", "prompt": "My prompt is more important",
+               "control": "ControlNet is more important"}
+A1111_RESIZE = {"just": "Just Resize", "crop": "Crop and Resize", "fill": "Resize and Fill"}
 
 
 @dataclass(frozen=True)
@@ -60,18 +66,60 @@ class ControlUnit:
     threshold_b: float | None = scalar(float, None, "Its second setting.", 0.0, 1024.0, unset="the preprocessor's")
 
     def validated(self) -> ControlUnit:
-        from img2img.engine.fields import field_table
         from img2img.engine.request import check_scalar
 
         for spec in field_table(ControlUnit):
             value = getattr(self, spec.name)
             if value is not None or spec.default is not None:
-                check_scalar(spec, value)
+                check_scalar(replace(spec, name=f"control.{spec.name}"), value)
         if self.start > self.end:
-            raise InvalidArgument("end", f"at least start ({self.start})", self.end)
+            raise InvalidArgument("control.end", f"at least start ({self.start})", self.end)
         if not isinstance(self.model, str | Path) or not str(self.model):
             raise InvalidArgument("control.model", "a ControlNet's or an adapter's name or path", self.model)
         return self
+
+
+def unit_fields() -> tuple[FieldSpec, ...]:
+    """The unit's scalar fields (all but ``model`` and ``image``), in declaration order."""
+    return field_table(ControlUnit)
+
+
+def unit_from(values: Mapping[str, Any], argument: str = "control") -> ControlUnit:
+    """A checked unit from loosely typed values (the command line's text, an API's JSON): ``model`` and ``image``
+    as they are, each scalar converted to its field's type."""
+    specs = {spec.name: spec for spec in unit_fields()}
+    unknown = sorted(set(values) - {"model", "image", *specs})
+    if unknown:
+        raise InvalidArgument(f"{argument}.{unknown[0]}", f"one of model, image, {', '.join(specs)}", unknown[0])
+    if not values.get("model"):
+        raise InvalidArgument(f"{argument}.model", "a ControlNet's or an adapter's name or path", None)
+    typed = {name: _typed(specs[name], value, argument) for name, value in values.items() if name in specs}
+    return ControlUnit(model=values["model"], image=values.get("image"), **typed).validated()
+
+
+def parse_unit(text: str) -> ControlUnit:
+    """The command line's unit: ``model=NAME,image=FILE,weight=0.8,preprocessor=canny,...`` (``image`` a path)."""
+    values: dict[str, Any] = {}
+    for part in (piece.strip() for piece in text.split(",")):
+        name, equals, value = part.partition("=")
+        if not equals or not name.strip():
+            raise InvalidArgument("control", "KEY=VALUE pairs separated by commas, such as model=canny,weight=0.8",
+                                  text)
+        values[name.strip()] = value.strip()
+    if "image" in values:
+        values["image"] = Path(values["image"]).expanduser()
+    return unit_from(values)
+
+
+def _typed(spec: FieldSpec, value: Any, argument: str) -> Any:
+    """``value`` as ``spec``'s type when it is text for a number; anything else is left for the checks."""
+    if not isinstance(value, str) or spec.kind is str:
+        return value
+    try:
+        return spec.kind(value)
+    except ValueError:
+        raise InvalidArgument(f"{argument}.{spec.name}", f"a {'whole ' if spec.kind is int else ''}number",
+                              value) from None
 
 
 def check_units(units: object) -> tuple[ControlUnit, ...]:
@@ -194,3 +242,44 @@ class AdapterConditioner(UnitConditioner):
         if step.guided and self.unit.mode != "control":
             features = [torch.cat([f] * 2) for f in features]
         return {"down_intrablock_additional_residuals": features}
+
+
+def infotext(entry: Mapping[str, Any]) -> str:
+    """A recorded unit (a conditioner's record entry) as A1111's ControlNet extension writes it in "parameters"."""
+    parts = {"Module": entry.get("preprocessor", "none"),
+             "Model": f"{entry.get('model')} [{str(entry.get('model_sha256', ''))[:8]}]",
+             "Weight": f"{entry.get('weight', 1.0):g}", "Resize Mode": A1111_RESIZE.get(str(entry.get("resize")), "?"),
+             "Guidance Start": f"{entry.get('start', 0.0):g}", "Guidance End": f"{entry.get('end', 1.0):g}",
+             "Control Mode": A1111_MODES.get(str(entry.get("mode")), "?")}
+    for key, name in (("threshold_a", "Threshold A"), ("threshold_b", "Threshold B")):
+        if entry.get(key) is not None:
+            parts[name] = f"{entry[key]:g}"
+    if entry.get("image") == "given":
+        parts["Image hash"] = str(entry.get("image_sha256", ""))[:10]
+    return '"' + ", ".join(f"{key}: {value}" for key, value in parts.items()) + '"'
+
+
+def units_from_record(entries: tuple[Mapping[str, Any], ...], images: list[Any]) -> tuple[ControlUnit, ...]:
+    """The units that recorded ``entries`` describe, each given its picture from ``images`` in order (a unit
+    that read the source needs none); each picture is checked against the recorded hash."""
+    from img2img.imageio.source import pixels_sha256, read_source
+
+    units, given = [], list(images)
+    for number, entry in enumerate(entries):
+        image = None
+        if entry.get("image") == "given":
+            expected = str(entry.get("image_sha256", ""))
+            if not given:
+                raise InvalidArgument("control_image", f"the control picture of unit {number} (SHA-256 "
+                                      f"{expected[:12]}...)", None)
+            image = given.pop(0)
+            found = pixels_sha256(read_source(image).rgb)
+            if found != expected:
+                raise InvalidArgument("control_image", f"the control picture of unit {number} (SHA-256 "
+                                      f"{expected[:12]}...)", f"a picture with SHA-256 {found[:12]}...")
+        scalars = {spec.name: entry[spec.name] for spec in unit_fields() if spec.name in entry}
+        units.append(ControlUnit(model=str(entry["model"]), image=image, **scalars))
+    if given:
+        raise InvalidArgument("control_image", f"{len(units) - len(given)} pictures or fewer (one per unit that had "
+                              "its own)", f"{len(images)}")
+    return tuple(units)

@@ -25,6 +25,7 @@ class Preprocessor:
     make: Callable[[np.ndarray, float | None, float | None, int], np.ndarray]  # (RGB uint8, a, b, seed) -> map
     threshold_a: str = ""  # what A1111's threshold_a means here, if anything (with its default)
     threshold_b: str = ""
+    needs_mask: bool = False  # made by the engine from the request's mask, not from a picture alone
 
 
 def preprocess(name: str, image: Image.Image, threshold_a: float | None = None, threshold_b: float | None = None,
@@ -33,6 +34,8 @@ def preprocess(name: str, image: Image.Image, threshold_a: float | None = None, 
     chosen = PREPROCESSORS.get(name)
     if chosen is None:
         raise InvalidArgument("preprocessor", f"one of {', '.join(PREPROCESSORS)}", name)
+    if chosen.needs_mask:
+        raise InvalidArgument("preprocessor", "one that needs no mask (inpaint is made from a request's mask)", name)
     pixels = np.asarray(image.convert("RGB"))
     return Image.fromarray(chosen.make(pixels, threshold_a, threshold_b, seed).astype(np.uint8), "RGB")
 
@@ -141,4 +144,6 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
     Preprocessor("recolor", "luminance as grey, for the recolor ControlNet", _recolor, "gamma (1)"),
     Preprocessor("invert", "white and black swapped (a black-on-white drawing for a white-on-black ControlNet)",
                  _invert),
+    Preprocessor("inpaint", "the source with the area to paint marked, for the inpaint ControlNet (needs a mask)",
+                 _none, needs_mask=True),
 )}

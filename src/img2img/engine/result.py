@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from img2img.engine.control import KINDS as CONTROL_KINDS
+from img2img.engine.control import infotext, units_from_record
 from img2img.engine.inpaint import INPAINT_FIELDS, SIDES, Inpaint
 from img2img.engine.request import FIELDS, GenerationRequest
 from img2img.errors import InvalidArgument
@@ -95,18 +98,20 @@ class GenerationRecord:
 
     def to_request(
         self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None,
-        mask: Image.Image | Path | str | None = None,
+        mask: Image.Image | Path | str | None = None, control_images: Sequence[Image.Image | Path | str] = (),
     ) -> GenerationRequest:
         """The request that produced this image, to run again on ``source`` (``img2img reproduce``), with the
-        inpaint's ``mask`` picture when it had one (its hash is checked when it runs: ``check_mask``)."""
+        inpaint's ``mask`` picture when it had one (its hash is checked when it runs: ``check_mask``) and the
+        control units' own pictures, in order (checked now)."""
         if self.mask_sha256 and mask is None:
             raise InvalidArgument("mask", f"the mask picture this image was made with (SHA-256 "
                                   f"{self.mask_sha256[:12]}...)", None)
-        if self.conditions:
-            kinds = ", ".join(str(entry.get("kind", "?")) for entry in self.conditions)
-            raise InvalidArgument("record", "one without conditioners (their objects cannot be rebuilt from a file)",
-                                  kinds)
-        request = replace(self.request, source=source, style_image=style_image)
+        others = [str(entry.get("kind", "?")) for entry in self.conditions if entry.get("kind") not in CONTROL_KINDS]
+        if others:
+            raise InvalidArgument("record", "one without conditioners of the library's own (their objects cannot "
+                                  "be rebuilt from a file)", ", ".join(others))
+        units = units_from_record(self.controls, list(control_images))
+        request = replace(self.request, source=source, style_image=style_image, control=units)
         if request.inpaint is not None and self.mask_sha256:
             request = replace(request, inpaint=replace(request.inpaint, mask=mask))
         if self.engine == "style":  # the style engine has no guidance, steps or sampler to set
@@ -147,8 +152,15 @@ class GenerationRecord:
             if inpaint.outpaints:
                 fields["Outpaint"] = '"' + ", ".join(f"{side}={pixels}" for side, pixels in zip(
                     SIDES, inpaint.outpaint, strict=True) if pixels) + '"'
+        for number, entry in enumerate(self.controls):
+            fields[f"ControlNet {number}"] = infotext(entry)
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
+
+    @property
+    def controls(self) -> tuple[dict[str, Any], ...]:
+        """The control units' entries among the conditioners', in the request's order."""
+        return tuple(entry for entry in self.conditions if entry.get("kind") in CONTROL_KINDS)
 
 
 def _number(value: float) -> str:

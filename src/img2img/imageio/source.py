@@ -42,14 +42,15 @@ class SourceImage:
 
 def read_source(
     source: Image.Image | Path | str | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, background: str = "white",
+    field: str = "source",
 ) -> SourceImage:
     """Decode ``source`` (a path, the bytes of a file, or a PIL image) into an upright 8-bit sRGB picture.
 
     Transparent areas are composited onto ``background`` (any CSS colour name or #rrggbb); the alpha channel is
-    returned separately so that it can be put back on the result.
+    returned separately so that it can be put back on the result. Errors name ``field``.
     """
     fill = parse_background(background)
-    name, image = _open(source, max_pixels)
+    name, image = _open(source, max_pixels, field)
     notes: list[str] = []
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
@@ -83,22 +84,23 @@ def pixels_sha256(image: Image.Image) -> str:
     return digest.hexdigest()
 
 
-def _open(source: Image.Image | Path | str | bytes, max_pixels: int) -> tuple[str, Image.Image]:
+def _open(source: Image.Image | Path | str | bytes, max_pixels: int, field: str) -> tuple[str, Image.Image]:
     if isinstance(source, Image.Image):
-        _check_pixels("image", source, max_pixels)
+        _check_pixels("image", source, max_pixels, field)
         return "image", source
     if isinstance(source, bytes):
         name, stream = "upload", io.BytesIO(source)
     else:
         path = Path(source)
         if not path.is_file():
-            raise SourceImageError(f"source should be an image file, but {path} does not exist")
+            found = "is not a file" if path.exists() else "does not exist"
+            raise SourceImageError(f"{field} should be an image file, but {path} {found}")
         name, stream = str(path), path.open("rb")
     try:
-        image = open_checked(stream, max_pixels, "source", name)
+        image = open_checked(stream, max_pixels, field, name)
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise SourceImageError(f"source {name} is truncated or corrupt ({exc})") from exc
+        raise SourceImageError(f"{field} {name} is truncated or corrupt ({exc})") from exc
     return name, image
 
 

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from img2img.engine.control import ControlUnit
     from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.jobs.blobs import BlobStore
 
-STORED_APART = ("source", "style_image", "model_sha256", "mask")
+STORED_APART = ("source", "style_image", "model_sha256", "mask", "control_images")
 
 
 @dataclass(frozen=True)
@@ -21,17 +22,20 @@ class JobRequest:
     style_image: str | None = None  # a style picture's blob name (the built-in engine)
     model_sha256: str | None = None  # the weights the job was accepted with; None for the built-in engine
     mask: str | None = None  # an inpaint's mask picture's blob name
+    control_images: tuple[str | None, ...] = ()  # each control unit's picture's blob name (None: the source)
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form: one flat JSON object (the same as before this type existed)."""
         return {**self.fields, "source": self.source, "style_image": self.style_image,
                 **({"model_sha256": self.model_sha256} if self.model_sha256 else {}),
-                **({"mask": self.mask} if self.mask else {})}
+                **({"mask": self.mask} if self.mask else {}),
+                **({"control_images": list(self.control_images)} if self.control_images else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRequest:
         return cls(data["source"], {key: value for key, value in data.items() if key not in STORED_APART},
-                   data.get("style_image"), data.get("model_sha256"), data.get("mask"))
+                   data.get("style_image"), data.get("model_sha256"), data.get("mask"),
+                   tuple(data.get("control_images", ())))
 
     def generation_request(self, blobs: BlobStore, default_model: str | None = None) -> GenerationRequest:
         """The engine's request, its images read from ``blobs``; ``default_model`` for jobs stored before models
@@ -42,9 +46,11 @@ class JobRequest:
         values["model"] = values.get("model") or default_model
         size = values.pop("size", None)
         inpaint = inpaint_part(values.pop("inpaint", None), blobs.path(self.mask) if self.mask else None)
+        control = control_part(values.pop("control", None),
+                               [blobs.path(name) if name else None for name in self.control_images])
         return GenerationRequest(source=blobs.path(self.source), size=tuple(size) if size else None,
                                  style_image=blobs.path(self.style_image) if self.style_image else None,
-                                 inpaint=inpaint, **values)
+                                 inpaint=inpaint, control=control, **values)
 
 
 def inpaint_part(values: dict[str, Any] | None, mask: Any) -> Inpaint | None:
@@ -58,3 +64,14 @@ def inpaint_part(values: dict[str, Any] | None, mask: Any) -> Inpaint | None:
     outpaint = values.pop("outpaint", None)
     return Inpaint(mask=mask if mask is not None else word,
                    outpaint=tuple(outpaint) if outpaint is not None else (0, 0, 0, 0), **values)
+
+
+def control_part(values: list[dict[str, Any]] | None, images: list[Any]) -> tuple[ControlUnit, ...]:
+    """The request's control units from their JSON fields and their pictures, in order (None: the source)."""
+    from img2img.engine.control import unit_from
+
+    units = list(values or [])
+    pictures = [*images, *[None] * (len(units) - len(images))]
+    return tuple(unit_from({**{key: value for key, value in unit.items() if value is not None or key == "image"},
+                            "image": picture}, f"control.{number}")
+                 for number, (unit, picture) in enumerate(zip(units, pictures, strict=False)))

@@ -49,7 +49,7 @@ def make_engine(settings: ServerSettings) -> Engine:
 
     return Engine(device=settings.device, backend=settings.backend, quantize=settings.quantize,
                   max_images=settings.max_images_per_job, max_source_pixels=settings.max_pixels,
-                  max_memory=settings.max_memory)
+                  max_memory=settings.max_memory, control_paths=False)
 
 
 @dataclass

@@ -153,6 +153,6 @@ def find_by_hash(kind: str, name: str, sha256: str, registered: dict[str, str]) 
                 path = str(find(kind, candidate, registered))
             except InvalidArgument:
                 continue
-        if Path(path).is_file() and weights_sha256(Path(path)) == sha256:
+        if Path(path).exists() and weights_sha256(Path(path)) == sha256:
             return candidate
     return None

@@ -147,16 +147,17 @@ def resolve(reference: str | Path, registered: dict[str, str], paths: bool = Tru
     from img2img.models.detect import REPO_ID, find_hf_cache_snapshot
 
     text = str(reference)
-    path = Path(text).expanduser()
-    if not (paths and path.exists()):
-        snapshot = find_hf_cache_snapshot(text) if REPO_ID.match(text) and text not in registered else None
-        path = snapshot or _find(text, registered, paths)
+    given = Path(text).expanduser()
+    is_path = paths and text not in registered and given.exists()
+    snapshot = None
+    if not is_path and text not in registered and REPO_ID.match(text):
+        snapshot = find_hf_cache_snapshot(text)
+    path = given if is_path else snapshot or _find(text, registered, paths)
     info = _detect_any(path)
     if not isinstance(info, ControlInfo):
         raise InvalidArgument("control.model", "a ControlNet or a T2I-Adapter (a diffusers folder or a .safetensors "
                               "file)", f"{text} ({info})")
-    name = text if not (paths and Path(text).expanduser().exists()) else path.name.removesuffix(".safetensors")
-    return name, path, info
+    return (path.name.removesuffix(".safetensors") if is_path else text), path, info
 
 
 def _find(name: str, registered: dict[str, str], paths: bool) -> Path:
@@ -210,3 +211,17 @@ def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
     with safe_open(str(path), framework="pt") as handle:
         return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
+
+
+def catalog(registered: dict[str, str]) -> list[tuple[str, Path, ControlInfo]]:
+    """Every ControlNet and adapter that a unit can name: the registered ones, then those in the ControlNet
+    folders (what cannot be read is left out)."""
+    found = {name: Path(path) for name, path in sorted(registered.items())}
+    for path in available():
+        found.setdefault(path.name.removesuffix(".safetensors"), path)
+    listed = []
+    for name, path in found.items():
+        info = _detect_any(path) if path.exists() else None
+        if isinstance(info, ControlInfo):
+            listed.append((name, path, info))
+    return listed

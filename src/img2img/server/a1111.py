@@ -35,7 +35,8 @@ Count = Annotated[int, Field(ge=-1, le=2**31 - 1)]  # fields we accept and ignor
 RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
 SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
              "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
-             "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid"}
+             "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid",
+             "alwayson_scripts"}
 INPAINT = {"mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res",
            "inpaint_full_res_padding", "inpainting_mask_invert"}
 FILLS = ("fill", "original", "noise", "nothing")  # A1111's inpainting_fill 0..3 ("Masked content")
@@ -148,6 +149,7 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
     if body.resize_mode == 3:
         warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
     source = decode_base64(body.init_images[0], "init_images", svc)
+    pictures = _controls(body, fields, warnings, svc, has_source=True)
     mask = None
     if body.mask:
         mask = decode_base64(body.mask, "mask", svc)
@@ -158,7 +160,7 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
                              "inpaint_area": "masked" if body.inpaint_full_res else "whole",
                              "masked_padding": body.inpaint_full_res_padding,
                              "masked_content": FILLS[body.inpainting_fill]}
-    outputs = await _run(svc, who, fields, source, warnings, "img2img", mask)
+    outputs = await _run(svc, who, fields, source, warnings, "img2img", mask, pictures)
     return _answer(body, fields, outputs, warnings)
 
 
@@ -168,18 +170,31 @@ async def txt2img(body: Txt2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
     image is upscaled and repainted at ``denoising_strength`` (A1111's hires fix)."""
     fields, warnings = _fields(body)
     fields["strength"] = 1.0
-    outputs = await _run(svc, who, fields, _canvas(fields["size"]), warnings, "txt2img")
+    pictures = _controls(body, fields, warnings, svc, has_source=False)
+    outputs = await _run(svc, who, fields, _canvas(fields["size"]), warnings, "txt2img", control_images=pictures)
     if body.enable_hr:
-        outputs = [await _hires(svc, who, body, fields, output, warnings) for output in outputs]
+        outputs = [await _hires(svc, who, body, fields, output, warnings, pictures) for output in outputs]
     return _answer(body, fields, outputs, warnings)
 
 
+def _controls(body: ProcessingRequest, fields: dict[str, Any], warnings: list[str], svc: Service, has_source: bool
+              ) -> list[bytes | None]:
+    """The ControlNet extension's units of ``body`` set in ``fields``; their pictures (in order) returned."""
+    from img2img.server.a1111_controlnet import units
+
+    fields["control"], pictures, more = units(body.alwayson_scripts, svc, has_source)
+    warnings += more
+    return pictures
+
+
 async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes, warnings: list[str],
-               route: str, mask: bytes | None = None) -> list[dict[str, Any]]:
+               route: str, mask: bytes | None = None, control_images: list[bytes | None] | None = None
+               ) -> list[dict[str, Any]]:
     """Queue one job, await its end and return its outputs, each with its PNG's bytes."""
     for warning in warnings:
         log.warning("sdapi/v1/%s: %s", route, warning)
-    submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source, mask=mask))
+    submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source, mask=mask,
+                                                           control_images=control_images))
     job = await svc.wait(who, submitted.id)
     if job.state != "done":
         status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
@@ -188,7 +203,7 @@ async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes,
 
 
 async def _hires(svc: Service, who: Caller, body: Txt2ImgRequest, fields: dict[str, Any], output: dict[str, Any],
-                 warnings: list[str]) -> dict[str, Any]:
+                 warnings: list[str], control_images: list[bytes | None]) -> dict[str, Any]:
     """Hires fix for one image: upscale it with ``hr_upscaler``, then repaint it at ``denoising_strength``."""
     from img2img.server.a1111_extras import resize
 
@@ -207,7 +222,7 @@ async def _hires(svc: Service, who: Caller, body: Txt2ImgRequest, fields: dict[s
                        fields["prompt"], "negative_prompt": body.hr_negative_prompt or fields["negative_prompt"]}
     if body.hr_sampler_name:
         second["sampler"] = body.hr_sampler_name
-    return (await _run(svc, who, second, buffer.getvalue(), [], "txt2img"))[0]
+    return (await _run(svc, who, second, buffer.getvalue(), [], "txt2img", control_images=control_images))[0]
 
 
 def _answer(body: ProcessingRequest, fields: dict[str, Any], outputs: list[dict[str, Any]], warnings: list[str]

@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
+from img2img.engine.control import MAX_UNITS, unit_fields
 from img2img.engine.fields import FieldSpec
 from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
@@ -57,11 +58,19 @@ InpaintFields = create_model(  # type: ignore[call-overload]
                                          "(instead of a mask picture)")),
     outpaint=(tuple[Pixels, Pixels, Pixels, Pixels], Field((0, 0, 0, 0), description="pixels to add on each side "
                                                           "(left, top, right, bottom), painted")))
+ControlFields = create_model(  # type: ignore[call-overload]
+    "ControlFields", __config__=ConfigDict(extra="forbid"),
+    __doc__="A ControlNet or T2I-Adapter unit (img2img.ControlUnit).", **_schema_fields(unit_fields()),
+    model=(str, Field(max_length=200, description="a ControlNet's or an adapter's name: registered, or a file or "
+                      "folder in the ControlNet folder (GET /v1/controlnets)")),
+    image=(str | None, Field(None, description="the unit's picture: base64 in a JSON job, \"upload\" for the next "
+                             "control_images file of a form; none: the source")))
 JobFields = create_model(  # type: ignore[call-overload]
     "JobFields", __config__=ConfigDict(extra="forbid"),
     __doc__="The request, as img2img.GenerationRequest takes it (without the images).", **_schema_fields(FIELDS),
     size=(tuple[Side, Side] | None, Field(None, description="the output size (width, height)")),
-    inpaint=(InpaintFields | None, Field(None, description="repaint only part of the source, or grow its canvas")))
+    inpaint=(InpaintFields | None, Field(None, description="repaint only part of the source, or grow its canvas")),
+    control=(list[ControlFields], Field([], max_length=MAX_UNITS, description="structure control units")))
 
 
 class JsonJob(JobFields):  # type: ignore[valid-type, misc]
@@ -81,7 +90,9 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     source = decode_base64(body.source, "source", svc)
     style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
     mask = decode_base64(body.mask, "mask", svc) if body.mask else None
-    return {**svc.view(svc.submit(who, fields, source, style, mask)), "notes": notes}
+    pictures = [decode_base64(unit.image, f"control.{number}.image", svc) if unit.image else None
+                for number, unit in enumerate(body.control)]
+    return {**svc.view(svc.submit(who, fields, source, style, mask, pictures)), "notes": notes}
 
 
 @router.post("/jobs/form", status_code=202, **JOB_LINKS)
@@ -92,6 +103,8 @@ async def submit_form(
     params_from: Annotated[UploadFile | None, File(description="a picture whose parameters the job starts from")
                            ] = None,
     mask: Annotated[UploadFile | None, File(description="a mask picture: white repaints, black keeps")] = None,
+    control_images: Annotated[list[UploadFile] | None, File(
+        description="the pictures of the control units whose image is \"upload\", in order")] = None,
 ) -> dict[str, Any]:
     """Queue a job from a multipart form: the source image file and the request as JSON."""
     try:
@@ -100,13 +113,28 @@ async def submit_form(
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "request"
         raise ApiError(422, "invalid_request", f"{field}: {first['msg'].lower()}", field) from exc
-    params = await _read_upload(params_from, "params_from", svc) if params_from else None
+    params = await read_upload(params_from, "params_from", svc) if params_from else None
     fields, notes = await asyncio.to_thread(_with_params, body, params, svc.settings.max_pixels)
-    data = await _read_upload(source, "source", svc)
-    style = await _read_upload(style_image, "style_image", svc) if style_image else None
-    mask_data = await _read_upload(mask, "mask", svc) if mask else None
-    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style, mask_data)))
+    data = await read_upload(source, "source", svc)
+    style = await read_upload(style_image, "style_image", svc) if style_image else None
+    mask_data = await read_upload(mask, "mask", svc) if mask else None
+    uploads = [await read_upload(upload, "control_images", svc) for upload in control_images or []]
+    pictures = _uploaded_pictures(body.control, uploads)
+    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style, mask_data, pictures)))
     return {**job, "notes": notes}
+
+
+def _uploaded_pictures(units: list[Any], uploads: list[bytes]) -> list[bytes | None]:
+    """Each unit's picture in a form: the next upload for a unit whose image is "upload", else none."""
+    wanted = [unit.image for unit in units]
+    if any(image not in (None, "upload") for image in wanted):
+        raise ApiError(422, "invalid_request", "control.image should be \"upload\" or null in a form (base64 "
+                       "pictures go in JSON jobs)", "control.image")
+    if wanted.count("upload") != len(uploads):
+        raise ApiError(422, "invalid_request", f"control_images should be {wanted.count('upload')} files (one per "
+                       f"unit whose image is \"upload\"), but got {len(uploads)}", "control_images")
+    given = iter(uploads)
+    return [next(given) if image == "upload" else None for image in wanted]
 
 
 @router.post("/parameters")
@@ -116,7 +144,7 @@ async def read_parameters(
                                                   "NovelAI")],
 ) -> dict[str, Any]:
     """The generation parameters found in a picture, as the job fields they map to, with what did not carry over."""
-    data = await _read_upload(image, "image", svc)
+    data = await read_upload(image, "image", svc)
     found = await asyncio.to_thread(_found, data, "image", svc.settings.max_pixels)
     fields = {key: value for key, value in found.fields.items() if key in JobFields.model_fields}
     return {"generator": found.generator, "fields": fields, "warnings": list(found.warnings)}
@@ -265,7 +293,7 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-async def _read_upload(upload: UploadFile, field: str, svc: Service) -> bytes:
+async def read_upload(upload: UploadFile, field: str, svc: Service) -> bytes:
     data = await upload.read(svc.settings.max_upload_bytes + 1)
     if len(data) > svc.settings.max_upload_bytes:
         raise ApiError(413, "too_large", f"{field} should be at most {svc.settings.max_upload_bytes} bytes, "

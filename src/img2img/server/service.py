@@ -19,7 +19,7 @@ from PIL import Image
 from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
 from img2img.jobs.blobs import BlobStore
-from img2img.jobs.request import JobRequest, inpaint_part
+from img2img.jobs.request import JobRequest, control_part, inpaint_part
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import Job, JobStore, QueueFull
 from img2img.server.auth import Caller
@@ -65,9 +65,10 @@ class Service:
     # Submitting -------------------------------------------------------------------------------------------------
 
     def submit(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None = None,
-               mask: bytes | None = None) -> Job:
-        """Check ``fields`` (GenerationRequest's, without the images) and the images, store them, queue the job."""
-        request = self.check(caller, fields, source, style_image, mask)
+               mask: bytes | None = None, control_images: list[bytes | None] | None = None) -> Job:
+        """Check ``fields`` (GenerationRequest's, without the images) and the images, store them, queue the job.
+        ``control_images``: each control unit's picture in order (None: the unit reads the source)."""
+        request = self.check(caller, fields, source, style_image, mask, control_images or [])
         try:
             job = self.store.submit(caller.owner, caller.rank, request, max_per_owner=self.settings.max_queued_per_key,
                                     max_total=self.settings.max_queued_total)
@@ -79,7 +80,7 @@ class Service:
         return job
 
     def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None,
-              mask: bytes | None = None) -> JobRequest:
+              mask: bytes | None = None, control_images: list[bytes | None] | None = None) -> JobRequest:
         from img2img.engine.request import GenerationRequest
         from img2img.imageio.source import read_source
 
@@ -96,6 +97,13 @@ class Service:
         if isinstance(vae, str) and ("/" in vae or "\\" in vae or vae.startswith(".")):  # names only, never paths
             raise ApiError(422, "invalid_argument", f"vae should be a VAE's name (registered, or in a VAE folder), "
                            f"but got {vae!r}", "vae")
+        fields["control"] = [{key: value for key, value in unit.items() if key != "image"}  # pictures: blobs
+                             for unit in fields.get("control") or []]
+        for number, unit in enumerate(fields["control"]):
+            name = unit.get("model")
+            if isinstance(name, str) and ("/" in name or "\\" in name or name.startswith(".")):  # never paths
+                raise ApiError(422, "invalid_argument", f"control.{number}.model should be a ControlNet's or an "
+                               f"adapter's name (GET /v1/controlnets), but got {name!r}", f"control.{number}.model")
         fields["seed"] = resolve_seed(fields.get("seed"))  # fixed now, so a retried job gives the same images
         size = fields.get("size")
         reading = "source"
@@ -106,8 +114,12 @@ class Service:
                 reading = "style_image"
                 style = read_source(style_image, max_pixels=settings.max_pixels)
             inpaint = inpaint_part(fields.get("inpaint"), mask)
+            reading = "control_image"
+            pictures = [read_source(data, max_pixels=settings.max_pixels, field=f"control.{number}.image").rgb
+                        if data else None for number, data in enumerate(control_images or [])]
+            control = control_part(fields.get("control"), pictures)
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None,
-                                                               "inpaint": inpaint},
+                                                               "inpaint": inpaint, "control": control},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
             reading = "mask"
             masking = self.planner.masking(request, picture)
@@ -115,6 +127,8 @@ class Service:
                 picture = masking.canvas
             files = self.planner.plan(request, picture, request.strength > 0, masking)[2]  # styles, sizes, memory
             self.planner.check_addons([request])  # LoRA and VAE names
+            if request.control and files is not None:
+                self.planner.control_maps(request, picture)  # the units' models (by name) and preprocessors
             model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
                 from img2img.models.loading import weights_sha256
@@ -135,7 +149,8 @@ class Service:
             raise ApiError(422, "invalid_request", str(exc)) from exc
         return JobRequest(self.blobs.put(source, _suffix(source)), fields,
                           self.blobs.put(style_image, _suffix(style_image)) if style_image else None, model_sha256,
-                          self.blobs.put(mask, _suffix(mask)) if mask else None)
+                          self.blobs.put(mask, _suffix(mask)) if mask else None,
+                          tuple(self.blobs.put(data, _suffix(data)) if data else None for data in control_images or []))
 
     def model_name(self, caller: Caller, model: str | None) -> str:
         """A registry name or the built-in engine; never a path or a repo id from a request. With none asked
@@ -181,7 +196,7 @@ class Service:
     def view(self, job: Job) -> dict[str, Any]:
         fraction = job.step / job.total if job.total else (1.0 if job.state == "done" else 0.0)
         request = {key: value for key, value in job.request.to_dict().items()
-                   if key not in ("source", "style_image", "mask")}
+                   if key not in ("source", "style_image", "mask", "control_images")}
         return {
             "id": job.id, "state": job.state, "position": self.store.position(job),
             "progress": {"step": job.step, "total": job.total, "fraction": round(fraction, 4)},

@@ -1,0 +1,178 @@
+"""A1111's ControlNet extension over our control units: ``alwayson_scripts.controlnet.args`` in txt2img and
+img2img requests, and its ``/controlnet/version``, ``model_list``, ``module_list`` and ``detect`` routes.
+
+The extension's module names map to our preprocessors (its learned detectors to their classical approximations:
+``softedge_hed`` is our ``softedge``); a module with no counterpart here (depth, openpose...) is refused with the
+list, never replaced silently. Its resize and control modes arrive as numbers or as their labels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from img2img.engine.control import A1111_MODES, A1111_RESIZE, MAX_UNITS
+from img2img.server.deps import CallerDep, ServiceDep
+from img2img.server.service import ApiError, Service, decode_base64
+
+router = APIRouter(prefix="/controlnet", tags=["a1111"])
+MODULES = {  # the extension's module names -> ours
+    "none": "none", "canny": "canny", "invert (from white bg & black line)": "invert", "invert": "invert",
+    "lineart_realistic": "lineart", "lineart_coarse": "lineart", "lineart_standard (from white bg & black line)":
+    "lineart", "lineart_anime": "lineart", "lineart": "lineart",
+    "softedge_hed": "softedge", "softedge_hedsafe": "softedge", "softedge_pidinet": "softedge",
+    "softedge_pidisafe": "softedge", "hed": "softedge", "pidinet": "softedge",
+    "scribble_pidinet": "scribble", "scribble_hed": "scribble", "scribble_xdog": "scribble",
+    "t2ia_sketch_pidi": "scribble", "scribble": "scribble",
+    "tile_resample": "tile", "tile_colorfix": "tile", "shuffle": "shuffle",
+    "recolor_luminance": "recolor", "recolor_intensity": "recolor",
+    "inpaint_only": "inpaint", "inpaint_global_harmonious": "inpaint", "inpaint": "inpaint",
+}
+RESIZE_NUMBERS = {0: "just", 1: "crop", 2: "fill"}
+MODE_NUMBERS = {0: "balanced", 1: "prompt", 2: "control"}
+IGNORED = {"lowvram": False, "low_vram": False, "pixel_perfect": False, "processor_res": 512, "hr_option": "Both",
+           "save_detected_map": True, "mask": None, "mask_image": None, "effective_region_mask": None}
+
+
+class ControlNetUnit(BaseModel):
+    """One of the extension's units, as its API documents it (unknown fields are accepted and reported)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = True
+    module: str = Field("none", max_length=80)
+    model: str = Field("None", max_length=200)
+    weight: float = 1.0
+    image: str | dict[str, Any] | None = None
+    input_image: str | None = None  # the older spelling of image
+    resize_mode: int | str = 1  # the extension's default: Crop and Resize
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    control_mode: int | str = 0
+    guessmode: bool | None = None  # before control_mode: True is "ControlNet is more important"
+    threshold_a: float = -1  # -1: the preprocessor's default
+    threshold_b: float = -1
+
+
+def units(scripts: dict[str, Any], svc: Service, has_source: bool) -> tuple[list[dict[str, Any]], list[bytes | None],
+                                                                             list[str]]:
+    """The control units of a request's ``alwayson_scripts`` (native fields), their pictures and the warnings;
+    other scripts are named in the warnings."""
+    warnings = [f"alwayson_scripts.{name} is not supported and was ignored" for name in scripts
+                if name.lower() != "controlnet"]
+    script = next((value for name, value in scripts.items() if name.lower() == "controlnet"), None)
+    args = script.get("args", []) if isinstance(script, dict) else []
+    if not isinstance(args, list) or not all(isinstance(arg, dict) for arg in args):
+        raise ApiError(422, "invalid_request", "alwayson_scripts.controlnet.args should be a list of unit objects",
+                       "alwayson_scripts.controlnet.args")
+    found: list[dict[str, Any]] = []
+    pictures: list[bytes | None] = []
+    for number, raw in enumerate(args):
+        where = f"alwayson_scripts.controlnet.args.{number}"
+        unit = ControlNetUnit.model_validate(raw)
+        if not unit.enabled or unit.model in ("None", ""):
+            if unit.enabled:
+                warnings.append(f"{where} has no model and was skipped")
+            continue
+        fields, picture = _unit(unit, where, svc, has_source)
+        warnings += [f"{where}.{name} is not supported and was ignored" for name, default in IGNORED.items()
+                     if (unit.model_extra or {}).get(name, default) != default]
+        warnings += [f"{where}.{name} is not a ControlNet unit field and was ignored"
+                     for name in unit.model_extra or {} if name not in IGNORED]
+        found.append(fields)
+        pictures.append(picture)
+    if len(found) > MAX_UNITS:
+        raise ApiError(422, "invalid_argument", f"alwayson_scripts.controlnet.args should enable at most {MAX_UNITS} "
+                       f"units, but got {len(found)}", "alwayson_scripts.controlnet.args")
+    return found, pictures, warnings
+
+
+def _unit(unit: ControlNetUnit, where: str, svc: Service, has_source: bool) -> tuple[dict[str, Any], bytes | None]:
+    module = MODULES.get(unit.module) or MODULES.get(unit.module.lower())
+    if module is None:
+        raise ApiError(422, "invalid_argument", f"{where}.module should be one of {', '.join(MODULES)}, but got "
+                       f"{unit.module!r}", f"{where}.module", choices=list(MODULES))
+    image = unit.image.get("image") if isinstance(unit.image, dict) else unit.image or unit.input_image
+    if not image and not has_source:
+        raise ApiError(422, "invalid_request", f"{where}.image should be a base64 picture (txt2img has no init "
+                       "image to read), but it is empty", f"{where}.image")
+    control_mode = "control" if unit.guessmode else _choice(unit.control_mode, MODE_NUMBERS, A1111_MODES,
+                                                             f"{where}.control_mode")
+    fields = {"model": unit.model.split(" [", 1)[0], "preprocessor": module, "weight": unit.weight,
+              "start": unit.guidance_start, "end": unit.guidance_end, "mode": control_mode,
+              "resize": _choice(unit.resize_mode, RESIZE_NUMBERS, A1111_RESIZE, f"{where}.resize_mode"),
+              "threshold_a": unit.threshold_a if unit.threshold_a >= 0 else None,
+              "threshold_b": unit.threshold_b if unit.threshold_b >= 0 else None}
+    return fields, decode_base64(image, f"{where}.image", svc) if image else None
+
+
+def _choice(value: int | str, numbers: dict[int, str], labels: dict[str, str], field: str) -> str:
+    """Ours for the extension's number or label of a mode."""
+    if isinstance(value, int) and value in numbers:
+        return numbers[value]
+    by_label = {label.lower(): ours for ours, label in labels.items()}
+    if isinstance(value, str) and value.strip().lower() in by_label:
+        return by_label[value.strip().lower()]
+    raise ApiError(422, "invalid_argument", f"{field} should be one of {', '.join(map(str, numbers))} or "
+                   f"{', '.join(labels.values())}, but got {value!r}", field)
+
+
+@router.get("/version")
+def version(_who: CallerDep) -> dict[str, int]:
+    """The extension's API version that these routes follow."""
+    return {"version": 2}
+
+
+@router.get("/model_list")
+def model_list(_who: CallerDep, update: bool = True) -> dict[str, list[str]]:
+    """The ControlNets and adapters a unit can name, as "name [hash]" (the first 8 hex digits of the SHA-256)."""
+    from img2img.models.control_models import catalog
+    from img2img.models.loading import weights_sha256
+    from img2img.server.control_routes import registered_controls
+
+    return {"model_list": [f"{name} [{weights_sha256(path)[:8]}]"
+                           for name, path, _info in catalog(registered_controls())]}
+
+
+@router.get("/module_list")
+def module_list(_who: CallerDep, alias_names: bool = False) -> dict[str, Any]:
+    """The module names a unit can use, with the preprocessor each runs here."""
+    from img2img.engine.preprocessors import PREPROCESSORS
+
+    detail = {name: {"model_free": True, "preprocessor": ours, "help": PREPROCESSORS[ours].help}
+              for name, ours in MODULES.items()}
+    return {"module_list": list(MODULES), "module_detail": detail}
+
+
+class DetectRequest(BaseModel):
+    controlnet_module: str = Field("none", max_length=80)
+    controlnet_input_images: list[str] = Field(default_factory=list, max_length=8)
+    controlnet_processor_res: int = Field(512, ge=64, le=4096)
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
+@router.post("/detect")
+async def detect(body: DetectRequest, svc: ServiceDep, _who: CallerDep,
+                 seed: Annotated[int, Query(ge=0, le=2**32 - 1)] = 0) -> dict[str, Any]:
+    """The maps a module makes of the input images, base64 PNGs (the picture's own size; processor_res is not
+    used)."""
+    from img2img.server.control_routes import make_map
+
+    module = MODULES.get(body.controlnet_module) or MODULES.get(body.controlnet_module.lower())
+    if module is None or module == "inpaint":
+        raise ApiError(422, "invalid_argument", f"controlnet_module should be one of "
+                       f"{', '.join(name for name, ours in MODULES.items() if ours != 'inpaint')}, but got "
+                       f"{body.controlnet_module!r}", "controlnet_module")
+    low = body.controlnet_threshold_a if body.controlnet_threshold_a >= 0 else None
+    high = body.controlnet_threshold_b if body.controlnet_threshold_b >= 0 else None
+    images = []
+    for number, text in enumerate(body.controlnet_input_images):
+        data = decode_base64(text, f"controlnet_input_images.{number}", svc)
+        png = await asyncio.to_thread(make_map, svc, data, module, low, high, seed, f"controlnet_input_images.{number}")
+        images.append(base64.b64encode(png).decode("ascii"))
+    return {"images": images, "info": "Success"}
