@@ -366,3 +366,43 @@ def test_the_brush_follows_touch_on_a_phone(browser: Any, server: ServerProcess,
     assert row > 192 * 0.5, "the stroke runs along the finger's path"
     page.screenshot(path=str(SHOTS / "phone-mask.png"), full_page=True)
     context.close()
+
+
+def test_control_units_with_map_previews(page: Any, server: ServerProcess, big_photo: Path, tiny_controlnet: Path,
+                                         tmp_path: Path) -> None:
+    from img2img.engine.preprocessors import preprocess
+    from img2img.models.registry import ModelRegistry
+
+    ModelRegistry(server.config_dir).add_addon("edges-net", tiny_controlnet, "controlnet")
+    page.reload()
+    page.wait_for_function("document.querySelector('#model').options.length > 0")
+    page.select_option("#model", "tiny")
+    _upload(page, big_photo)
+    page.click("#control-panel summary")
+    page.click("[data-add-unit]")
+    unit = page.locator("#control-panel fieldset.unit").nth(0)
+    assert unit.locator("select").nth(0).input_value() == "edges-net"
+    unit.locator("select").nth(1).select_option("canny")
+    page.wait_for_function("[...document.querySelectorAll('#control-panel img.map')].some(i => i.alt.includes('canny')"
+                           " && i.complete && i.naturalWidth === 192)")
+    shown = page.evaluate("""() => { const img = document.querySelector('#control-panel img.map');
+        const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+        const x = c.getContext('2d'); x.drawImage(img, 0, 0);
+        return Array.from(x.getImageData(0, 0, c.width, c.height).data.filter((v, i) => i % 4 === 0)); }""")
+    expected = list(preprocess("canny", Image.open(big_photo).convert("RGB")).getchannel(0).getdata())
+    assert shown == expected, "the preview is the map the unit will use"
+    unit.locator("input[type=range]").fill("1.5")
+    page.click("[data-add-unit]")
+    own = tmp_path / "lines.png"
+    Image.new("RGB", (192, 192), "black").save(own)
+    page.locator("#control-panel fieldset.unit").nth(1).locator("input[type=file]").set_input_files(str(own))
+    page.fill("#prompt", "a marble statue")
+    page.click("#generate")
+    _wait_result(page)
+    job, _image = _job_images(server)
+    units = job["request"]["control"]
+    assert [(u["model"], u["preprocessor"], u["weight"]) for u in units] == [("edges-net", "canny", 1.5),
+                                                                             ("edges-net", "none", 1.0)]
+    assert "ControlNet 1" in job["images"][0]["parameters"]
+    page.locator("#control-panel fieldset.unit").nth(1).get_by_role("button", name="Remove").click()
+    assert page.locator("#control-panel fieldset.unit").count() == 1

@@ -262,8 +262,9 @@ def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
 @router.get("/fields")
 def fields(_who: CallerDep) -> dict[str, list[dict[str, Any]]]:
     """Each request field's type, default, range or choices, help and A1111 name (the studio's defaults), and
-    those of the inpaint part."""
-    return {"fields": [spec.describe() for spec in FIELDS], "inpaint": [spec.describe() for spec in INPAINT_FIELDS]}
+    those of the inpaint part and of a control unit."""
+    return {"fields": [spec.describe() for spec in FIELDS], "inpaint": [spec.describe() for spec in INPAINT_FIELDS],
+            "control": [spec.describe() for spec in unit_fields()]}
 
 
 @router.get("/samplers")

@@ -86,12 +86,23 @@ export async function readParameters(file) {
   return response.json();
 }
 
-// Queue a job: the source (and style picture) as files, the request as JSON.
-export async function submit(source, fields, styleImage = null, mask = null) {
+// The control map a preprocessor makes of a picture (a PNG blob).
+export async function previewMap(picture, name) {
+  const form = new FormData();
+  form.append("image", picture, picture.name || "picture.png");
+  form.append("name", name);
+  const response = await fetch("/v1/preprocess", { method: "POST", headers: headers(), body: form });
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}
+
+// Queue a job: the source (and style picture, mask, control units' own pictures) as files, the request as JSON.
+export async function submit(source, fields, styleImage = null, mask = null, controlImages = []) {
   const form = new FormData();
   form.append("source", source, source.name || "source.png");
   if (styleImage) form.append("style_image", styleImage, styleImage.name || "style.png");
   if (mask) form.append("mask", mask, "mask.png");
+  for (const picture of controlImages) form.append("control_images", picture, picture.name || "control.png");
   form.append("request", JSON.stringify(fields));
   const response = await fetch("/v1/jobs/form", { method: "POST", headers: headers(), body: form });
   if (!response.ok) throw await failure(response);

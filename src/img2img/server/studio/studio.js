@@ -1,7 +1,10 @@
 // The studio page: pick a source, set prompt and strength, generate, compare, keep or iterate.
 
-import { ApiError, explain, follow, getBlob, getJson, postJson, readParameters, storeKey, submit } from "./api.js";
+import {
+  ApiError, explain, follow, getBlob, getJson, postJson, previewMap, readParameters, storeKey, submit,
+} from "./api.js";
 import { mountCompare } from "./compare.js";
+import { mountControl } from "./control.js";
 import { mountMask } from "./mask.js";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +13,7 @@ const SMALL_SIDE = 384; // below this the model has little to work with
 const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null };
 const compare = mountCompare($("compare"));
 const mask = mountMask($("mask-editor"));
+const control = mountControl($("control-panel"), previewMap);
 
 // Errors ---------------------------------------------------------------------------------------------------------
 
@@ -51,6 +55,7 @@ async function setSource(file) {
   $("source-preview").hidden = false;
   $("drop-hint").textContent = "Drop, paste or choose another image";
   mask.setSource(state.sourceUrl, size.width, size.height);
+  control.setSource(file);
   $("mask-empty").hidden = true;
   document.querySelector(".mask-stage").hidden = false;
   const small = Math.min(size.width, size.height) < SMALL_SIDE;
@@ -147,6 +152,7 @@ function showModelControls() {
   $("builtin-prompt").hidden = !builtin;
   $("diffusion-prompt").hidden = builtin;
   $("advanced").hidden = builtin;
+  $("control-panel").hidden = builtin;
 }
 
 function newSeed() {
@@ -176,6 +182,8 @@ function fields(overrides = {}) {
     if ($("steps").value) request.steps = Number($("steps").value);
     if ($("guidance").value) request.guidance_scale = Number($("guidance").value);
     if ($("sampler").value) request.sampler = $("sampler").value;
+    const units = control.request();
+    if (units.length) request.control = units;
   }
   if (mask.painted() || mask.outpaint().some(Boolean)) {
     request.inpaint = {
@@ -251,7 +259,8 @@ function busy(on) {
 // Queue one job and follow it to its end; resolves with the finished job, or null when it did not finish.
 async function run(request, label) {
   const painted = request.inpaint && mask.painted() ? await mask.blob() : null;
-  const job = await submit(state.source, request, isBuiltin() ? state.style : null, painted);
+  const job = await submit(state.source, request, isBuiltin() ? state.style : null, painted,
+    request.control ? control.files() : []);
   state.job = job.id;
   let started = null;
   status(job.position ? `${label}: queued, number ${job.position} in line` : `${label}: starting…`, null);
@@ -464,10 +473,11 @@ async function init() {
     else showError(error);
     return;
   }
-  const [samplers, styles, spec] = await Promise.all([getJson("/v1/samplers"), getJson("/v1/styles"),
-    getJson("/v1/fields")]);
+  const [samplers, styles, spec, controlnets, preprocessors] = await Promise.all([getJson("/v1/samplers"),
+    getJson("/v1/styles"), getJson("/v1/fields"), getJson("/v1/controlnets"), getJson("/v1/preprocessors")]);
   applyFields(spec.fields);
   applyInpaintFields(spec.inpaint || []);
+  control.load(controlnets.controlnets, preprocessors.preprocessors, spec.control || []);
   fill($("model"), models.map((model) => ({
     value: model.name, label: model.name === "builtin" ? "Built-in styles (no model)" : model.name })));
   $("model").value = (models.find((model) => model.default) || models[0]).name;
