@@ -133,3 +133,34 @@ def test_only_masked_inpainting_gives_the_unit_the_maps_part_in_the_box(engine, 
                        .images[0], dtype=int) for m in (left, white, right)]
     assert np.array_equal(runs[0], runs[1]), "only the map's part inside the painted box counts"
     assert not np.array_equal(runs[2], runs[1])
+
+
+def test_the_inpaint_preprocessor_marks_the_area_to_paint(engine, tiny_sd, controlnet, tmp_path, monkeypatch) -> None:
+    from img2img import Inpaint
+    from img2img.engine.control import ControlConditioner
+
+    maps = []
+    begin = ControlConditioner.begin
+
+    def spy(self, started):  # type: ignore[no-untyped-def]
+        bound, start = begin(self, started)
+        maps.append(bound.cond)
+        return bound, start
+
+    monkeypatch.setattr(ControlConditioner, "begin", spy)
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    mask = Image.new("L", source.size, 0)
+    mask.paste(255, (0, 0, 32, 64))  # the left half is painted
+    fields = {"source": source, "prompt": PROMPT, "strength": 0.8, "steps": 3, "seed": 4, "model": str(tiny_sd),
+              "inpaint": Inpaint(mask=mask, mask_blur=0)}
+    marked = engine.generate(GenerationRequest(**fields, control=(ControlUnit(model=controlnet,
+                                                                              preprocessor="inpaint"),)))
+    cond = maps[-1][0]
+    assert bool((cond[:, :, :32] == -1).all()) and bool((cond[:, :, 32:] >= 0).all())
+    expected = torch.from_numpy(np.asarray(source, dtype=np.float32) / 255).permute(2, 0, 1)[:, :, 32:]
+    assert torch.allclose(cond[:, :, 32:], expected)
+    plain = engine.generate(GenerationRequest(**fields, control=(ControlUnit(model=controlnet),)))
+    assert not np.array_equal(np.asarray(marked.images[0]), np.asarray(plain.images[0]))
+    with pytest.raises(InvalidArgument, match="inpaint should be a mask for the control unit's inpaint preprocessor"):
+        engine.generate(GenerationRequest(source=source, prompt=PROMPT, model=str(tiny_sd), steps=2,
+                                          control=(ControlUnit(model=controlnet, preprocessor="inpaint"),)))

@@ -16,6 +16,7 @@ from test_cli import assert_one_line_error, img2img
 GOLDEN = {"none": (98.62, 73.55), "canny": (25.26, 76.18), "lineart": (19.54, 38.24), "softedge": (52.16, 51.58),
           "scribble": (193.06, 109.35), "tile": (98.63, 71.48), "shuffle": (88.94, 76.39),
           "recolor": (113.36, 58.65), "invert": (156.38, 73.55)}
+DEPTH_GOLDEN = (60.10, 46.13)
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,8 @@ def coffee() -> Image.Image:
     return Image.fromarray(data.coffee()).resize((300, 200), Image.LANCZOS)
 
 
-@pytest.mark.parametrize("name", list(PREPROCESSORS))
+@pytest.mark.parametrize("name", [name for name, entry in PREPROCESSORS.items()
+                                  if not entry.needs_mask and entry.model_kind is None])
 def test_each_map_matches_its_golden_statistics(name, coffee) -> None:
     pixels = np.asarray(preprocess(name, coffee, seed=3), dtype=float)
     assert pixels.shape == (200, 300, 3)
@@ -47,7 +49,7 @@ def test_each_map_has_its_property(coffee) -> None:
     scribble = np.asarray(preprocess("scribble", drawing))
     assert scribble[50, 50].tolist() == [255, 255, 255] and scribble[10, 90].tolist() == [0, 0, 0]
     with pytest.raises(InvalidArgument, match="preprocessor should be one of none, canny, lineart"):
-        preprocess("depth", coffee)
+        preprocess("pose", coffee)
     with pytest.raises(InvalidArgument, match="threshold_a should be a low threshold"):
         preprocess("canny", coffee, 250, 100)
 
@@ -59,5 +61,29 @@ def test_preprocess_command(photo, tmp_path) -> None:
     made = img2img("preprocess", "canny", str(photo), "-o", str(out), "--threshold-a", "50", "--threshold-b", "150")
     assert made.returncode == 0, made.stderr
     assert Image.open(out).size == Image.open(photo).size
-    assert_one_line_error(img2img("preprocess", "depth", str(photo), "-o", str(tmp_path / "x.png")),
+    assert_one_line_error(img2img("preprocess", "pose", str(photo), "-o", str(tmp_path / "x.png")),
                           "preprocessor should be one of")
+
+
+def test_depth_runs_the_registered_model(coffee, tmp_path) -> None:
+    from img2img import Engine, ModelRegistry
+    from tiny_control import build_tiny_depth
+
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    with pytest.raises(InvalidArgument, match=r"preprocessor should be depth with a depth model registered"):
+        engine.preprocess("depth", coffee)
+    folder = build_tiny_depth(tmp_path / "depth-anything-tiny")
+    added = img2img("models", "add", "depth", str(folder))
+    assert added.returncode == 0 and "depth model" in added.stdout, added.stderr
+    depth = np.asarray(Engine(device="cpu", dtype="float32", backend="torch", registry=ModelRegistry()).preprocess(
+        "depth", coffee), dtype=float)
+    assert depth.shape == (200, 300, 3) and depth.min() == 0 and depth.max() == 255  # the full range, near white
+    assert np.array_equal(depth[..., 0], depth[..., 2])
+    # Golden statistics of the tiny random model's map (seed 0), measured once.
+    assert abs(depth.mean() - DEPTH_GOLDEN[0]) < 2 and abs(depth.std() - DEPTH_GOLDEN[1]) < 2, (depth.mean(),
+                                                                                              depth.std())
+    coffee.save(tmp_path / "coffee.png")
+    out = tmp_path / "depth.png"
+    made = img2img("preprocess", "depth", str(tmp_path / "coffee.png"), "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    assert np.array_equal(np.asarray(Image.open(out), dtype=float), depth)

@@ -67,3 +67,19 @@ def original_layout(folder: Path, prefix: str = "") -> dict[str, torch.Tensor]:
             name = unet_key(key, config)
         out[prefix + name] = value.contiguous()
     return out
+
+
+def build_tiny_depth(folder: Path) -> Path:
+    """A tiny random Depth Anything (a four-layer DINOv2 backbone) with its image processor, as a transformers
+    folder, as the real ones are saved."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    backbone = Dinov2Config(image_size=56, patch_size=14, num_hidden_layers=4, hidden_size=32, num_attention_heads=2,
+                            intermediate_size=64, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
+                                 neck_hidden_sizes=[16, 32, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
+    torch.manual_seed(0)
+    DepthAnythingForDepthEstimation(config).save_pretrained(folder)
+    DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                      resample=3).save_pretrained(folder)
+    return folder

@@ -28,7 +28,7 @@ from img2img.engine.pipeline import (
     run_diffusion,
     run_styles,
 )
-from img2img.engine.preprocessors import preprocess
+from img2img.engine.preprocessors import PREPROCESSORS, preprocess
 from img2img.engine.prompt_syntax import extract_loras
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
@@ -43,6 +43,7 @@ from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import ModelFiles, inspect_model
 from img2img.models.device import Placement, choose_placement
+from img2img.models.estimators import find_depth, load_depth
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.loras import resolve as resolve_loras
@@ -289,6 +290,17 @@ class Engine:
         path = vae_path(cells[0].vae, self.registry.addons("vae"))
         return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
 
+    def preprocess(self, name: str, picture: Image.Image, threshold_a: float | None = None,
+                   threshold_b: float | None = None, seed: int = 0) -> Image.Image:
+        """The control map the preprocessor ``name`` makes of ``picture``; a model-based one (depth) runs the
+        registered model, loaded once through the part cache."""
+        chosen = PREPROCESSORS.get(name)
+        model = None
+        if chosen is not None and chosen.model_kind == "depth":
+            path = find_depth(self.registry.addons("depth"))
+            model = self.parts.get("depth", path, self.placement, load_depth)
+        return preprocess(name, picture, threshold_a, threshold_b, seed, model)
+
     def control_maps(self, request: GenerationRequest, source: SourceImage) -> list[ControlMap]:
         """Each control unit's model found (not loaded) and its map made (the source when the unit names no
         picture), so that a bad unit is refused before any model loads."""
@@ -302,10 +314,10 @@ class Engine:
                 unit.image, max_pixels=self.max_source_pixels, field="control.image").rgb
             sha256 = pixels_sha256(picture)
             if unit.preprocessor not in ("none", "inpaint"):
-                picture = preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b,
-                                     request.seed or 0)
+                picture = self.preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b,
+                                          request.seed or 0)
             if unit.preprocessor == "inpaint" and request.inpaint is None:
-                raise InvalidArgument("control.preprocessor", "inpaint only with a mask (inpaint.mask)", "inpaint")
+                raise InvalidArgument("inpaint", "a mask for the control unit's inpaint preprocessor", None)
             maps.append(ControlMap(unit, name, path, info, picture, sha256))
         return maps
 

@@ -18,7 +18,9 @@ PREPROCESS_HELP = """Make the control map NAME of IMAGE (what a ControlNet unit'
   img2img preprocess scribble drawing.png -o scribble.png
   img2img preprocess --list
 
-The maps come from classical filters that need no weights; lineart and softedge approximate the learned detectors.
+The maps come from classical filters that need no weights (lineart and softedge approximate the learned
+detectors), except depth, which runs a DPT or Depth Anything folder you register (img2img models add NAME FOLDER).
+Pose and segmentation need weights that no package here ships.
 """
 
 
@@ -33,8 +35,8 @@ def preprocess(
     overwrite: c.Overwrite = False,
     list_: Annotated[bool, typer.Option("--list", help="List the preprocessors and their settings.")] = False,
 ) -> None:
+    from img2img.api import Engine
     from img2img.engine.preprocessors import PREPROCESSORS
-    from img2img.engine.preprocessors import preprocess as make_map
     from img2img.errors import InvalidArgument
     from img2img.imageio.metadata import Metadata
     from img2img.imageio.output import save_image
@@ -48,6 +50,7 @@ def preprocess(
         return
     if name is None or image is None or output is None:
         raise InvalidArgument("NAME", "a preprocessor, an IMAGE and -o FILE (or --list)", name)
-    picture = make_map(name, read_source(image).rgb, threshold_a, threshold_b, seed)
+    picture = Engine(device="cpu", dtype="float32", backend="torch").preprocess(
+        name, read_source(image).rgb, threshold_a, threshold_b, seed)
     path = save_image(picture, output, Metadata(None, None), overwrite=overwrite)
     typer.echo(f"{path}  {name} map, {picture.width}x{picture.height}")

@@ -4,7 +4,8 @@ picture through (it is a map already).
 
 ``lineart`` and ``softedge`` approximate the learned detectors of the same names (A1111's lineart and HED/PiDiNet)
 with a difference of Gaussians and a blurred gradient: the ControlNets trained on those maps follow them, less
-faithfully than the learned maps. Model-based maps (depth, pose, segmentation) need weights and are not here.
+faithfully than the learned maps. ``depth`` needs a model the user brings (``img2img.models.estimators``): the
+engine loads it and hands it in. Pose and segmentation need weights that no package here ships.
 """
 
 from __future__ import annotations
@@ -26,17 +27,23 @@ class Preprocessor:
     threshold_a: str = ""  # what A1111's threshold_a means here, if anything (with its default)
     threshold_b: str = ""
     needs_mask: bool = False  # made by the engine from the request's mask, not from a picture alone
+    model_kind: str | None = None  # runs a model of this kind (given to ``preprocess``) instead of ``make``
 
 
 def preprocess(name: str, image: Image.Image, threshold_a: float | None = None, threshold_b: float | None = None,
-               seed: int = 0) -> Image.Image:
-    """The control map ``name`` makes of ``image`` (InvalidArgument listing the names for an unknown one)."""
+               seed: int = 0, model: Callable[[np.ndarray], np.ndarray] | None = None) -> Image.Image:
+    """The control map ``name`` makes of ``image`` (InvalidArgument listing the names for an unknown one); a
+    model-based one runs ``model`` (``Engine.preprocess`` loads it)."""
     chosen = PREPROCESSORS.get(name)
     if chosen is None:
         raise InvalidArgument("preprocessor", f"one of {', '.join(PREPROCESSORS)}", name)
     if chosen.needs_mask:
         raise InvalidArgument("preprocessor", "one that needs no mask (inpaint is made from a request's mask)", name)
     pixels = np.asarray(image.convert("RGB"))
+    if chosen.model_kind is not None:
+        if model is None:
+            raise InvalidArgument("preprocessor", f"{name} with its model loaded (Engine.preprocess loads it)", name)
+        return Image.fromarray(model(pixels).astype(np.uint8), "RGB")
     return Image.fromarray(chosen.make(pixels, threshold_a, threshold_b, seed).astype(np.uint8), "RGB")
 
 
@@ -146,4 +153,6 @@ PREPROCESSORS: dict[str, Preprocessor] = {p.name: p for p in (
                  _invert),
     Preprocessor("inpaint", "the source with the area to paint marked, for the inpaint ControlNet (needs a mask)",
                  _none, needs_mask=True),
+    Preprocessor("depth", "depth, near is white, from a depth model you register (a DPT or Depth Anything folder: "
+                 "img2img models add NAME FOLDER)", _none, model_kind="depth"),
 )}

@@ -31,6 +31,8 @@ MODULES = {  # the extension's module names -> ours
     "tile_resample": "tile", "tile_colorfix": "tile", "shuffle": "shuffle",
     "recolor_luminance": "recolor", "recolor_intensity": "recolor",
     "inpaint_only": "inpaint", "inpaint_global_harmonious": "inpaint", "inpaint": "inpaint",
+    "depth_anything": "depth", "depth_anything_v2": "depth", "depth_midas": "depth", "depth_zoe": "depth",
+    "depth_leres": "depth", "depth": "depth",  # the registered depth model (img2img.models.estimators)
 }
 RESIZE_NUMBERS = {0: "just", 1: "crop", 2: "fill"}
 MODE_NUMBERS = {0: "balanced", 1: "prompt", 2: "control"}
@@ -143,7 +145,8 @@ def module_list(_who: CallerDep, alias_names: bool = False) -> dict[str, Any]:
     """The module names a unit can use, with the preprocessor each runs here."""
     from img2img.engine.preprocessors import PREPROCESSORS
 
-    detail = {name: {"model_free": True, "preprocessor": ours, "help": PREPROCESSORS[ours].help}
+    detail = {name: {"model_free": PREPROCESSORS[ours].model_kind is None, "preprocessor": ours,
+                     "help": PREPROCESSORS[ours].help}
               for name, ours in MODULES.items()}
     return {"module_list": list(MODULES), "module_detail": detail}
 

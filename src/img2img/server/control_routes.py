@@ -39,7 +39,8 @@ def preprocessors(_who: CallerDep) -> dict[str, list[dict[str, Any]]]:
     from img2img.engine.preprocessors import PREPROCESSORS
 
     return {"preprocessors": [{"name": p.name, "help": p.help, "threshold_a": p.threshold_a or None,
-                               "threshold_b": p.threshold_b or None, "needs_mask": p.needs_mask}
+                               "threshold_b": p.threshold_b or None, "needs_mask": p.needs_mask,
+                               "needs_model": p.model_kind}
                               for p in PREPROCESSORS.values()]}
 
 
@@ -65,18 +66,19 @@ def make_map(svc: Service, data: bytes, name: str, threshold_a: float | None, th
     """The PNG of ``name``'s map of the picture ``data``; bad input as an ApiError naming ``field`` or the
     preprocessor."""
     from img2img.engine.preprocessors import PREPROCESSORS
-    from img2img.engine.preprocessors import preprocess as make
-    from img2img.errors import InvalidArgument, SourceImageError
+    from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
     from img2img.imageio.source import read_source
 
     try:
         picture = read_source(data, max_pixels=svc.settings.max_pixels, field=field).rgb
-        made = make(name, picture, threshold_a, threshold_b, seed)
+        made = svc.planner.preprocess(name, picture, threshold_a, threshold_b, seed)
     except SourceImageError as exc:
         raise ApiError(422, "invalid_image", str(exc), field) from exc
     except InvalidArgument as exc:
         raise ApiError(422, "invalid_argument", str(exc), exc.argument,
                        choices=[p.name for p in PREPROCESSORS.values() if not p.needs_mask]) from exc
+    except Img2ImgError as exc:  # a depth model that does not load
+        raise ApiError(422, "invalid_request", str(exc), "name") from exc
     out = io.BytesIO()
     made.save(out, "PNG")
     return out.getvalue()
