@@ -91,7 +91,7 @@ def test_lists_and_the_map_preview(server: ServerProcess, square: Path, edges_pn
         made = client.post("/v1/preprocess", files={"image": square.read_bytes()}, data={"name": "canny"})
         assert made.status_code == 200 and made.headers["content-type"] == "image/png"
         assert np.array_equal(_pixels(made.content), _pixels(edges_png))
-        bad = client.post("/v1/preprocess", files={"image": square.read_bytes()}, data={"name": "depth"})
+        bad = client.post("/v1/preprocess", files={"image": square.read_bytes()}, data={"name": "pose"})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "preprocessor"
         assert "canny" in bad.json()["error"]["choices"]
 
@@ -102,7 +102,8 @@ def test_lists_and_the_map_preview(server: ServerProcess, square: Path, edges_pn
     ({"model": "tiny"}, "control.model", "should be a ControlNet or T2I-Adapter"),
     ({"model": "edges", "weight": 3}, "control.0.weight", "less than or equal to 2"),
     ({"model": "edges", "start": 0.9, "end": 0.1}, "control.end", "at least start (0.9)"),
-    ({"model": "edges", "preprocessor": "depth"}, "control.0.preprocessor", "canny"),
+    ({"model": "edges", "preprocessor": "pose"}, "control.0.preprocessor", "canny"),
+    ({"model": "edges", "preprocessor": "depth"}, "preprocessor", "depth with a depth model registered"),
     ({"model": "edges", "image": b64(b"not a picture")}, "control_image", "should be a PNG"),
     ({"model": "edges", "colour": "red"}, "control.0.colour", "extra inputs are not permitted"),
 ])
@@ -156,7 +157,7 @@ def test_a1111_alwayson_controlnet_and_its_routes(server: ServerProcess, square:
         assert txt.status_code == 200, txt.text
         assert "ControlNet 0" in json.loads(txt.json()["info"])["infotexts"][0]
 
-        for args, field in (([{**unit, "module": "depth_midas"}], "alwayson_scripts.controlnet.args.0.module"),
+        for args, field in (([{**unit, "module": "openpose_full"}], "alwayson_scripts.controlnet.args.0.module"),
                             ([{**unit, "control_mode": 7}], "alwayson_scripts.controlnet.args.0.control_mode"),
                             ([["canny", "edges"]], "alwayson_scripts.controlnet.args")):
             scripts = {"controlnet": {"args": args}}
