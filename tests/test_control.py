@@ -90,16 +90,33 @@ def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -
         run(ControlUnit(model=tiny_sd))
 
 
-def test_openvino_hands_the_controlled_unet_to_pytorch_with_a_note(tiny_sd, controlnet, edges, photo) -> None:
+@pytest.mark.parametrize("mode", ["balanced", "control"])
+def test_openvino_runs_the_controlnet_and_the_controlled_unet(mode, tiny_sd, controlnet, edges, tmp_path) -> None:
     pytest.importorskip("openvino")
-    request = GenerationRequest(source=photo, prompt=PROMPT, strength=0.7, steps=4, seed=2, model=str(tiny_sd),
-                                control=(ControlUnit(model=controlnet, image=edges),))
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    request = GenerationRequest(source=source, prompt=PROMPT, strength=0.7, steps=4, seed=2, model=str(tiny_sd),
+                                control=(ControlUnit(model=controlnet, image=edges, weight=0.7, mode=mode),))
     reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
-    result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
-    assert any("down_block_additional_residuals" in note and "PyTorch instead" in note for note in result.notes)
+    engine = Engine(device="cpu", dtype="float32", backend="openvino")
+    result = engine.generate(request)
+    assert result.notes == reference.notes, "no component fell back to PyTorch"
+    loaded = engine.load(str(tiny_sd)).pipeline
+    assert loaded.unet.control.request is not None, "the UNet graph that takes residuals ran"
+    from img2img.models.paths import cache_dir
+
+    assert list((cache_dir() / "openvino" / "controlnets").glob("*/controlnet.xml")), "the ControlNet ran as IR"
     difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
     assert difference.max() <= 2
-    assert result.record.conditions[0]["kind"] == "controlnet" and result.record.conditions[0]["weight"] == 1.0
+    assert result.record.conditions[0]["kind"] == "controlnet" and result.record.conditions[0]["weight"] == 0.7
+    plain = engine.generate(replace_control(request, ()))  # the plain graph again, after the controlled one
+    expected = Engine(device="cpu", dtype="float32", backend="torch").generate(replace_control(request, ()))
+    assert np.abs(np.asarray(plain.images[0], dtype=int) - np.asarray(expected.images[0], dtype=int)).max() <= 2
+
+
+def replace_control(request: GenerationRequest, units: tuple[ControlUnit, ...]) -> GenerationRequest:
+    from dataclasses import replace
+
+    return replace(request, control=units)
 
 
 def test_a_unit_makes_its_map_with_a_preprocessor(engine, tiny_sd, controlnet, tmp_path) -> None:

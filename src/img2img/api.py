@@ -254,6 +254,7 @@ class Engine:
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
+            result.notes += [note for cell in cells[:1] for c in cell.conditions for note in _notes_of(c)]
         result.seconds = time.perf_counter() - started  # model loading included
         result.notes += list(masking.notes) if masking is not None else []
         return result
@@ -334,7 +335,7 @@ class Engine:
             control_models.check_base(info, found.name, int(unet_config["cross_attention_dim"]), xl, loaded.name)
             kind = f"{info.kind}@{_digest(unet_config)}"  # a single file's config is the model's UNet's
             net = self.parts.get(kind, found.path, self.placement, lambda file, placement, info=info:
-                                 control_models.load(file, info, placement.dtype, placement.device, unet_config))
+                                 control_models.load(file, info, placement, unet_config))
             picture, region = found.picture, prepared.mask.region if prepared.mask is not None else None
             if region is not None:
                 picture = fit_to_size(picture, prepared.output_size, unit.resize).crop(region)  # type: ignore[arg-type]
@@ -371,3 +372,13 @@ class Engine:
 def _digest(config: dict[str, Any]) -> str:
     """A short hash of a component's config (a part loaded against it is another part for another config)."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _notes_of(conditioner: Any) -> list[str]:
+    """What a conditioner's model has to say (an OpenVINO ControlNet that fell back to PyTorch), once."""
+    notes = getattr(getattr(conditioner, "net", None), "notes", None)
+    if not notes:
+        return []
+    said = list(notes)
+    notes.clear()
+    return said

@@ -46,9 +46,11 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", ("cpu", "cuda", "mps"), ("float32", "float16", "bfloat16"), ("none",), None, None,
                      "PyTorch"),
-    # The UNet graph traced for OpenVINO takes the prompt's inputs only (models/ov_runtime.py).
+    # The UNet graphs traced for OpenVINO take the prompt's inputs and ControlNets' residuals (models/ov_runtime.py,
+    # models/ov_control.py); T2I-Adapters' features run with PyTorch.
     "openvino": Backend("openvino", ("cpu",), ("float32", "bfloat16"), ("none", "int8"),
-                        frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs"}), "torch",
+                        frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs",
+                                   "down_block_additional_residuals", "mid_block_additional_residual"}), "torch",
                         "OpenVINO"),
 }
 

@@ -14,14 +14,18 @@ another base is refused in one line before it loads.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from img2img.errors import InvalidArgument, ModelError
+
+if TYPE_CHECKING:
+    from img2img.models.device import Placement
 
 KINDS = ("controlnet", "t2i-adapter")
 LABELS = {"controlnet": "ControlNet", "t2i-adapter": "T2I-Adapter"}
@@ -92,9 +96,28 @@ def check_base(info: ControlInfo, name: str, cross_attention: int, xl: bool, mod
                               f"{name} (made for {info.base})")
 
 
-def load(path: Path, info: ControlInfo, dtype: Any, device: str, unet_config: dict[str, Any]) -> Any:
-    """The ControlNet or adapter at ``path`` in ``dtype`` on ``device``, offline; a single file's config comes
-    from ``unet_config`` (the model it steers)."""
+def load(path: Path, info: ControlInfo, placement: Placement, unet_config: dict[str, Any]) -> Any:
+    """The ControlNet or adapter at ``path`` for ``placement``, offline; a single file's config comes from
+    ``unet_config`` (the model it steers). With OpenVINO, a ControlNet runs as IR (``img2img.models.ov_control``),
+    converted once."""
+    if placement.backend == "openvino" and info.kind == "controlnet":
+        import torch
+
+        from img2img.models import ov_control, ov_runtime
+        from img2img.models.loading import weights_sha256
+
+        digest = hashlib.sha256(json.dumps(unet_config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        variant = ov_runtime.ir_variant(placement.dtype)
+        folder = ov_control.controlnet_folder(weights_sha256(path), digest, variant)
+        hint = single_file_config(path, unet_config) if path.is_file() else json.loads(
+            (path / "config.json").read_text(encoding="utf-8"))
+        factor = 2 ** (len(hint.get("conditioning_embedding_out_channels", (16, 32, 96, 256))) - 1)
+        return ov_control.load_controlnet(folder, variant, lambda: _load(path, info, torch.float32, "cpu", unet_config),
+                                          lambda: _load(path, info, placement.dtype, "cpu", unet_config), factor)
+    return _load(path, info, placement.dtype, placement.device, unet_config)
+
+
+def _load(path: Path, info: ControlInfo, dtype: Any, device: str, unet_config: dict[str, Any]) -> Any:
     import diffusers
 
     try:
@@ -110,7 +133,8 @@ def load(path: Path, info: ControlInfo, dtype: Any, device: str, unet_config: di
                                                                   local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         raise ModelError(f"{info.label} {path} could not be loaded: {(str(exc).splitlines() or [''])[0]}") from exc
-    return part.to(device)
+    part.requires_grad_(False)
+    return part.to(device).eval()
 
 
 def single_file_config(path: Path, unet_config: dict[str, Any]) -> dict[str, Any]:

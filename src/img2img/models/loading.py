@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,9 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
                 raise ModelError(f"model {files.name} could not be converted for OpenVINO "
                                  f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
                                  ) from exc
-        ov_runtime.attach(pipeline, sha256, variant, _torch_loader(files, placement, config_dir))
+        float_placement = replace(placement, dtype=torch.float32)
+        ov_runtime.attach(pipeline, sha256, variant, _torch_loader(files, placement, config_dir),
+                          lambda: _torch_loader(files, float_placement, config_dir)("unet"))
         gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
     elif placement.device == "cpu":
         # oneDNN's convolutions are fastest on NHWC tensors; the modules accept NCHW input either way.

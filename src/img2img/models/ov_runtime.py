@@ -104,10 +104,14 @@ class OpenVinoFailure(RuntimeError):
     """OpenVINO could not compile or run a component for some input shapes."""
 
 
-def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader) -> None:
+def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, float_unet: Callable[[], torch.nn.Module]
+           ) -> None:
     """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use and
-    falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run."""
+    falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run. ``float_unet`` loads the
+    float32 PyTorch UNet, for converting the graph that takes ControlNet residuals (``ov_control``) on first need."""
     import openvino as ov
+
+    from img2img.models.ov_control import ControlGraph
 
     folder = ir_folder(sha256, variant)
     core = ov.Core()
@@ -118,8 +122,9 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader) -> N
     configs = json.loads((folder / "configs.json").read_text())
     notes: list[str] = []
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
+    control = ControlGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
     object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback,
-                                                                                                    notes)))
+                                                                                                    notes), control))
     object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],
                                                     _Fallback("vae", fallback, notes)))
     # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.
@@ -216,19 +221,28 @@ class _Request:
             self._compiled = self._request = self._shapes = None
 
     def __call__(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        return self.outputs(arrays)[0]
+
+    def outputs(self, arrays: list[np.ndarray]) -> list[torch.Tensor]:
+        """Every output of one inference on ``arrays``, in the graph's order."""
         shapes = [array.shape for array in arrays]
         try:
             if shapes != self._shapes:
                 self._compile(shapes)
             self._turn.take(self._compiled)
-            output = torch.from_numpy(np.array(self._request.infer(arrays, share_inputs=True)[0]))
+            results = self._request.infer(arrays, share_inputs=True)
+            outputs = [torch.from_numpy(np.array(results[port])) for port in self._compiled.outputs]
         except RuntimeError as exc:  # OpenVINO reports shape inference and compilation failures this way
-            self._turn.forget(self._compiled)
-            self._compiled = self._request = self._shapes = None
+            self.drop()
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise OpenVinoFailure(f"{self._xml.stem} at input shapes {shapes}: {detail[:160]}") from exc
         pagecache.release(self._weights)  # in case a first inference read a few weights again
-        return output
+        return outputs
+
+    def drop(self) -> None:
+        """Free the compiled graph (its repacked weights); the next call compiles again."""
+        self._turn.forget(self._compiled)
+        self._compiled = self._request = self._shapes = None
 
     def _compile(self, shapes: list[tuple[int, ...]]) -> None:
         self._turn.forget(self._compiled)
@@ -250,16 +264,34 @@ class OpenVinoUNet:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback) -> None:
+    def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback, control: Any = None) -> None:
         self.config = _Config(config)
-        self._request, self.fallback = request, fallback
+        self._request, self.fallback, self.control = request, fallback, control
+        self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
+        self.control_failed = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
 
     def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
         """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
+        self._patch = (key, patcher)
         self._request.set_patch(key, patcher)
+
+    def _controlled(self, inputs: list[np.ndarray], others: dict[str, Any]) -> torch.Tensor | None:
+        """The step through the graph that takes ControlNet residuals, when ``others`` are just those; None when
+        it cannot run them (then PyTorch does, with a note)."""
+        down, mid = others.get("down_block_additional_residuals"), others.get("mid_block_additional_residual")
+        if self.control is None or self.control_failed or down is None or mid is None or len(others) != 2:
+            return None
+        try:
+            self._request.drop()  # one UNet graph compiled at a time
+            return self.control.run(inputs, list(down), mid, self._patch)
+        except OpenVinoFailure as failure:
+            self.control_failed = True
+            self.fallback.notes.append(f"OpenVINO could not run the UNet with ControlNet inputs ({failure}); "
+                                       "it runs with PyTorch instead")
+            return None
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
@@ -272,8 +304,14 @@ class OpenVinoUNet:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
         if timestep_cond is not None:
             inputs.append(_array(timestep_cond))
+        if not self.fallback.failed and others:
+            controlled = self._controlled(inputs, others)
+            if controlled is not None:
+                return (controlled,)
         if not self.fallback.failed and not others:
             try:
+                if self.control is not None and self.control.request is not None:
+                    self.control.request.drop()
                 return (self._request(inputs),)
             except OpenVinoFailure as failure:
                 self.fallback.take_over(failure)
@@ -372,14 +410,8 @@ def _array(tensor: torch.Tensor) -> np.ndarray:
 def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, list[tuple[int, ...]], int]]:
     """The modules to convert, their input shapes (-1: dynamic batch, height and width; TOKENS: dynamic prompt
     length) and pixels per latent pixel of their spatial inputs (1 for latents)."""
-    text = (-1, TOKENS, unet.config.cross_attention_dim)
-    unet_inputs: list[tuple[int, ...]] = [(-1, unet.config.in_channels, -1, -1), (), text]
+    unet_inputs = unet_input_shapes(unet)
     xl = unet.config.addition_embed_type == "text_time"
-    if xl:
-        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-        unet_inputs += [(-1, pooled), (-1, 6)]
-    if unet.config.time_cond_proj_dim is not None:
-        unet_inputs.append((-1, unet.config.time_cond_proj_dim))
     latent = vae.config.latent_channels
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     return {
@@ -387,6 +419,18 @@ def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, lis
         "vae_encoder": (_EncoderExport(vae), [(-1, 3, -1, -1)], factor),
         "vae_decoder": (_DecoderExport(vae), [(-1, latent, -1, -1)], 1),
     }
+
+
+def unet_input_shapes(unet: Any) -> list[tuple[int, ...]]:
+    """The UNet graph's inputs: sample, timestep, text, SDXL's pooled text and size ids, LCM's guidance."""
+    text = (-1, TOKENS, unet.config.cross_attention_dim)
+    shapes: list[tuple[int, ...]] = [(-1, unet.config.in_channels, -1, -1), (), text]
+    if unet.config.addition_embed_type == "text_time":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        shapes += [(-1, pooled), (-1, 6)]
+    if unet.config.time_cond_proj_dim is not None:
+        shapes.append((-1, unet.config.time_cond_proj_dim))
+    return shapes
 
 
 class _UNetExport(torch.nn.Module):

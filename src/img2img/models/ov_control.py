@@ -1,0 +1,239 @@
+"""OpenVINO for ControlNets: the ControlNet itself as IR, and a second UNet graph that takes its residuals.
+
+The model's own UNet graph takes the prompt's inputs only. The first request with a ControlNet converts a copy of
+the UNet that also takes the twelve down-block residuals and the mid-block one (``unet_control.xml``, beside the
+model's other IR, from the float32 PyTorch UNet, once), and each ControlNet is converted once per its weights, the
+UNet config it is used with and the variant. Only one of the two UNet graphs is compiled at a time.
+
+A ControlNet's graph is traced at conditioning scale 1 without guess mode; the stand-in applies the scale, guess
+mode's logarithmic ramp and nothing else in PyTorch, exactly as diffusers' ``ControlNetModel.forward`` ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from img2img.models import ov_runtime
+from img2img.models.paths import cache_dir
+
+CONTROL_IR_VERSION = "1"
+
+
+def residual_channels(config: dict[str, Any]) -> tuple[list[int], int]:
+    """The channels of a UNet's down-block residuals (conv_in's output, each resnet's, each downsampler's) and of
+    its mid-block residual; the levels' sides follow ``residual_levels``."""
+    channels, layers = list(config["block_out_channels"]), config["layers_per_block"]
+    if not isinstance(layers, int):
+        raise ov_runtime.OpenVinoFailure(f"a UNet with layers_per_block {layers} (not one number)")
+    down = [channels[0]]
+    for index, width in enumerate(channels):
+        down += [width] * layers + ([width] if index < len(channels) - 1 else [])
+    return down, channels[-1]
+
+
+def residual_levels(config: dict[str, Any]) -> list[int]:
+    """How many times each down residual (then the mid one) has been halved."""
+    levels, blocks = [0], len(config["block_out_channels"])
+    for index in range(blocks):
+        levels += [index] * config["layers_per_block"] + ([index + 1] if index < blocks - 1 else [])
+    return [*levels, blocks - 1]
+
+
+def _example_residuals(config: dict[str, Any]) -> list[torch.Tensor]:
+    """Residuals for tracing at the odd example latent side (``ov_runtime._example_shape``): a side halves with
+    rounding up at each downsampler."""
+    down, mid = residual_channels(config)
+    return [torch.zeros(2, width, *[_halved(ov_runtime.EXAMPLE_LATENT_SIDE, level)] * 2)
+            for width, level in zip([*down, mid], residual_levels(config), strict=True)]
+
+
+def _halved(side: int, times: int) -> int:
+    for _ in range(times):
+        side = math.ceil(side / 2)
+    return side
+
+
+class _ControlledUNetExport(ov_runtime._UNetExport):
+    """The UNet with the ControlNet residuals as its last inputs (down ones, then mid)."""
+
+    def __init__(self, unet: Any, xl: bool, conditioned: bool, residuals: int) -> None:
+        super().__init__(unet, xl, conditioned)
+        self.residuals = residuals
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *extra: torch.Tensor) -> Any:
+        own, residuals = extra[:-self.residuals], extra[-self.residuals:]
+        options: dict[str, Any] = {"down_block_additional_residuals": list(residuals[:-1]),
+                                   "mid_block_additional_residual": residuals[-1]}
+        if self.xl:
+            options["added_cond_kwargs"] = {"text_embeds": own[0], "time_ids": own[1]}
+        if self.conditioned:
+            options["timestep_cond"] = own[-1]
+        return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False, **options)[0]
+
+
+def _convert(module: torch.nn.Module, shapes: list[tuple[int, ...]], example: list[torch.Tensor]) -> Any:
+    import openvino as ov
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return ov.convert_model(module.eval(), example_input=tuple(example),
+                                input=[([max(side, -1) for side in shape], ov.Type.f32) for shape in shapes])
+
+
+def _save(model: Any, xml: Path, variant: str, int8: bool) -> None:
+    """Save ``model`` as ``xml`` atomically (a reader sees the whole IR or none); its matrix multiplies in 8 bits
+    for an int8 variant."""
+    import openvino as ov
+
+    staging = Path(tempfile.mkdtemp(dir=xml.parent, prefix=".staging-"))
+    try:
+        ov.save_model(model, staging / xml.name, compress_to_fp16=variant.startswith("bf16"))
+        if int8:
+            quantized = ov_runtime._int8_weights(ov.Core().read_model(staging / xml.name))
+            ov.save_model(quantized, staging / f"int8-{xml.name}", compress_to_fp16=False)
+            for suffix in (".xml", ".bin"):
+                (staging / f"int8-{xml.stem}{suffix}").replace(staging / f"{xml.stem}{suffix}")
+        (staging / xml.with_suffix(".bin").name).replace(xml.with_suffix(".bin"))
+        (staging / xml.name).replace(xml)  # last: the .xml's presence means the IR is complete
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class ControlGraph:
+    """The UNet graph that takes ControlNet residuals, converted on first need and compiled for its calls."""
+
+    def __init__(self, core: Any, folder: Path, options: dict[str, str], turn: Any, variant: str,
+                 float_unet: Callable[[], torch.nn.Module], config: dict[str, Any]) -> None:
+        self._core, self._xml, self._options, self._turn = core, folder / "unet_control.xml", options, turn
+        self._variant, self._float_unet, self._config = variant, float_unet, config
+        self.request: ov_runtime._Request | None = None
+
+    def run(self, inputs: list[np.ndarray], down: list[torch.Tensor], mid: torch.Tensor,
+            patch: tuple[Any, Callable[[Any], None] | None]) -> torch.Tensor:
+        if self.request is None:
+            self._export()
+            self.request = ov_runtime._Request(self._core, self._xml, self._options, self._turn)
+        self.request.set_patch(*patch)
+        return self.request([*inputs, *(ov_runtime._array(r) for r in down), ov_runtime._array(mid)])
+
+    def _export(self) -> None:
+        if self._xml.is_file():
+            return
+        try:
+            unet = self._float_unet()
+            xl = self._config.get("addition_embed_type") == "text_time"
+            conditioned = self._config.get("time_cond_proj_dim") is not None
+            own = ov_runtime.unet_input_shapes(unet)
+            down, mid = residual_channels(self._config)
+            shapes = [*own, *[(-1, width, -1, -1) for width in [*down, mid]]]
+            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own] + _example_residuals(
+                self._config)
+            model = _convert(_ControlledUNetExport(unet, xl, conditioned, len(down) + 1), shapes, example)
+            del unet
+            _save(model, self._xml, self._variant, self._variant.endswith("-int8"))
+        except (RuntimeError, ValueError, TypeError, OSError) as exc:
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ov_runtime.OpenVinoFailure(f"the UNet with ControlNet inputs could not be converted: "
+                                             f"{detail[:160]}") from exc
+
+
+def controlnet_folder(sha256: str, unet_digest: str, variant: str) -> Path:
+    return cache_dir() / "openvino" / "controlnets" / f"{sha256[:24]}-{unet_digest}-{variant}-v{CONTROL_IR_VERSION}"
+
+
+def load_controlnet(folder: Path, variant: str, load_float: Callable[[], Any], load_torch: Callable[[], Any],
+                    pixels_per_latent: int) -> OpenVinoControlNet:
+    """The ControlNet's stand-in, converting it into ``folder`` first when it is not there (from ``load_float``,
+    its float32 PyTorch module); ``load_torch`` gives the PyTorch module for what OpenVINO cannot run."""
+    import openvino as ov
+
+    xml = folder / "controlnet.xml"
+    if not xml.is_file():
+        net = load_float()
+        config = dict(net.config)
+        folder.mkdir(parents=True, exist_ok=True)
+        shapes = [(-1, config["in_channels"], -1, -1), (), (-1, ov_runtime.TOKENS, config["cross_attention_dim"]),
+                  (-1, config["conditioning_channels"], -1, -1)]
+        if config.get("addition_embed_type") == "text_time":
+            pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+            shapes += [(-1, pooled), (-1, 6)]
+        example = [torch.zeros(ov_runtime._example_shape(shape, pixels_per_latent if index == 3 else 1))
+                   for index, shape in enumerate(shapes)]
+        model = _convert(_ControlNetExport(net, len(shapes) > 4), shapes, example)
+        del net
+        (folder / "config.json").write_text(json.dumps(config, default=list))
+        _save(model, xml, variant, int8=False)
+    config = json.loads((folder / "config.json").read_text())
+    options = {"INFERENCE_PRECISION_HINT": variant.split("-")[0], "PERFORMANCE_HINT": "LATENCY"}
+    request = ov_runtime._Request(ov.Core(), xml, options, ov_runtime._Turn())
+    return OpenVinoControlNet(request, config, load_torch)
+
+
+class _ControlNetExport(torch.nn.Module):
+    def __init__(self, net: Any, xl: bool) -> None:
+        super().__init__()
+        self.net, self.xl = net, xl
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, cond: torch.Tensor,
+                *extra: torch.Tensor) -> Any:
+        options = {"added_cond_kwargs": {"text_embeds": extra[0], "time_ids": extra[1]}} if self.xl else {}
+        down, mid = self.net(sample, timestep, encoder_hidden_states=text, controlnet_cond=cond,
+                             conditioning_scale=1.0, return_dict=False, **options)
+        return (*down, mid)
+
+
+class OpenVinoControlNet:
+    """Called like a diffusers ControlNetModel (the arguments the control conditioner passes)."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, request: ov_runtime._Request, config: dict[str, Any], load_torch: Callable[[], Any]) -> None:
+        self.config = ov_runtime._Config(config)
+        self._request, self._load_torch = request, load_torch
+        self._torch: Any = None
+        self.notes: list[str] = []
+
+    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 controlnet_cond: torch.Tensor, conditioning_scale: float = 1.0, guess_mode: bool = False,
+                 return_dict: bool = False, added_cond_kwargs: dict[str, torch.Tensor] | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        if self._torch is not None:
+            return self._in_torch(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale,
+                                  guess_mode, added_cond_kwargs)
+        inputs = [ov_runtime._array(sample), np.asarray(float(timestep), dtype=np.float32),
+                  ov_runtime._array(encoder_hidden_states), ov_runtime._array(controlnet_cond)]
+        if added_cond_kwargs:
+            inputs += [ov_runtime._array(added_cond_kwargs["text_embeds"]),
+                       ov_runtime._array(added_cond_kwargs["time_ids"])]
+        try:
+            *down, mid = self._request.outputs(inputs)
+        except ov_runtime.OpenVinoFailure as failure:
+            self.notes.append(f"OpenVINO could not run the ControlNet ({failure}); it runs with PyTorch instead")
+            self._torch = self._load_torch()
+            return self(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, guess_mode,
+                        return_dict, added_cond_kwargs)
+        if guess_mode and not self.config.get("global_pool_conditions"):  # 0.1 to 1, shallow to deep
+            scales = torch.logspace(-1, 0, len(down) + 1) * conditioning_scale
+            return [d * s for d, s in zip(down, scales, strict=False)], mid * scales[-1]
+        return [d * conditioning_scale for d in down], mid * conditioning_scale
+
+    def _in_torch(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, cond: torch.Tensor,
+                  scale: float, guess_mode: bool, added: dict[str, torch.Tensor] | None
+                  ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        dtype = next(self._torch.parameters()).dtype
+        extra = {"added_cond_kwargs": {k: v.to(dtype) for k, v in added.items()}} if added else {}
+        down, mid = self._torch(sample.to(dtype), timestep, encoder_hidden_states=text.to(dtype),
+                                controlnet_cond=cond.to(dtype), conditioning_scale=scale, guess_mode=guess_mode,
+                                return_dict=False, **extra)
+        return [d.float() for d in down], mid.float()
