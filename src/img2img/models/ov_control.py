@@ -204,10 +204,13 @@ class OpenVinoControlNet:
         self._torch: Any = None
         self.notes: list[str] = []
 
-    def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 controlnet_cond: torch.Tensor, conditioning_scale: float = 1.0, guess_mode: bool = False,
-                 return_dict: bool = False, added_cond_kwargs: dict[str, torch.Tensor] | None = None
-                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                controlnet_cond: torch.Tensor, conditioning_scale: float = 1.0, guess_mode: bool = False,
+                return_dict: bool = False, added_cond_kwargs: dict[str, torch.Tensor] | None = None
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
         if self._torch is not None:
             return self._in_torch(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale,
                                   guess_mode, added_cond_kwargs)

@@ -55,6 +55,10 @@ class PartCache:
         """What is loaded, oldest first."""
         return list(self._parts)
 
+    def newest(self) -> Any:
+        """The part loaded or used last (None when there is none)."""
+        return next(reversed(self._parts.values()), None)
+
     def clear(self) -> None:
         self._parts.clear()
 
