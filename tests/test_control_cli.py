@@ -82,3 +82,20 @@ def test_bad_units_are_one_line_and_exit_2(unit, fragments, tiny_sd, tiny_contro
                      "-o", str(tmp_path / "x.png"))
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_batch_gives_each_file_its_own_map(tiny_sd, tiny_controlnet, photo, other_photo, tmp_path) -> None:
+    import shutil
+
+    sources = tmp_path / "in"
+    sources.mkdir()
+    for path in (photo, other_photo):
+        shutil.copy(path, sources / path.name)
+    out = tmp_path / "out"
+    batch = img2img("batch", str(sources), "a fox", "--model", str(tiny_sd), "--steps", "2", "--seed", "1",
+                    "--control", f"model={tiny_controlnet},preprocessor=canny", "-o", str(out))
+    assert batch.returncode == 0, batch.stderr
+    hashes = {json.loads(read_metadata(path).record)["source_sha256"]: json.loads(read_metadata(path).record)[
+        "conditions"][0]["image_sha256"] for path in sorted(out.glob("*.png"))}
+    assert len(hashes) == 2 and all(source == picture for source, picture in hashes.items()), \
+        "each file's unit reads that file"

@@ -144,3 +144,17 @@ def engine_hash(path: Path) -> str:
     from img2img.models.loading import weights_sha256
 
     return weights_sha256(path)
+
+
+def test_an_adapter_with_openvino_runs_its_unet_in_pytorch_with_a_note(adapted_sd, photo, edges, tmp_path) -> None:
+    pytest.importorskip("openvino")
+    adapter = build_tiny_adapter(tmp_path / "t2i-ov")
+    request = GenerationRequest(source=photo, prompt=PROMPT, strength=0.7, steps=3, seed=2, model=str(adapted_sd),
+                                control=(ControlUnit(model=adapter, image=edges),), loops=2)
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
+    result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    assert any("down_intrablock_additional_residuals (from the t2i-adapter conditioner)" in note
+               and "PyTorch instead" in note for note in result.notes)
+    difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert difference.max() <= 2
+    assert result.record.loops == 2 and result.record.conditions[0]["kind"] == "t2i-adapter"

@@ -188,15 +188,27 @@ class ControlConditioner(UnitConditioner):
         return replace(self, text=begin.text, cond=self.map_tensor()), begin.start
 
     def active(self, step: Step) -> bool:
+        return self.active_at(step.index, step.total)
+
+    def active_at(self, index: int, total: int) -> bool:
         """diffusers' rule: the unit acts at step i of n when start <= i/n and (i+1)/n <= end."""
-        return not (step.index / step.total < self.unit.start or (step.index + 1) / step.total > self.unit.end)
+        return not (index / total < self.unit.start or (index + 1) / total > self.unit.end)
+
+    def acts(self, total: int) -> bool:
+        """Whether the unit acts at any of a run's ``total`` steps."""
+        return self.unit.weight != 0 and any(self.active_at(index, total) for index in range(total))
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
         import torch
 
-        if self.text is None or self.cond is None or step.sample is None or not self.active(step) \
-                or self.unit.weight == 0:
+        if self.text is None or self.cond is None or step.sample is None or not self.acts(step.total):
             return {}
+        if not self.active(step):  # outside its window: zeros, as diffusers passes (the UNet's inputs stay the same)
+            from img2img.models.control_models import residual_shapes
+
+            shapes = residual_shapes(dict(self.net.config), *step.sample.shape[:1], *step.sample.shape[2:])
+            *down, mid = [torch.zeros(shape, dtype=step.sample.dtype) for shape in shapes]
+            return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         guess = self.unit.mode == "control"
         sample, embeddings, cond = step.sample, self.text.embeddings, self.cond
         added = self.text.added

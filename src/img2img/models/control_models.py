@@ -249,3 +249,19 @@ def catalog(registered: dict[str, str]) -> list[tuple[str, Path, ControlInfo]]:
         if isinstance(info, ControlInfo):
             listed.append((name, path, info))
     return listed
+
+
+def residual_shapes(config: dict[str, Any], batch: int, height: int, width: int) -> list[tuple[int, ...]]:
+    """The shapes of a ControlNet's residuals for latents of ``height`` x ``width`` (its config is its UNet's
+    encoder's): conv_in's output, each resnet's and each downsampler's, then the mid block's. A side halves,
+    rounding up, at each downsampler."""
+    channels, layers = list(config["block_out_channels"]), int(config["layers_per_block"])
+    widths, levels = [channels[0]], [0]
+    for index, channel in enumerate(channels):
+        last = index == len(channels) - 1
+        widths += [channel] * (layers + (0 if last else 1))
+        levels += [index] * layers + ([] if last else [index + 1])
+    widths.append(channels[-1])
+    levels.append(len(channels) - 1)
+    return [(batch, channel, -(-height // 2**level), -(-width // 2**level))
+            for channel, level in zip(widths, levels, strict=True)]

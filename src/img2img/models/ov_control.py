@@ -12,7 +12,6 @@ mode's logarithmic ramp and nothing else in PyTorch, exactly as diffusers' ``Con
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import warnings
@@ -24,43 +23,16 @@ import numpy as np
 import torch
 
 from img2img.models import ov_runtime
+from img2img.models.control_models import residual_shapes
 from img2img.models.paths import cache_dir
 
 CONTROL_IR_VERSION = "1"
 
 
-def residual_channels(config: dict[str, Any]) -> tuple[list[int], int]:
-    """The channels of a UNet's down-block residuals (conv_in's output, each resnet's, each downsampler's) and of
-    its mid-block residual; the levels' sides follow ``residual_levels``."""
-    channels, layers = list(config["block_out_channels"]), config["layers_per_block"]
-    if not isinstance(layers, int):
-        raise ov_runtime.OpenVinoFailure(f"a UNet with layers_per_block {layers} (not one number)")
-    down = [channels[0]]
-    for index, width in enumerate(channels):
-        down += [width] * layers + ([width] if index < len(channels) - 1 else [])
-    return down, channels[-1]
-
-
-def residual_levels(config: dict[str, Any]) -> list[int]:
-    """How many times each down residual (then the mid one) has been halved."""
-    levels, blocks = [0], len(config["block_out_channels"])
-    for index in range(blocks):
-        levels += [index] * config["layers_per_block"] + ([index + 1] if index < blocks - 1 else [])
-    return [*levels, blocks - 1]
-
-
 def _example_residuals(config: dict[str, Any]) -> list[torch.Tensor]:
-    """Residuals for tracing at the odd example latent side (``ov_runtime._example_shape``): a side halves with
-    rounding up at each downsampler."""
-    down, mid = residual_channels(config)
-    return [torch.zeros(2, width, *[_halved(ov_runtime.EXAMPLE_LATENT_SIDE, level)] * 2)
-            for width, level in zip([*down, mid], residual_levels(config), strict=True)]
-
-
-def _halved(side: int, times: int) -> int:
-    for _ in range(times):
-        side = math.ceil(side / 2)
-    return side
+    """Residuals for tracing at the odd example latent side (``ov_runtime._example_shape``)."""
+    side = ov_runtime.EXAMPLE_LATENT_SIDE
+    return [torch.zeros(shape) for shape in residual_shapes(config, 2, side, side)]
 
 
 class _ControlledUNetExport(ov_runtime._UNetExport):
@@ -134,11 +106,11 @@ class ControlGraph:
             xl = self._config.get("addition_embed_type") == "text_time"
             conditioned = self._config.get("time_cond_proj_dim") is not None
             own = ov_runtime.unet_input_shapes(unet)
-            down, mid = residual_channels(self._config)
-            shapes = [*own, *[(-1, width, -1, -1) for width in [*down, mid]]]
+            residuals = residual_shapes(self._config, -1, -1, -1)
+            shapes = [*own, *[(-1, shape[1], -1, -1) for shape in residuals]]
             example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own] + _example_residuals(
                 self._config)
-            model = _convert(_ControlledUNetExport(unet, xl, conditioned, len(down) + 1), shapes, example)
+            model = _convert(_ControlledUNetExport(unet, xl, conditioned, len(residuals)), shapes, example)
             del unet
             _save(model, self._xml, self._variant, self._variant.endswith("-int8"))
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
