@@ -181,3 +181,23 @@ def test_the_inpaint_preprocessor_marks_the_area_to_paint(engine, tiny_sd, contr
     with pytest.raises(InvalidArgument, match="inpaint should be a mask for the control unit's inpaint preprocessor"):
         engine.generate(GenerationRequest(source=source, prompt=PROMPT, model=str(tiny_sd), steps=2,
                                           control=(ControlUnit(model=controlnet, preprocessor="inpaint"),)))
+
+
+def test_two_units_match_diffusers_multi_controlnet(engine, tiny_sd, controlnet, edges, tmp_path) -> None:
+    from tiny_control import build_tiny_controlnet
+
+    other = build_tiny_controlnet(tiny_sd, tmp_path / "other-controlnet", seed=7)
+    source = Image.open(square_photo(tmp_path)).convert("RGB")
+    soft = edges.filter(ImageFilter.GaussianBlur(2))
+    ours = _ours(engine, tiny_sd, source, ControlUnit(model=controlnet, image=edges, weight=0.8),
+                 ControlUnit(model=other, image=soft, weight=0.5))
+    pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_sd, controlnet=[diffusers.ControlNetModel.from_pretrained(path) for path in (controlnet, other)],
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    reference = np.asarray(pipe(prompt=PROMPT, negative_prompt="blurry", image=source, control_image=[edges, soft],
+                                strength=0.7, guidance_scale=7.5, num_inference_steps=10,
+                                controlnet_conditioning_scale=[0.8, 0.5],
+                                generator=torch.Generator("cpu").manual_seed(1234)).images[0], dtype=np.int16)
+    assert np.abs(ours - reference).max() <= 2
