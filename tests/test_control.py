@@ -201,3 +201,17 @@ def test_two_units_match_diffusers_multi_controlnet(engine, tiny_sd, controlnet,
                                 controlnet_conditioning_scale=[0.8, 0.5],
                                 generator=torch.Generator("cpu").manual_seed(1234)).images[0], dtype=np.int16)
     assert np.abs(ours - reference).max() <= 2
+
+
+def test_the_controlnets_weights_count_in_the_memory_estimate(tiny_sd, controlnet, photo, tmp_path) -> None:
+    import shutil
+
+    big = tmp_path / "big-controlnet"
+    shutil.copytree(controlnet, big)
+    with (big / "diffusion_pytorch_model.safetensors").open("r+b") as weights:
+        weights.truncate(3 * 10**9)  # sparse: as large as an SDXL ControlNet on disk, and never read
+    engine = Engine(device="cpu", dtype="float32", backend="torch", max_memory="3GB")
+    request = GenerationRequest(source=photo, prompt=PROMPT, steps=2, model=str(tiny_sd))
+    engine.generate(request)  # fits without the unit
+    with pytest.raises(InvalidArgument, match=r"fits the memory budget of 3\.0 GB .*with tiny-sd and 1 control unit"):
+        engine.generate(replace_control(request, (ControlUnit(model=big),)))

@@ -155,13 +155,14 @@ class Engine:
             return None
         return resolve_mask(request.inpaint, source, self.max_source_pixels)
 
-    def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True, masking: Masking | None = None
-             ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
+    def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True, masking: Masking | None = None,
+             maps: Sequence[ControlMap] = ()) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
         """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
         engine), checked before any model loads: the working shape must be one a model can paint and, when the
         request ``runs`` a model, its estimated peak memory must fit the budget (and its prompt name built-in
         styles, for the built-in engine). With ``masking`` (from ``masking``), ``source`` is its canvas and an
-        "only masked" request works at the mask's box scaled to the model's native size."""
+        "only masked" request works at the mask's box scaled to the model's native size. ``maps`` (from
+        ``control_maps``): their ControlNets' weights count in the estimate too."""
         if self.is_builtin(request.model):
             if request.control:
                 raise InvalidArgument("control", "used with diffusion models only (the built-in style engine has "
@@ -175,8 +176,10 @@ class Engine:
         files = self._files(request.model)
         output, working = self._sizes(request, source, files.family.native_side, masking)
         if runs:
-            estimate = diffusion_peak_bytes(weight_files_bytes(files.path), working, self.placement.dtype.itemsize)
-            check_fits(estimate, self.memory_budget, f"{working[0]}x{working[1]} with {files.name}")
+            weights = weight_files_bytes(files.path) + sum(weight_files_bytes(found.path) for found in maps)
+            estimate = diffusion_peak_bytes(weights, working, self.placement.dtype.itemsize)
+            units = f" and {len(maps)} control unit{'s' if len(maps) > 1 else ''}" if maps else ""
+            check_fits(estimate, self.memory_budget, f"{working[0]}x{working[1]} with {files.name}{units}")
         return output, working, files
 
     @staticmethod
@@ -234,10 +237,10 @@ class Engine:
                                       str(first.style_image))
             runs = any(cell.strength > 0 for cell in cells) and not (masking is not None and masking.empty)
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
-            output_size, working_size, files = self.plan(first, source, runs, masking)
+            maps = self.control_maps(first, source) if runs else []  # bad units are refused before any load
+            output_size, working_size, files = self.plan(first, source, runs, masking, maps)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
-            maps = self.control_maps(first, source) if runs else []
             loaded = self.load(first.model) if runs else None
             model = ModelInfo(loaded.name, loaded.family, loaded.sha256) if loaded else ModelInfo(
                 files.name, files.family, weights_sha256(files.path))

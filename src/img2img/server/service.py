@@ -125,10 +125,10 @@ class Service:
             masking = self.planner.masking(request, picture)
             if masking is not None:
                 picture = masking.canvas
-            files = self.planner.plan(request, picture, request.strength > 0, masking)[2]  # styles, sizes, memory
+            maps = self.planner.control_maps(request, picture) if request.control and not \
+                self.planner.is_builtin(request.model) else []  # the units' models (by name) and preprocessors
+            files = self.planner.plan(request, picture, request.strength > 0, masking, maps)[2]  # sizes, memory
             self.planner.check_addons([request])  # LoRA and VAE names
-            if request.control and files is not None:
-                self.planner.control_maps(request, picture)  # the units' models (by name) and preprocessors
             model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
                 from img2img.models.loading import weights_sha256
