@@ -75,3 +75,30 @@ def test_the_describe_command(tmp_path) -> None:
     assert_one_line_error(img2img("describe", str(path), "--style", "flowery"), "--style should be one of")
     (tmp_path / "notes.txt").write_text("not a picture")
     assert_one_line_error(img2img("describe", str(tmp_path / "notes.txt")), "IMAGE should be a PNG")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_sd):  # type: ignore[no-untyped-def]
+    from server_process import serving_tiny
+
+    yield from serving_tiny(tmp_path_factory, tiny_sd, "describe")
+
+
+def test_describe_over_http(server, tmp_path) -> None:
+    import io
+
+    from server_process import b64
+
+    buffer = io.BytesIO()
+    _photo("coffee").save(buffer, format="PNG")
+    with server.client() as client:
+        native = client.post("/v1/describe", files={"image": buffer.getvalue()}, data={"style": "midjourney"})
+        assert native.status_code == 200, native.text
+        assert native.json()["prompt"].endswith("--ar 3:2") and native.json()["palette"][0]["name"] == "light brown"
+        bad = client.post("/v1/describe", files={"image": b"nope"})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "image"
+        flowery = client.post("/v1/describe", files={"image": buffer.getvalue()}, data={"style": "flowery"})
+        assert flowery.status_code == 422 and flowery.json()["error"]["field"] == "style"
+        a1111 = client.post("/sdapi/v1/interrogate", json={"image": b64(buffer.getvalue()), "model": "clip"})
+        assert a1111.status_code == 200 and a1111.json()["caption"].startswith("(light brown")
+        assert a1111.json()["captioned"] is False

@@ -406,3 +406,13 @@ def test_control_units_with_map_previews(page: Any, server: ServerProcess, big_p
     assert "ControlNet 1" in job["images"][0]["parameters"]
     page.locator("#control-panel fieldset.unit").nth(1).get_by_role("button", name="Remove").click()
     assert page.locator("#control-panel fieldset.unit").count() == 1
+
+
+def test_describe_fills_the_prompt_from_the_source(page: Any, big_photo: Path) -> None:
+    page.select_option("#model", "tiny")
+    page.click("#describe")
+    assert "Choose a source image first" in page.text_content("#error")
+    _upload(page, big_photo)
+    page.click("#describe")
+    page.wait_for_function("document.querySelector('#prompt').value.includes('palette')")
+    assert page.input_value("#negative") and "colour, light and focus only" in page.text_content("#describe-note")

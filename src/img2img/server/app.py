@@ -23,7 +23,16 @@ from img2img.jobs.blobs import BlobStore
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import JobStore
 from img2img.jobs.worker import make_engine
-from img2img.server import a1111, a1111_controlnet, a1111_extras, a1111_lists, control_routes, native, studio
+from img2img.server import (
+    a1111,
+    a1111_controlnet,
+    a1111_extras,
+    a1111_lists,
+    control_routes,
+    describe_routes,
+    native,
+    studio,
+)
 from img2img.server.events import EventHub
 from img2img.server.service import ApiError, Service
 from img2img.server.settings import LOCAL_HOSTS, ServerSettings
@@ -86,6 +95,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(a1111_extras.router)
     app.include_router(control_routes.router)
     app.include_router(a1111_controlnet.router)
+    app.include_router(describe_routes.native)
+    app.include_router(describe_routes.a1111)
     studio.mount(app)
     _errors(app)
     if settings.cors_origins:

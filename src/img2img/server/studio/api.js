@@ -96,6 +96,15 @@ export async function previewMap(picture, name) {
   return response.blob();
 }
 
+// A prompt written from the picture's measurements (palette, light, focus): no captioning model is used.
+export async function describeImage(picture) {
+  const form = new FormData();
+  form.append("image", picture, picture.name || "picture.png");
+  const response = await fetch("/v1/describe", { method: "POST", headers: headers(), body: form });
+  if (!response.ok) throw await failure(response);
+  return response.json();
+}
+
 // Queue a job: the source (and style picture, mask, control units' own pictures) as files, the request as JSON.
 export async function submit(source, fields, styleImage = null, mask = null, controlImages = []) {
   const form = new FormData();

@@ -1,7 +1,7 @@
 // The studio page: pick a source, set prompt and strength, generate, compare, keep or iterate.
 
 import {
-  ApiError, explain, follow, getBlob, getJson, postJson, previewMap, readParameters, storeKey, submit,
+  ApiError, describeImage, explain, follow, getBlob, getJson, postJson, previewMap, readParameters, storeKey, submit,
 } from "./api.js";
 import { mountCompare } from "./compare.js";
 import { mountControl } from "./control.js";
@@ -231,6 +231,19 @@ function reuse(request) {
   }
   $("seed").value = String(request.seed);
   $("seed-lock").checked = true;
+}
+
+// Fill the prompt boxes with what the source's measurements say (palette, light, focus), and say what it is.
+async function describeSource() {
+  clearError();
+  if (!state.source) {
+    showError("Choose a source image first, then Describe writes a prompt from it.");
+    return;
+  }
+  const found = await describeImage(state.source);
+  $("prompt").value = found.prompt;
+  $("negative").value = found.negative_prompt;
+  $("describe-note").textContent = "Measured from colour, light and focus only: add what the picture shows.";
 }
 
 // Running jobs ---------------------------------------------------------------------------------------------------
@@ -488,6 +501,7 @@ async function init() {
 }
 
 $("model").addEventListener("change", showModelControls);
+$("describe").addEventListener("click", () => describeSource().catch(showError));
 $("params-use").addEventListener("click", useParameters);
 $("strength").addEventListener("input", () => setStrength($("strength").value));
 for (const preset of document.querySelectorAll("[data-strength]")) {
