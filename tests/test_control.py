@@ -215,3 +215,10 @@ def test_the_controlnets_weights_count_in_the_memory_estimate(tiny_sd, controlne
     engine.generate(request)  # fits without the unit
     with pytest.raises(InvalidArgument, match=r"fits the memory budget of 3\.0 GB .*with tiny-sd and 1 control unit"):
         engine.generate(replace_control(request, (ControlUnit(model=big),)))
+
+
+def test_a_unit_ending_early_runs_in_bfloat16(tiny_sd, controlnet, edges, photo) -> None:
+    engine = Engine(device="cpu", dtype="bfloat16", backend="torch")  # the zeros after its window match the UNet's
+    result = engine.generate(GenerationRequest(source=photo, prompt=PROMPT, steps=4, seed=1, model=str(tiny_sd),
+                                               control=(ControlUnit(model=controlnet, image=edges, end=0.5),)))
+    assert result.record.dtype == "bfloat16" and result.record.conditions[0]["end"] == 0.5

@@ -207,7 +207,7 @@ class ControlConditioner(UnitConditioner):
             from img2img.models.control_models import residual_shapes
 
             shapes = residual_shapes(dict(self.net.config), *step.sample.shape[:1], *step.sample.shape[2:])
-            *down, mid = [torch.zeros(shape, dtype=step.sample.dtype) for shape in shapes]
+            *down, mid = [torch.zeros(shape, dtype=self.net.dtype) for shape in shapes]
             return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         guess = self.unit.mode == "control"
         sample, embeddings, cond = step.sample, self.text.embeddings, self.cond
