@@ -30,4 +30,4 @@ def map_body(context: Any, body: Any) -> Any:
         return body
     return {**body, "source": _picture(), "style_image": None, "params_from": None, "model": "builtin",
             "prompt": "fauve", "num_images": 1, "loops": 1, "size": None, "max_side": None, "background": "white",
-            "sampler": None}
+            "sampler": None, "control": []}  # control units need a diffusion model

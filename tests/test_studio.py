@@ -89,7 +89,9 @@ def _wait_result(page: Any) -> None:
 
 
 def _drag_across(page: Any, selector: str, start: float, end: float, steps: int) -> None:
-    """Drag the mouse across the middle of an element, from one share of its width to another."""
+    """Drag the mouse across the middle of an element, from one share of its width to another (scrolled into view
+    first, as a person would)."""
+    page.locator(selector).scroll_into_view_if_needed()
     box = page.locator(selector).bounding_box()
     middle = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] * start, middle)
