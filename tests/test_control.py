@@ -222,3 +222,22 @@ def test_a_unit_ending_early_runs_in_bfloat16(tiny_sd, controlnet, edges, photo)
     result = engine.generate(GenerationRequest(source=photo, prompt=PROMPT, steps=4, seed=1, model=str(tiny_sd),
                                                control=(ControlUnit(model=controlnet, image=edges, end=0.5),)))
     assert result.record.dtype == "bfloat16" and result.record.conditions[0]["end"] == 0.5
+
+
+def test_a_controlnet_that_does_not_convert_runs_with_pytorch_and_says_so(tiny_sd, controlnet, edges, photo,
+                                                                          monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    from img2img.models import ov_control
+
+    def fail(*_args: object) -> None:
+        raise RuntimeError("unsupported operation in the traced graph")
+
+    monkeypatch.setattr(ov_control, "_convert", fail)
+    request = GenerationRequest(source=photo, prompt=PROMPT, steps=3, seed=2, model=str(tiny_sd),
+                                control=(ControlUnit(model=controlnet, image=edges),))
+    result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    reference = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
+    assert any("ControlNet (it could not be converted: unsupported operation" in note for note in result.notes)
+    assert any("UNet with ControlNet inputs could not be converted" in note for note in result.notes)
+    difference = np.abs(np.asarray(result.images[0], dtype=int) - np.asarray(reference.images[0], dtype=int))
+    assert difference.max() <= 2

@@ -126,29 +126,40 @@ def controlnet_folder(sha256: str, unet_digest: str, variant: str) -> Path:
 def load_controlnet(folder: Path, variant: str, load_float: Callable[[], Any], load_torch: Callable[[], Any],
                     pixels_per_latent: int) -> OpenVinoControlNet:
     """The ControlNet's stand-in, converting it into ``folder`` first when it is not there (from ``load_float``,
-    its float32 PyTorch module); ``load_torch`` gives the PyTorch module for what OpenVINO cannot run."""
+    its float32 PyTorch module); ``load_torch`` gives the PyTorch module for what OpenVINO cannot run. A
+    ControlNet that does not convert runs with PyTorch, with a note."""
     import openvino as ov
 
     xml = folder / "controlnet.xml"
-    if not xml.is_file():
-        net = load_float()
-        config = dict(net.config)
-        folder.mkdir(parents=True, exist_ok=True)
-        shapes = [(-1, config["in_channels"], -1, -1), (), (-1, ov_runtime.TOKENS, config["cross_attention_dim"]),
-                  (-1, config["conditioning_channels"], -1, -1)]
-        if config.get("addition_embed_type") == "text_time":
-            pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
-            shapes += [(-1, pooled), (-1, 6)]
-        example = [torch.zeros(ov_runtime._example_shape(shape, pixels_per_latent if index == 3 else 1))
-                   for index, shape in enumerate(shapes)]
-        model = _convert(_ControlNetExport(net, len(shapes) > 4), shapes, example)
-        del net
-        (folder / "config.json").write_text(json.dumps(config, default=list))
-        _save(model, xml, variant, int8=False)
-    config = json.loads((folder / "config.json").read_text())
+    try:
+        if not xml.is_file():
+            _export_controlnet(xml, variant, load_float, pixels_per_latent)
+        config = json.loads((folder / "config.json").read_text())
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
+        net = load_torch()
+        stand_in = OpenVinoControlNet(None, dict(net.config), load_torch)
+        stand_in.take_over(net, f"it could not be converted: {(str(exc).strip().splitlines() or [''])[0][:160]}")
+        return stand_in
     options = {"INFERENCE_PRECISION_HINT": variant.split("-")[0], "PERFORMANCE_HINT": "LATENCY"}
     request = ov_runtime._Request(ov.Core(), xml, options, ov_runtime._Turn())
     return OpenVinoControlNet(request, config, load_torch)
+
+
+def _export_controlnet(xml: Path, variant: str, load_float: Callable[[], Any], pixels_per_latent: int) -> None:
+    net = load_float()
+    config = dict(net.config)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    shapes = [(-1, config["in_channels"], -1, -1), (), (-1, ov_runtime.TOKENS, config["cross_attention_dim"]),
+              (-1, config["conditioning_channels"], -1, -1)]
+    if config.get("addition_embed_type") == "text_time":
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        shapes += [(-1, pooled), (-1, 6)]
+    example = [torch.zeros(ov_runtime._example_shape(shape, pixels_per_latent if index == 3 else 1))
+               for index, shape in enumerate(shapes)]
+    model = _convert(_ControlNetExport(net, len(shapes) > 4), shapes, example)
+    del net
+    (xml.parent / "config.json").write_text(json.dumps(config, default=list))
+    _save(model, xml, variant, int8=False)
 
 
 class _ControlNetExport(torch.nn.Module):
@@ -170,11 +181,17 @@ class OpenVinoControlNet:
     dtype = torch.float32
     device = torch.device("cpu")
 
-    def __init__(self, request: ov_runtime._Request, config: dict[str, Any], load_torch: Callable[[], Any]) -> None:
+    def __init__(self, request: ov_runtime._Request | None, config: dict[str, Any], load_torch: Callable[[], Any]
+                 ) -> None:
         self.config = ov_runtime._Config(config)
         self._request, self._load_torch = request, load_torch
         self._torch: Any = None
         self.notes: list[str] = []
+
+    def take_over(self, module: Any, why: str) -> None:
+        """Run with the PyTorch ``module`` from now on, saying ``why`` once."""
+        self._torch = module
+        self.notes.append(f"OpenVINO could not run the ControlNet ({why}); it runs with PyTorch instead")
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[list[torch.Tensor], torch.Tensor]:
         return self.forward(*args, **kwargs)
@@ -192,10 +209,10 @@ class OpenVinoControlNet:
             inputs += [ov_runtime._array(added_cond_kwargs["text_embeds"]),
                        ov_runtime._array(added_cond_kwargs["time_ids"])]
         try:
+            assert self._request is not None  # without one, the PyTorch module took over when it was made
             *down, mid = self._request.outputs(inputs)
         except ov_runtime.OpenVinoFailure as failure:
-            self.notes.append(f"OpenVINO could not run the ControlNet ({failure}); it runs with PyTorch instead")
-            self._torch = self._load_torch()
+            self.take_over(self._load_torch(), str(failure))
             return self(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, guess_mode,
                         return_dict, added_cond_kwargs)
         if guess_mode and not self.config.get("global_pool_conditions"):  # 0.1 to 1, shallow to deep

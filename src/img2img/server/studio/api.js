@@ -76,46 +76,42 @@ export async function getBlob(path) {
   return response.blob();
 }
 
+// POST a multipart form of [name, value, filename?] parts; the response, or an ApiError unless ``allowed``.
+async function postForm(path, parts, allowed = []) {
+  const form = new FormData();
+  for (const [name, value, filename] of parts) {
+    if (filename === undefined) form.append(name, value);
+    else form.append(name, value, value.name || filename);
+  }
+  const response = await fetch(path, { method: "POST", headers: headers(), body: form });
+  if (!response.ok && !allowed.includes(response.status)) throw await failure(response);
+  return response;
+}
+
 // The generation parameters another tool (or we) wrote into a picture; null when it holds none.
 export async function readParameters(file) {
-  const form = new FormData();
-  form.append("image", file, file.name || "image.png");
-  const response = await fetch("/v1/parameters", { method: "POST", headers: headers(), body: form });
-  if (response.status === 422) return null;
-  if (!response.ok) throw await failure(response);
-  return response.json();
+  const response = await postForm("/v1/parameters", [["image", file, "image.png"]], [422]);
+  return response.status === 422 ? null : response.json();
 }
 
 // The control map a preprocessor makes of a picture (a PNG blob).
 export async function previewMap(picture, name) {
-  const form = new FormData();
-  form.append("image", picture, picture.name || "picture.png");
-  form.append("name", name);
-  const response = await fetch("/v1/preprocess", { method: "POST", headers: headers(), body: form });
-  if (!response.ok) throw await failure(response);
-  return response.blob();
+  return (await postForm("/v1/preprocess", [["image", picture, "picture.png"], ["name", name]])).blob();
 }
 
 // A prompt written from the picture's measurements (palette, light, focus): no captioning model is used.
 export async function describeImage(picture) {
-  const form = new FormData();
-  form.append("image", picture, picture.name || "picture.png");
-  const response = await fetch("/v1/describe", { method: "POST", headers: headers(), body: form });
-  if (!response.ok) throw await failure(response);
-  return response.json();
+  return (await postForm("/v1/describe", [["image", picture, "picture.png"]])).json();
 }
 
 // Queue a job: the source (and style picture, mask, control units' own pictures) as files, the request as JSON.
 export async function submit(source, fields, styleImage = null, mask = null, controlImages = []) {
-  const form = new FormData();
-  form.append("source", source, source.name || "source.png");
-  if (styleImage) form.append("style_image", styleImage, styleImage.name || "style.png");
-  if (mask) form.append("mask", mask, "mask.png");
-  for (const picture of controlImages) form.append("control_images", picture, picture.name || "control.png");
-  form.append("request", JSON.stringify(fields));
-  const response = await fetch("/v1/jobs/form", { method: "POST", headers: headers(), body: form });
-  if (!response.ok) throw await failure(response);
-  return response.json();
+  const parts = [["source", source, "source.png"]];
+  if (styleImage) parts.push(["style_image", styleImage, "style.png"]);
+  if (mask) parts.push(["mask", mask, "mask.png"]);
+  for (const picture of controlImages) parts.push(["control_images", picture, "control.png"]);
+  parts.push(["request", JSON.stringify(fields)]);
+  return (await postForm("/v1/jobs/form", parts)).json();
 }
 
 // Follow a job's server-sent events; onEvent(name, data) for each; resolves with the last event.
