@@ -35,6 +35,9 @@ def test_two_units_are_recorded_like_a1111_and_reproduce(tiny_sd, tiny_controlne
         metadata.parameters and "Threshold A: 50" in metadata.parameters
     units = json.loads(metadata.record)["conditions"]
     assert [unit["image"] for unit in units] == ["given", "source"]
+    taken = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "2", "--params-from", str(out),
+                    "-o", str(tmp_path / "taken.png"))
+    assert taken.returncode == 0 and "the file's 2 control units are not taken over" in taken.stderr, taken.stderr
 
     base = ["reproduce", str(out), "--source", str(photo), "--model", str(tiny_sd)]
     assert_one_line_error(img2img(*base, "-o", str(tmp_path / "x.png")), "--control-image",

@@ -203,10 +203,23 @@ def params_from(picture: Path | str | bytes, field: str = "params_from", max_pix
         left = NOT_TAKEN + NOT_STYLE if values.get("engine") == "style" else NOT_TAKEN
         taken = (name for name in RECORDED if name not in left)
         fields = {key: values[key] for key in taken if values.get(key) is not None}
-        return FoundRequest("img2img", fields, ())
+        return FoundRequest("img2img", fields, tuple(_left_out(values)))
     found = read_foreign(path, field)
     fields, warnings = request_fields(found)
     return FoundRequest(found.generator, fields, tuple(warnings))
+
+
+def _left_out(record: dict[str, Any]) -> list[str]:
+    """Warnings for what a record holds beyond its fields: pictures that the file does not carry."""
+    warnings = []
+    units = [entry for entry in record.get("conditions") or () if entry.get("kind") in ("controlnet", "t2i-adapter")]
+    if units:
+        counted = f"{len(units)} control units are" if len(units) > 1 else "control unit is"
+        warnings.append(f"the file's {counted} not taken over (give them with --control, or use img2img reproduce "
+                        "with --control-image)")
+    if record.get("mask_sha256") or record.get("mask"):
+        warnings.append("the file's inpaint mask is not taken over (give it with --mask, or use img2img reproduce)")
+    return warnings
 
 
 def request_fields(found: FoundParameters, index: int = 0) -> tuple[dict[str, Any], list[str]]:
