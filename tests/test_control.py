@@ -90,7 +90,7 @@ def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -
         run(ControlUnit(model=tiny_sd))
 
 
-@pytest.mark.parametrize("mode", ["balanced", "control"])
+@pytest.mark.parametrize("mode", ["balanced", pytest.param("control", marks=pytest.mark.slow)])
 def test_openvino_runs_the_controlnet_and_the_controlled_unet(mode, tiny_sd, controlnet, edges, tmp_path) -> None:
     pytest.importorskip("openvino")
     source = Image.open(square_photo(tmp_path)).convert("RGB")
@@ -224,6 +224,7 @@ def test_a_unit_ending_early_runs_in_bfloat16(tiny_sd, controlnet, edges, photo)
     assert result.record.dtype == "bfloat16" and result.record.conditions[0]["end"] == 0.5
 
 
+@pytest.mark.slow
 def test_a_controlnet_that_does_not_convert_runs_with_pytorch_and_says_so(tiny_sd, controlnet, edges, photo,
                                                                           monkeypatch) -> None:
     pytest.importorskip("openvino")

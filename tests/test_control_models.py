@@ -146,6 +146,7 @@ def engine_hash(path: Path) -> str:
     return weights_sha256(path)
 
 
+@pytest.mark.slow
 def test_an_adapter_with_openvino_runs_its_unet_in_pytorch_with_a_note(adapted_sd, photo, edges, tmp_path) -> None:
     pytest.importorskip("openvino")
     adapter = build_tiny_adapter(tmp_path / "t2i-ov")
