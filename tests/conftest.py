@@ -72,6 +72,15 @@ def tiny_controlnet(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def tiny_ip_adapter(tiny_sd: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random IP-Adapter (the plain variant) for the tiny SD model: its weight file, beside its
+    image_encoder/ folder."""
+    from tiny_ip_adapter import build_tiny_ip_adapter
+
+    return build_tiny_ip_adapter(tiny_sd, tmp_path_factory.mktemp("ip-adapter"))
+
+
+@pytest.fixture(scope="session")
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """scikit-image's astronaut, a real photograph, shrunk to 64x48 so that tiny models run in milliseconds."""
     from skimage import data

@@ -18,6 +18,7 @@ _EXPORTS = {
     "GenerationRequest": "img2img.engine.request",
     "Inpaint": "img2img.engine.inpaint",
     "ControlUnit": "img2img.engine.control",
+    "ImagePrompt": "img2img.engine.image_prompt",
     "GenerationRecord": "img2img.engine.result",
     "GenerationResult": "img2img.engine.result",
     "DEFAULT_SAMPLER": "img2img.engine.samplers",
@@ -37,6 +38,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from img2img.api import Engine
     from img2img.engine.control import ControlUnit
+    from img2img.engine.image_prompt import ImagePrompt
     from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.engine.result import GenerationRecord, GenerationResult
@@ -66,6 +68,7 @@ __all__ = [
     "DEFAULT_SAMPLER",
     "Axis",
     "ControlUnit",
+    "ImagePrompt",
     "Engine",
     "FoundRequest",
     "GenerationRecord",

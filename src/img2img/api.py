@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from img2img.engine.control import AdapterConditioner, ControlConditioner, ControlUnit, UnitConditioner
+from img2img.engine.image_prompt import ImagePromptConditioner, Reference
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -37,7 +38,7 @@ from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
-from img2img.models import control_models, embeddings, ov_runtime
+from img2img.models import control_models, embeddings, ip_adapters, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
@@ -127,7 +128,7 @@ class Engine:
     def check_styles(self, request: GenerationRequest) -> dict[int, float]:
         """The request's prompt as built-in style weights; an error when it names none and has no style image."""
         weights = parse_styles(request.prompt)
-        if not weights and request.style_image is None:
+        if not weights and request.style_image is None and not request.image_prompts:
             raise InvalidArgument("prompt", f"built-in style names such as {', '.join(style_names()[:4])} "
                                   "(img2img styles lists them) or a style image", request.prompt)
         return weights
@@ -164,6 +165,9 @@ class Engine:
         "only masked" request works at the mask's box scaled to the model's native size. ``maps`` (from
         ``control_maps``): their ControlNets' weights count in the estimate too."""
         if self.is_builtin(request.model):
+            if request.ip_adapter:
+                raise InvalidArgument("ip_adapter", "used with diffusion models only (the built-in style engine takes "
+                                      "the image prompts as its style pictures)", request.ip_adapter)
             if request.control:
                 raise InvalidArgument("control", "used with diffusion models only (the built-in style engine has "
                                       "no denoising steps to steer)", f"{len(request.control)} units")
@@ -230,7 +234,8 @@ class Engine:
                 first.style_image, max_pixels=self.max_source_pixels).rgb
             model = ModelInfo(BUILTIN_MODEL, Family("sd1"), networks_fingerprint(), BUILTIN_LABEL)
             prepared = self._prepared(first, source, output_size, working_size, model, masking)
-            result = run_styles(cells, prepared, self.style_engine(), style_image, self.check_styles, on_progress)
+            result = run_styles(cells, prepared, self.style_engine(), style_image, self.check_styles, on_progress,
+                                self.references(first))
         else:
             if first.style_image is not None:
                 raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
@@ -238,6 +243,8 @@ class Engine:
             runs = any(cell.strength > 0 for cell in cells) and not (masking is not None and masking.empty)
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
             maps = self.control_maps(first, source) if runs else []  # bad units are refused before any load
+            references = self.references(first) if runs else []
+            adapter = self._adapter(first) if references else None
             output_size, working_size, files = self.plan(first, source, runs, masking, maps)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
@@ -253,6 +260,11 @@ class Engine:
                     backend_notes += BACKENDS[self.placement.backend].check_conditions(controls[0])
                     cells = [replace(cell, conditions=(*cell.conditions, *own))
                              for cell, own in zip(cells, controls, strict=True)]
+                if adapter is not None:
+                    prompts = [self._image_prompt(adapter, references, loaded, cell) for cell in cells]
+                    backend_notes += BACKENDS[self.placement.backend].check_conditions(prompts[:1])
+                    cells = [replace(cell, conditions=(*cell.conditions, own))
+                             for cell, own in zip(cells, prompts, strict=True)]
             with using_vae(loaded.pipeline if loaded else None, vae):
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
@@ -349,6 +361,38 @@ class Engine:
             controls.append(conditioner(net, fitted, unit, found.name, found.sha256, weights_sha256(found.path),
                                         hint_mask))
         return tuple(controls)
+
+    def references(self, request: GenerationRequest) -> list[Reference]:
+        """The image prompts' pictures, read and hashed, before any model loads."""
+        from img2img.imageio.source import pixels_sha256
+
+        pictures = [read_source(prompt.image, max_pixels=self.max_source_pixels, field="image_prompts.image").rgb
+                    for prompt in request.image_prompts]
+        return [Reference(picture, pixels_sha256(picture)) for picture in pictures]
+
+    def _adapter(self, request: GenerationRequest) -> tuple[str, Path]:
+        """The request's IP-Adapter found (not loaded): its name and its file or folder."""
+        if not request.ip_adapter:
+            raise InvalidArgument("ip_adapter", "an IP-Adapter to read the image prompts with a diffusion model (or "
+                                  "model builtin, whose style pictures they are)", None)
+        return ip_adapters.resolve(request.ip_adapter, self.registry.addons(ip_adapters.KIND), self.control_paths)
+
+    def _image_prompt(self, adapter: tuple[str, Path], references: list[Reference], loaded: LoadedModel,
+                      cell: GenerationRequest) -> ImagePromptConditioner:
+        """The cell's image prompts as a conditioner: the adapter checked against the model's base and loaded for
+        its UNet through the part cache, each picture's tokens computed once (the adapter keeps them)."""
+        name, found = adapter
+        unet = loaded.pipeline.unet
+        path, _ = ip_adapters.choose(found, int(unet.config["cross_attention_dim"]), loaded.name)
+        fallback = getattr(unet, "fallback", None)  # OpenVINO's UNet: the image prompts run on PyTorch's
+        torch_unet = unet if fallback is None else fallback.module
+        kind = f"{ip_adapters.KIND}@{_digest(dict(unet.config))}-{torch_unet.dtype}"
+        loaded_adapter = self.parts.get(kind, path, self.placement,
+                                        lambda file, _placement: ip_adapters.load(file, torch_unet))
+        tokens = tuple(loaded_adapter.tokens(ref.picture, ref.sha256) for ref in references)
+        return ImagePromptConditioner(loaded_adapter, tokens, tuple(p.weight for p in cell.image_prompts),
+                                      cell.image_prompt_mode, name, weights_sha256(path),
+                                      tuple(ref.sha256 for ref in references))
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""

@@ -13,6 +13,7 @@ itself (``metadata``, written into each result's record, and ``cache_key``, what
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ class Conditioner:
     # (img2img.models.backends): one that does not take them hands the UNet to another, or refuses.
     inputs: tuple[str, ...] = ()
 
+    def attach(self, pipeline: Any) -> contextlib.AbstractContextManager[None]:
+        """What the conditioner puts on the model for one run and takes off after it (an image prompt's attention
+        layers), as a context the run enters; the pipeline is as it was once the run ends."""
+        return contextlib.nullcontext()
+
     def needs_source_latents(self) -> bool:
         """Whether the run must encode the source even when it starts from pure noise (strength 1)."""
         return False
@@ -125,6 +131,9 @@ class TextConditioner(Conditioner):
 # MultiControlNetModel sums them, and T2I-Adapters' features, as its MultiAdapter does).
 ADDITIVE = frozenset({"down_block_additional_residuals", "mid_block_additional_residual",
                       "down_intrablock_additional_residuals"})
+# Inputs that travel inside another, as diffusers passes them: an image prompt's tokens go beside the text ones,
+# as the tuple (text embeddings, [tokens per picture]) that its IP-Adapter attention reads.
+JOINED = {"ip_hidden_states": "encoder_hidden_states"}
 
 
 def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, Any]:
@@ -142,6 +151,9 @@ def unet_inputs(conditioners: tuple[Conditioner, ...], step: Step) -> dict[str, 
                 value = [a + b for a, b in zip(before, value, strict=True)] if isinstance(value, list) else \
                     before + value
             inputs[name] = value
+    for name, into in JOINED.items():
+        if name in inputs and into in inputs:
+            inputs[into] = (inputs[into], inputs.pop(name))
     return inputs
 
 

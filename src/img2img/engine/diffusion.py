@@ -9,6 +9,7 @@ what it adds is the strength contract of ``img2img.engine.strength``, per-image 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Callable
@@ -92,32 +93,35 @@ class DiffusionSession:
         latent_dist = self.latent_dist() if needs_source else None
 
         images, seconds, steps_run, start_sigma = [], [], 0, 0.0
-        for index, seed in enumerate(job.seeds):
-            generator = cpu_generator(seed)
-            scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
-            timesteps = set_timesteps(scheduler, plan, device)
-            start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
-            steps_run = plan.steps_to_run
+        with contextlib.ExitStack() as attached:  # what conditioners put on the model, taken off after the run
+            for conditioner in job.conditions:
+                attached.enter_context(conditioner.attach(pipeline))
+            for index, seed in enumerate(job.seeds):
+                generator = cpu_generator(seed)
+                scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
+                timesteps = set_timesteps(scheduler, plan, device)
+                start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
+                steps_run = plan.steps_to_run
 
-            # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
-            start = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width),
-                                    plan.from_pure_noise)
-            bound = self.begin(conditioners, scheduler, timesteps[0], generator, start)
+                # 4. The starting latent: the source's, noised to the first timestep, or pure noise at strength 1.
+                start = prepare_latents(pipeline, scheduler, latent_dist, timesteps[0], generator, (height, width),
+                                        plan.from_pure_noise)
+                bound = self.begin(conditioners, scheduler, timesteps[0], generator, start)
 
-            # 5. Denoise.
-            def report(done: int, total: int, latents: torch.Tensor, index: int = index) -> None:
-                if on_step:
-                    on_step(index, done, total)
-                if on_latents:
-                    on_latents(index, latents)
+                # 5. Denoise.
+                def report(done: int, total: int, latents: torch.Tensor, index: int = index) -> None:
+                    if on_step:
+                        on_step(index, done, total)
+                    if on_latents:
+                        on_latents(index, latents)
 
-            latents = denoise(pipeline, scheduler, timesteps, bound[1], bound[0], job.guidance_scale, guided,
-                              generator, report)
+                latents = denoise(pipeline, scheduler, timesteps, bound[1], bound[0], job.guidance_scale, guided,
+                                  generator, report)
 
-            # 6. Decode.
-            images.append(decode(pipeline, latents))
-            seconds.append(time.perf_counter() - started)
-            started = time.perf_counter()
+                # 6. Decode.
+                images.append(decode(pipeline, latents))
+                seconds.append(time.perf_counter() - started)
+                started = time.perf_counter()
         return DiffusionOutput(np.concatenate(images), steps_run, start_sigma, tuple(seconds))
 
     def plan(self, job: DiffusionJob) -> StepPlan:

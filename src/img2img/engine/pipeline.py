@@ -14,7 +14,7 @@ image goes through the same numbered stages, whichever engine paints it:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +23,8 @@ from PIL import Image
 
 from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
+from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
+from img2img.engine.image_prompt import Reference
 from img2img.engine.inpaint import ALPHA
 from img2img.engine.mask_conditioner import INPAINTING_CHANNELS, MaskConditioner
 from img2img.engine.masking import MaskPlan
@@ -174,16 +176,18 @@ def _loopback(
 
 def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: StyleEngine,
                style_image: Image.Image | None, style_weights: Callable[[GenerationRequest], dict[int, float]],
-               on_progress: ProgressCallback | None) -> GenerationResult:
+               on_progress: ProgressCallback | None, references: Sequence[Reference] = ()) -> GenerationResult:
     """Every cell through the built-in style networks: the same fitting, loops, colour match, finishing and
-    records as diffusion."""
+    records as diffusion. The style picture and the image prompts' ``references`` are the style pictures."""
     from img2img.imageio.source import pixels_sha256
 
     style_sha256 = pixels_sha256(style_image) if style_image else None
     images, records, seconds = [], [], []
     for index, cell in enumerate(cells):
         started = time.perf_counter()
-        recipe = engine.recipe(style_weights(cell), style_image)
+        pictures = [*([(style_image, 1.0)] if style_image else []),
+                    *((ref.picture, prompt.weight) for ref, prompt in zip(references, cell.image_prompts, strict=True))]
+        recipe = engine.recipe(style_weights(cell), pictures)
         picture = _unpainted(cell, prepared)
         if cell.strength > 0 and prepared.paints:
             picture = prepared.working
@@ -197,8 +201,12 @@ def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: Style
                     on_progress(index, loop + 1, cell.loops)
         job = DiffusionJob(cell.prompt, "", cell.strength, 0.0, 1, STYLE_SAMPLER, (cell.seed or 0,))
         record = make_record(cell, job, prepared, int(cell.strength > 0 and prepared.paints), 0.0)
+        prompts = ({"kind": IMAGE_PROMPT_KIND, "adapter": "builtin-style", "adapter_sha256": "", "mode": "style",
+                    "images": [{"sha256": ref.sha256, "weight": prompt.weight}
+                               for ref, prompt in zip(references, cell.image_prompts, strict=True)]},)
         records.append(replace(record, engine="style", width=prepared.output_size[0],
-                               height=prepared.output_size[1], style_image_sha256=style_sha256))
+                               height=prepared.output_size[1], style_image_sha256=style_sha256,
+                               conditions=prompts if references else ()))
         images.append(finish(cell, picture, prepared))
         seconds.append(time.perf_counter() - started)
     notes = [*prepared.source.notes, *_ignored_by_styles(cells[0])]
@@ -238,7 +246,7 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
     resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
                        negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
                        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name,
-                       inpaint=inpaint, control=())  # control units are recorded as conditioners
+                       inpaint=inpaint, control=(), image_prompts=())  # units and pictures: as conditioners
     return GenerationRecord(
         request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),
         width=working[0], height=working[1], working_width=working[0], working_height=working[1],

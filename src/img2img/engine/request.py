@@ -26,6 +26,8 @@ from img2img.engine.fields import (
     field_table,
     scalar,
 )
+from img2img.engine.image_prompt import MODES as IMAGE_PROMPT_MODES
+from img2img.engine.image_prompt import ImagePrompt, check_image_prompts
 from img2img.engine.inpaint import Inpaint
 from img2img.engine.prompt_syntax import extract_loras, parse
 from img2img.engine.samplers import canonical_sampler_name
@@ -54,6 +56,8 @@ class GenerationRequest:
             (``img2img.engine.conditioning``; diffusion models only). Each one's metadata goes into the records.
         inpaint: repaint only part of the source (a mask), or grow its canvas (``img2img.engine.inpaint``).
         control: up to three ControlNet units that keep the structure of a map (``img2img.engine.control``).
+        image_prompts: up to four reference pictures whose look steers the result (``img2img.engine.image_prompt``;
+            with a diffusion model through ``ip_adapter``; with the built-in engine they are its style pictures).
     """
 
     source: Image.Image | Path | str
@@ -99,10 +103,16 @@ class GenerationRequest:
                                 choices=PROMPT_SYNTAXES, legacy="plain")
     clip_skip: int = scalar(int, 1, "A1111's Clip skip: encode the prompt with the text encoder's N-th layer from the "
                             "end (2 for many anime models).", 1, MAX_CLIP_SKIP)
+    ip_adapter: str | None = scalar(str, None, "The IP-Adapter that reads the image prompts: a registered name, a "
+                                    "file in the IP-Adapter folder, a cached repo id or a path.", high=1024,
+                                    unset="none (needed for image prompts with a diffusion model)")
+    image_prompt_mode: str = scalar(str, "both", "Where the image prompts act: both, style (the look without the "
+                                    "content, like --sref) or layout (the composition).", choices=IMAGE_PROMPT_MODES)
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
     inpaint: Inpaint | None = None
     control: tuple[ControlUnit, ...] = ()
+    image_prompts: tuple[ImagePrompt, ...] = ()
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -136,7 +146,7 @@ class GenerationRequest:
             raise InvalidArgument("inpaint", "an img2img.Inpaint", type(self.inpaint).__name__)
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
                        inpaint=self.inpaint.validated() if self.inpaint is not None else None,
-                       control=check_units(self.control))
+                       control=check_units(self.control), image_prompts=check_image_prompts(self.image_prompts))
 
 
 FIELDS: tuple[FieldSpec, ...] = field_table(GenerationRequest)

@@ -12,6 +12,8 @@ from PIL import Image
 
 from img2img.engine.control import KINDS as CONTROL_KINDS
 from img2img.engine.control import infotext, units_from_record
+from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
+from img2img.engine.image_prompt import prompts_from_record
 from img2img.engine.inpaint import INPAINT_FIELDS, SIDES, Inpaint
 from img2img.engine.request import FIELDS, GenerationRequest
 from img2img.errors import InvalidArgument
@@ -99,19 +101,22 @@ class GenerationRecord:
     def to_request(
         self, source: Image.Image | Path | str, style_image: Image.Image | Path | str | None = None,
         mask: Image.Image | Path | str | None = None, control_images: Sequence[Image.Image | Path | str] = (),
+        image_prompts: Sequence[Image.Image | Path | str] = (),
     ) -> GenerationRequest:
         """The request that produced this image, to run again on ``source`` (``img2img reproduce``), with the
-        inpaint's ``mask`` picture when it had one (its hash is checked when it runs: ``check_mask``) and the
-        control units' own pictures, in order (checked now)."""
+        inpaint's ``mask`` picture when it had one (its hash is checked when it runs: ``check_mask``), the
+        control units' own pictures and the image prompts' pictures, in order (checked now)."""
         if self.mask_sha256 and mask is None:
             raise InvalidArgument("mask", f"the mask picture this image was made with (SHA-256 "
                                   f"{self.mask_sha256[:12]}...)", None)
-        others = [str(entry.get("kind", "?")) for entry in self.conditions if entry.get("kind") not in CONTROL_KINDS]
+        others = [str(entry.get("kind", "?")) for entry in self.conditions
+                  if entry.get("kind") not in (*CONTROL_KINDS, IMAGE_PROMPT_KIND)]
         if others:
             raise InvalidArgument("record", "one without conditioners of the library's own (their objects cannot "
                                   "be rebuilt from a file)", ", ".join(others))
         units = units_from_record(self.controls, list(control_images))
-        request = replace(self.request, source=source, style_image=style_image, control=units)
+        prompts = prompts_from_record(self.image_prompt, list(image_prompts))
+        request = replace(self.request, source=source, style_image=style_image, control=units, image_prompts=prompts)
         if request.inpaint is not None and self.mask_sha256:
             request = replace(request, inpaint=replace(request.inpaint, mask=mask))
         if self.engine == "style":  # the style engine has no guidance, steps or sampler to set
@@ -154,8 +159,18 @@ class GenerationRecord:
                     SIDES, inpaint.outpaint, strict=True) if pixels) + '"'
         for number, entry in enumerate(self.controls):
             fields[f"ControlNet {number}"] = infotext(entry)
+        if self.image_prompt:  # as A1111's IP-Adapter units are named, with our mode and each picture's weight
+            entry = self.image_prompt
+            pictures = ", ".join(f"{item['sha256'][:10]}: {item['weight']:g}" for item in entry["images"])
+            fields["IP-Adapter"] = (f'"Model: {entry["adapter"]} [{str(entry["adapter_sha256"])[:8]}], Mode: '
+                                    f'{entry["mode"]}, Images: {pictures}"')
         lines.append(", ".join(f"{key}: {value}" for key, value in fields.items()))
         return "\n".join(lines)
+
+    @property
+    def image_prompt(self) -> dict[str, Any] | None:
+        """The image prompts' entry among the conditioners', if any."""
+        return next((entry for entry in self.conditions if entry.get("kind") == IMAGE_PROMPT_KIND), None)
 
     @property
     def controls(self) -> tuple[dict[str, Any], ...]:

@@ -299,6 +299,8 @@ class OpenVinoUNet:
         """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
         PyTorch rather than drop them."""
         others = {name: value for name, value in others.items() if value is not None}
+        if isinstance(encoder_hidden_states, tuple):  # an image prompt's tokens beside the text: PyTorch runs it
+            return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
         inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
         if added_cond_kwargs:
             inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
@@ -315,11 +317,16 @@ class OpenVinoUNet:
                 return (self._request(inputs),)
             except OpenVinoFailure as failure:
                 self.fallback.take_over(failure)
+        return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
+
+    def _in_torch(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: Any,
+                  timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
+                  others: dict[str, Any]) -> tuple[torch.Tensor]:
+        """The step with the PyTorch UNet (in its dtype), with every input as given."""
         dtype, unet = self.fallback.dtype, self.fallback.module
-        extra = {} if added_cond_kwargs is None else {
-            "added_cond_kwargs": {key: value.to(dtype) for key, value in added_cond_kwargs.items()}}
+        extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": _to_dtype(added_cond_kwargs, dtype)}
         extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
-        output = unet(sample.to(dtype), timestep, encoder_hidden_states.to(dtype), return_dict=False,
+        output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
                       timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
         return (output.float(),)
 

@@ -1,0 +1,189 @@
+"""Image prompts: reference pictures whose look (or layout) steers the denoising, through an IP-Adapter.
+
+``ImagePrompt`` is the request's part (up to four in ``GenerationRequest.image_prompts``): a picture and its
+weight, like Midjourney's ``--iw``. The engine loads the request's adapter once (its part cache), turns each picture
+into image tokens once (the adapter keeps them) and hands the loop an ``ImagePromptConditioner``.
+
+How the tokens reach the UNet, as diffusers' IP-Adapter does: each cross-attention layer attends to the image
+tokens beside the text ones (diffusers' ``IPAdapterAttnProcessor2_0``), and adds that attention scaled by the
+picture's weight. Each picture is its own set of tokens with its own weight (the adapter's weights are shared, not
+copied), and the tokens are projected once per picture rather than at every step.
+
+``mode``, the InstantStyle finding: ``style`` gives the pictures to the attention layers that carry style only (the
+deepest up block with cross-attention; in SDXL its middle attention), so the reference's look comes through without
+its content, as ``--sref`` does; ``layout`` to those that carry the layout (the deepest down block with
+cross-attention; in SDXL its second attention); ``both`` to every layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from img2img.engine.conditioning import Conditioner, Step
+from img2img.engine.fields import field_table, scalar
+from img2img.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import torch
+
+MAX_IMAGE_PROMPTS = 4
+MODES: tuple[str, ...] = ("both", "style", "layout")
+KIND = "image-prompt"  # the conditioner's kind, as records name it
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """A reference picture and how strongly it steers.
+
+    Attributes:
+        image: the picture (a PIL image or a path).
+    """
+
+    image: Image.Image | Path | str
+    weight: float = scalar(float, 1.0, "How strongly the picture steers (0: not at all), like Midjourney's --iw.",
+                           0.0, 2.0)
+
+    def validated(self) -> ImagePrompt:
+        from img2img.engine.request import check_scalar
+
+        for spec in field_table(ImagePrompt):
+            check_scalar(replace(spec, name=f"image_prompts.{spec.name}"), getattr(self, spec.name))
+        if not isinstance(self.image, Image.Image | Path | str) or not str(self.image):
+            raise InvalidArgument("image_prompts.image", "a picture or a path", type(self.image).__name__)
+        return self
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An image prompt's picture, read: at its own size, with the hash of its pixels."""
+
+    picture: Image.Image
+    sha256: str
+
+
+def parse_image_prompt(text: str) -> ImagePrompt:
+    """The command line's ``FILE[:WEIGHT]``; a file whose name ends in a colon and a number needs ``:1``."""
+    path, colon, tail = text.rpartition(":")
+    weight = None
+    if colon and path and not tail.startswith(("/", "\\")):
+        try:
+            weight = float(tail)
+        except ValueError:
+            pass
+    if weight is None:
+        return ImagePrompt(Path(text).expanduser()).validated()
+    return ImagePrompt(Path(path).expanduser(), weight).validated()
+
+
+def check_image_prompts(prompts: object) -> tuple[ImagePrompt, ...]:
+    """A request's ``image_prompts``: up to MAX_IMAGE_PROMPTS ImagePrompt objects, each checked."""
+    if not isinstance(prompts, tuple | list) or not all(isinstance(p, ImagePrompt) for p in prompts):
+        raise InvalidArgument("image_prompts", "a tuple of img2img.ImagePrompt", type(prompts).__name__)
+    if len(prompts) > MAX_IMAGE_PROMPTS:
+        raise InvalidArgument("image_prompts", f"at most {MAX_IMAGE_PROMPTS} pictures", len(prompts))
+    return tuple(prompt.validated() for prompt in prompts)
+
+
+def prompts_from_record(entry: dict[str, Any] | None, images: list[Any]) -> tuple[ImagePrompt, ...]:
+    """The image prompts that a recorded entry describes, each given its picture from ``images`` in order, each
+    picture checked against the recorded hash."""
+    from img2img.imageio.source import pixels_sha256, read_source
+
+    recorded = list(entry.get("images", ())) if entry else []
+    if len(images) != len(recorded):
+        raise InvalidArgument("image_prompts", f"{len(recorded)} pictures (the image prompts it was made with, in "
+                              "order)", f"{len(images)}")
+    prompts = []
+    for number, (item, image) in enumerate(zip(recorded, images, strict=True)):
+        found = pixels_sha256(read_source(image, field="image_prompts.image").rgb)
+        if found != item["sha256"]:
+            raise InvalidArgument("image_prompts", f"image prompt {number + 1} with SHA-256 {item['sha256'][:12]}...",
+                                  f"a picture with SHA-256 {found[:12]}...")
+        prompts.append(ImagePrompt(image, float(item.get("weight", 1.0))))
+    return tuple(prompts)
+
+
+def layer_factors(unet: Any, mode: str) -> dict[str, float]:
+    """Each cross-attention layer's share of the image prompt (by its processor's name) in ``mode``."""
+    names = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    if mode == "both":
+        return dict.fromkeys(names, 1.0)
+    config = unet.config
+    style = mode == "style"
+    prefix, types = ("up_blocks", config.up_block_types) if style else ("down_blocks", config.down_block_types)
+    crossed = [index for index, kind in enumerate(types) if "CrossAttn" in kind]
+    block = (crossed[0] if style else crossed[-1]) if crossed else -1
+    xl = config.addition_embed_type == "text_time"  # SDXL: one attention of the block, as InstantStyle found
+    target = f"{prefix}.{block}.attentions.1." if xl else f"{prefix}.{block}.attentions."
+    return {name: float(name.startswith(target)) for name in names}
+
+
+@dataclass(frozen=True, eq=False)
+class ImagePromptConditioner(Conditioner):
+    """The image prompts of a run: each picture's tokens beside the text in every cross-attention layer that the
+    mode gives them to, scaled by the picture's weight."""
+
+    adapter: Any  # img2img.models.ip_adapters.LoadedAdapter
+    tokens: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per picture: (unconditional, conditional)
+    weights: tuple[float, ...]
+    mode: str = "both"
+    name: str = ""  # the adapter's name and hash, as the record shows them
+    sha256: str = ""
+    image_sha256: tuple[str, ...] = ()
+    kind = KIND
+    inputs = ("ip_hidden_states",)
+
+    def acts(self) -> bool:
+        return any(weight != 0 for weight in self.weights)
+
+    @contextlib.contextmanager
+    def attach(self, pipeline: Any) -> Iterator[None]:
+        """diffusers' IP-Adapter attention on the UNet's cross-attention layers for the run, with each picture's
+        weight times the layer's share of the mode; the UNet's own processors come back after."""
+        if not self.acts():
+            yield
+            return
+        fallback = getattr(pipeline.unet, "fallback", None)  # OpenVINO's UNet hands these runs to PyTorch's
+        unet = pipeline.unet if fallback is None else fallback.module
+        own = unet.attn_processors
+        factors = layer_factors(unet, self.mode)
+        unet.set_attn_processor({name: _processor(self.adapter.layers[name], [w * factors[name] for w in self.weights])
+                                 if name in factors else processor for name, processor in own.items()})
+        try:
+            yield
+        finally:
+            unet.set_attn_processor(own)
+
+    def unet_inputs(self, step: Step) -> dict[str, Any]:
+        import torch
+
+        if not self.acts():
+            return {}
+        return {"ip_hidden_states": [torch.cat(pair) if step.guided else pair[1] for pair in self.tokens]}
+
+    def metadata(self) -> dict[str, Any] | None:
+        return {"adapter": self.name, "adapter_sha256": self.sha256, "mode": self.mode,
+                "images": [{"sha256": sha256, "weight": weight}
+                           for sha256, weight in zip(self.image_sha256, self.weights, strict=True)]}
+
+
+def _processor(layer: tuple[torch.nn.Module, torch.nn.Module], scales: list[float]) -> Any:
+    """diffusers' IP-Adapter attention for one layer and len(scales) pictures, on the adapter's own key and value
+    projections (shared by every picture, not copied)."""
+    import torch
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+
+    keys, values = layer
+    processor = IPAdapterAttnProcessor2_0.__new__(IPAdapterAttnProcessor2_0)
+    torch.nn.Module.__init__(processor)
+    processor.hidden_size, processor.cross_attention_dim = keys.out_features, keys.in_features
+    processor.num_tokens, processor.scale = [0] * len(scales), list(scales)  # num_tokens: for a form we never pass
+    processor.to_k_ip = torch.nn.ModuleList([keys] * len(scales))
+    processor.to_v_ip = torch.nn.ModuleList([values] * len(scales))
+    return processor
