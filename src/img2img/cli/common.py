@@ -49,6 +49,8 @@ def flag_for(argument: str) -> str:
         return INPAINT_SPEC[argument].option
     if argument.startswith("control."):  # a unit's key: --control's KEY=VALUE
         return f"--control's {argument.removeprefix('control.')}"
+    if argument.startswith("image_prompts"):  # FILE[:WEIGHT]
+        return "--image-prompt" + ("'s weight" if argument.endswith(".weight") else "")
     return FLAGS.get(argument, f"--{argument.replace('_', '-')}")
 
 

@@ -99,6 +99,8 @@ def reproduce(
     mask: Annotated[Path | None, typer.Option("--mask", help="The mask FILE was inpainted with.")] = None,
     control_image: Annotated[list[Path] | None, typer.Option(
         "--control-image", help="The picture of each control unit that had its own, in order.")] = None,
+    image_prompt: Annotated[list[Path] | None, typer.Option(
+        "--image-prompt", help="The picture of each image prompt, in order.")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or a folder.")] = None,
     model: c.Model = None,
     quality: c.Quality = 90,
@@ -117,7 +119,8 @@ def reproduce(
       img2img reproduce painting.png --source photo.jpg --model ~/models/sd15.safetensors -o again.png
 
     The same source, model, settings and machine give an identical file. An inpainted FILE needs its --mask, a
-    controlled one the pictures of its control units (--control-image, repeated).
+    controlled one the pictures of its control units (--control-image, repeated), one with image prompts their
+    pictures (--image-prompt, repeated).
     """
     from img2img.cli.generate import announce_model, prepare, save
     from img2img.engine.result import GenerationRecord
@@ -129,7 +132,7 @@ def reproduce(
     record = GenerationRecord.from_json(metadata.record)
     if record.style_image_sha256 and style_image is None:
         raise InvalidArgument("style_image", f"the style picture {file.name} was made with", None)
-    request = record.to_request(source, style_image, mask, control_image or ())
+    request = record.to_request(source, style_image, mask, control_image or (), image_prompt or ())
     if model is not None:
         request = replace(request, model=model)
     request = _same_addons(record, request)

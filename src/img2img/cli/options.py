@@ -7,7 +7,8 @@ A new field in the table is an option of run, sweep and batch with no change her
 
 The inpainting part's fields (``img2img.engine.inpaint.INPAINT_FIELDS``) are options too, in their own help panel,
 beside ``--mask`` and ``--outpaint``; given a mask or an outpaint, ``fields["inpaint"]`` holds the ``Inpaint``.
-``--control`` (repeatable) gives ``fields["control"]``, the ``ControlUnit`` objects.
+``--control`` (repeatable) gives ``fields["control"]``, the ``ControlUnit`` objects; ``--image-prompt``
+(repeatable) gives ``fields["image_prompts"]``, the ``ImagePrompt`` objects.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import typer
 
 from img2img.engine.control import parse_unit
 from img2img.engine.fields import FieldSpec
+from img2img.engine.image_prompt import MAX_IMAGE_PROMPTS, parse_image_prompt
 from img2img.engine.inpaint import ALPHA, INPAINT_FIELDS, Inpaint, parse_outpaint
 from img2img.engine.request import FIELDS
 from img2img.errors import InvalidArgument
@@ -38,6 +40,11 @@ CONTROL_HELP = ("A ControlNet or T2I-Adapter unit: model=NAME (registered, in th
                 "and any of image=FILE (default: the source), preprocessor (img2img preprocess --list), weight 0..2, "
                 "start, end, mode (balanced, prompt, control), resize (just, crop, fill), threshold_a, threshold_b. "
                 "Up to 3.")
+IMAGE_PROMPT_HELP = (f"A reference picture whose look steers the result, with a weight 0..2 (default 1), like "
+                     f"Midjourney's --iw: ref.png or ref.png:0.6. Up to {MAX_IMAGE_PROMPTS}. Needs --ip-adapter with a "
+                     "diffusion model; the built-in engine takes it as a style picture.")
+IMAGE_PROMPT_PANEL = "Image prompts"
+IMAGE_PROMPT_FIELDS = ("ip_adapter", "image_prompt_mode")
 
 
 def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
@@ -51,8 +58,8 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
         own = [param.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, param in signature.parameters.items()
                if name != "fields"]  # typer passes every value by name, so any order of defaults will do
         arguments = [param for param in own if _is_argument(param)]
-        added = [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(spec))
-                 for spec in specs]
+        added = [inspect.Parameter(spec.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=_option(
+            spec, IMAGE_PROMPT_PANEL if spec.name in IMAGE_PROMPT_FIELDS else "Generation")) for spec in specs]
         added += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             str | None, typer.Option(f"--{name}", help=text, rich_help_panel=PANEL, show_default=False)])
             for name, text in (("mask", MASK_HELP), ("outpaint", OUTPAINT_HELP))]
@@ -61,6 +68,10 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
         added.append(inspect.Parameter("control", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
             list[str] | None, typer.Option("--control", help=CONTROL_HELP, rich_help_panel="Control",
                                            show_default=False, metavar="KEY=VALUE,...")]))
+        added.append(inspect.Parameter("image_prompt", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                       annotation=Annotated[list[str] | None, typer.Option(
+                                           "--image-prompt", help=IMAGE_PROMPT_HELP, rich_help_panel=IMAGE_PROMPT_PANEL,
+                                           show_default=False, metavar="FILE[:WEIGHT]")]))
 
         @functools.wraps(command)
         def with_fields(**values: Any) -> None:
@@ -72,6 +83,8 @@ def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:
             fields |= {"inpaint": part} if part is not None else {}
             units = values.pop("control")
             fields |= {"control": tuple(parse_unit(text) for text in units)} if units else {}
+            pictures = values.pop("image_prompt")
+            fields |= {"image_prompts": tuple(parse_image_prompt(text) for text in pictures)} if pictures else {}
             command(**values, fields=fields)
 
         parameters = [*arguments, *added, *(param for param in own if param not in arguments)]

@@ -72,10 +72,8 @@ def parse_image_prompt(text: str) -> ImagePrompt:
     path, colon, tail = text.rpartition(":")
     weight = None
     if colon and path and not tail.startswith(("/", "\\")):
-        try:
+        with contextlib.suppress(ValueError):
             weight = float(tail)
-        except ValueError:
-            pass
     if weight is None:
         return ImagePrompt(Path(text).expanduser()).validated()
     return ImagePrompt(Path(path).expanduser(), weight).validated()
@@ -97,8 +95,9 @@ def prompts_from_record(entry: dict[str, Any] | None, images: list[Any]) -> tupl
 
     recorded = list(entry.get("images", ())) if entry else []
     if len(images) != len(recorded):
-        raise InvalidArgument("image_prompts", f"{len(recorded)} pictures (the image prompts it was made with, in "
-                              "order)", f"{len(images)}")
+        count = f"{len(recorded)} picture{'s' if len(recorded) != 1 else ''}"
+        raise InvalidArgument("image_prompts", f"{count} (of the image prompts it was made with, in order)",
+                              f"{len(images)}")
     prompts = []
     for number, (item, image) in enumerate(zip(recorded, images, strict=True)):
         found = pixels_sha256(read_source(image, field="image_prompts.image").rgb)

@@ -173,7 +173,8 @@ class FoundRequest:
 
 # Our record's fields that a new request leaves behind: the model (and its VAE), the sizes and the handling of the
 # source are the new run's own. Every other request field is taken over.
-NOT_TAKEN = ("model", "vae", "size", "max_side", "resize_mode", "background", "keep_alpha")
+NOT_TAKEN = ("model", "vae", "size", "max_side", "resize_mode", "background", "keep_alpha", "ip_adapter",
+             "image_prompt_mode")
 
 
 def params_from(picture: Path | str | bytes, field: str = "params_from", max_pixels: int = DEFAULT_MAX_PIXELS
@@ -217,6 +218,9 @@ def _left_out(record: dict[str, Any]) -> list[str]:
         counted = f"{len(units)} control units are" if len(units) > 1 else "control unit is"
         warnings.append(f"the file's {counted} not taken over (give them with --control, or use img2img reproduce "
                         "with --control-image)")
+    if any(entry.get("kind") == "image-prompt" for entry in record.get("conditions") or ()):
+        warnings.append("the file's image prompts are not taken over (give them with --image-prompt, or use img2img "
+                        "reproduce with --image-prompt)")
     if record.get("mask_sha256") or record.get("mask"):
         warnings.append("the file's inpaint mask is not taken over (give it with --mask, or use img2img reproduce)")
     return warnings

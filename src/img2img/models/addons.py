@@ -21,14 +21,14 @@ import platformdirs
 
 from img2img.errors import InvalidArgument, ModelError
 
-KINDS = ("lora", "embedding", "vae", "controlnet", "t2i-adapter", "depth")
+KINDS = ("lora", "embedding", "vae", "controlnet", "t2i-adapter", "depth", "ip-adapter")
 FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR", "vae": "IMG2IMG_VAE_DIR",
               "controlnet": "IMG2IMG_CONTROLNET_DIR", "t2i-adapter": "IMG2IMG_CONTROLNET_DIR",
-              "depth": "IMG2IMG_ANNOTATOR_DIR"}
+              "depth": "IMG2IMG_ANNOTATOR_DIR", "ip-adapter": "IMG2IMG_IP_ADAPTER_DIR"}
 FOLDER_NAME = {"lora": "loras", "embedding": "embeddings", "vae": "vae", "controlnet": "controlnet",
-               "t2i-adapter": "controlnet", "depth": "annotators"}
+               "t2i-adapter": "controlnet", "depth": "annotators", "ip-adapter": "ipadapter"}
 LABEL = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE", "controlnet": "ControlNet",
-         "t2i-adapter": "T2I-Adapter", "depth": "depth model"}
+         "t2i-adapter": "T2I-Adapter", "depth": "depth model", "ip-adapter": "IP-Adapter"}
 FOLDER_KINDS = ("vae", "controlnet", "t2i-adapter")  # kinds that may be a diffusers folder rather than a file
 BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_A.default.weight")
@@ -58,13 +58,17 @@ def detect(path: Path) -> AddonInfo | None:
     ControlNet or a T2I-Adapter, or None (a checkpoint)."""
     from safetensors import safe_open
 
-    from img2img.models import control_models
+    from img2img.models import control_models, ip_adapters
     from img2img.models.estimators import is_depth_folder
 
     if path.is_dir():
         control = control_models.detect(path)
         if control is not None:
             return AddonInfo(control.kind, control.width, control.xl)
+        adapters = ip_adapters.adapter_files(path)
+        if adapters:
+            widths = {ip_adapters.detect(file).width for file in adapters}  # type: ignore[union-attr]
+            return AddonInfo("ip-adapter", min(widths), widths == {2048})
         if is_depth_folder(path):
             return AddonInfo("depth", None, False)
         config = path / "config.json"
@@ -81,6 +85,9 @@ def detect(path: Path) -> AddonInfo | None:
     control = control_models.detect(path, shapes)
     if control is not None:
         return AddonInfo(control.kind, control.width, control.xl)
+    adapter = ip_adapters.detect_keys(shapes)
+    if adapter is not None:
+        return AddonInfo("ip-adapter", adapter.width, adapter.width == 2048)
     if any(marker in key for key in keys for marker in _LYCORIS):
         raise ModelError(f"{path.name} is a LyCORIS LoHa/LoKr/OFT/IA3 file, which diffusers cannot apply; "
                          "LoRA and LoCon files work")

@@ -1,0 +1,63 @@
+"""Image prompts from the command line: --image-prompt with --ip-adapter, the record and infotext, reproduce with
+the pictures, registering an adapter, the built-in engine's style pictures, and bad input in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from img2img.imageio.metadata import read_metadata
+from test_cli import assert_one_line_error, img2img
+
+
+def test_image_prompts_are_recorded_and_reproduce(tiny_sd, tiny_ip_adapter, photo, other_photo, tmp_path) -> None:
+    out = tmp_path / "prompted.png"
+    ran = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "4", "--seed", "7", "-o", str(out),
+                  "--ip-adapter", str(tiny_ip_adapter), "--image-prompt", f"{other_photo}:0.6",
+                  "--image-prompt-mode", "style")
+    assert ran.returncode == 0, ran.stderr
+    metadata = read_metadata(out)
+    assert 'IP-Adapter: "Model: ip-adapter_tiny [' in metadata.parameters and "Mode: style" in metadata.parameters
+    entry = json.loads(metadata.record)["conditions"][0]
+    assert entry["kind"] == "image-prompt" and entry["images"][0]["weight"] == 0.6
+    taken = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "2", "--params-from", str(out),
+                    "-o", str(tmp_path / "taken.png"))
+    assert taken.returncode == 0 and "the file's image prompts are not taken over" in taken.stderr, taken.stderr
+    base = ["reproduce", str(out), "--source", str(photo), "--model", str(tiny_sd), "-o", str(tmp_path / "again.png")]
+    assert_one_line_error(img2img(*base), "--image-prompt should be 1 picture (of the image prompts")
+    again = img2img(*base, "--image-prompt", str(other_photo))
+    assert again.returncode == 0, again.stderr
+    assert Image.open(tmp_path / "again.png").tobytes() == Image.open(out).tobytes()
+
+
+def test_an_adapter_is_registered_by_name(tiny_sd, tiny_ip_adapter, photo, other_photo, tmp_path) -> None:
+    added = img2img("models", "add", "tiny-ip", str(tiny_ip_adapter.parent))
+    assert added.returncode == 0 and "IP-Adapter" in added.stdout, added.stdout + added.stderr
+    ran = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "2", "-o", str(tmp_path / "a.png"),
+                  "--ip-adapter", "tiny-ip", "--image-prompt", str(other_photo))
+    assert ran.returncode == 0, ran.stderr
+
+
+def test_the_builtin_engine_takes_the_image_prompt_as_its_style(photo, other_photo, tmp_path) -> None:
+    ran = img2img("run", str(photo), "", "--model", "builtin", "--seed", "3", "--strength", "0.7",
+                  "--image-prompt", str(other_photo), "-o", str(tmp_path / "styled.png"))
+    assert ran.returncode == 0, ran.stderr
+    styled = img2img("run", str(photo), "", "--model", "builtin", "--seed", "3", "--strength", "0.7",
+                     "--style-image", str(other_photo), "-o", str(tmp_path / "same.png"))
+    assert styled.returncode == 0, styled.stderr
+    assert Image.open(tmp_path / "styled.png").tobytes() == Image.open(tmp_path / "same.png").tobytes()
+
+
+def test_bad_image_prompts_get_one_line(tiny_sd, tiny_ip_adapter, photo, other_photo, tmp_path) -> None:
+    base = ["run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "2", "-o", str(tmp_path / "x.png")]
+    assert_one_line_error(img2img(*base, "--image-prompt", str(other_photo)), "--ip-adapter", "an IP-Adapter")
+    assert_one_line_error(img2img(*base, "--ip-adapter", str(tiny_ip_adapter), "--image-prompt",
+                                  f"{other_photo}:2.5"), "--image-prompt's weight", "2.5")
+    assert_one_line_error(img2img(*base, "--ip-adapter", str(tiny_ip_adapter),
+                                  *[arg for _ in range(5) for arg in ("--image-prompt", str(other_photo))]),
+                          "--image-prompt", "at most 4")
+    assert_one_line_error(img2img(*base, "--ip-adapter", "nowhere", "--image-prompt", str(other_photo)),
+                          "--ip-adapter", "nowhere")
+    assert not Path(tmp_path / "x.png").exists()
