@@ -30,4 +30,5 @@ def map_body(context: Any, body: Any) -> Any:
         return body
     return {**body, "source": _picture(), "style_image": None, "params_from": None, "model": "builtin",
             "prompt": "fauve", "num_images": 1, "loops": 1, "size": None, "max_side": None, "background": "white",
-            "sampler": None, "control": []}  # control units need a diffusion model
+            "sampler": None, "control": [], "ip_adapter": None,
+            "image_prompts": []}  # control units and IP-Adapters need a diffusion model

@@ -244,7 +244,7 @@ class Engine:
             backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
             maps = self.control_maps(first, source) if runs else []  # bad units are refused before any load
             references = self.references(first) if runs else []
-            adapter = self._adapter(first) if references else None
+            adapter = self.adapter(first) if references else None
             output_size, working_size, files = self.plan(first, source, runs, masking, maps)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
@@ -370,7 +370,7 @@ class Engine:
                     for prompt in request.image_prompts]
         return [Reference(picture, pixels_sha256(picture)) for picture in pictures]
 
-    def _adapter(self, request: GenerationRequest) -> tuple[str, Path]:
+    def adapter(self, request: GenerationRequest) -> tuple[str, Path]:
         """The request's IP-Adapter found (not loaded): its name and its file or folder."""
         if not request.ip_adapter:
             raise InvalidArgument("ip_adapter", "an IP-Adapter to read the image prompts with a diffusion model (or "

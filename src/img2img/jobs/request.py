@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from img2img.engine.control import ControlUnit
+    from img2img.engine.image_prompt import ImagePrompt
     from img2img.engine.inpaint import Inpaint
     from img2img.engine.request import GenerationRequest
     from img2img.jobs.blobs import BlobStore
 
-STORED_APART = ("source", "style_image", "model_sha256", "mask", "control_images")
+STORED_APART = ("source", "style_image", "model_sha256", "mask", "control_images", "image_prompt_images")
 
 
 @dataclass(frozen=True)
@@ -23,19 +24,21 @@ class JobRequest:
     model_sha256: str | None = None  # the weights the job was accepted with; None for the built-in engine
     mask: str | None = None  # an inpaint's mask picture's blob name
     control_images: tuple[str | None, ...] = ()  # each control unit's picture's blob name (None: the source)
+    image_prompt_images: tuple[str, ...] = ()  # each image prompt's picture's blob name
 
     def to_dict(self) -> dict[str, Any]:
         """The stored form: one flat JSON object (the same as before this type existed)."""
         return {**self.fields, "source": self.source, "style_image": self.style_image,
                 **({"model_sha256": self.model_sha256} if self.model_sha256 else {}),
                 **({"mask": self.mask} if self.mask else {}),
-                **({"control_images": list(self.control_images)} if self.control_images else {})}
+                **({"control_images": list(self.control_images)} if self.control_images else {}),
+                **({"image_prompt_images": list(self.image_prompt_images)} if self.image_prompt_images else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRequest:
         return cls(data["source"], {key: value for key, value in data.items() if key not in STORED_APART},
                    data.get("style_image"), data.get("model_sha256"), data.get("mask"),
-                   tuple(data.get("control_images", ())))
+                   tuple(data.get("control_images", ())), tuple(data.get("image_prompt_images", ())))
 
     def generation_request(self, blobs: BlobStore, default_model: str | None = None) -> GenerationRequest:
         """The engine's request, its images read from ``blobs``; ``default_model`` for jobs stored before models
@@ -48,9 +51,11 @@ class JobRequest:
         inpaint = inpaint_part(values.pop("inpaint", None), blobs.path(self.mask) if self.mask else None)
         control = control_part(values.pop("control", None),
                                [blobs.path(name) if name else None for name in self.control_images])
+        prompts = prompt_part(values.pop("image_prompts", None),
+                              [blobs.path(name) for name in self.image_prompt_images])
         return GenerationRequest(source=blobs.path(self.source), size=tuple(size) if size else None,
                                  style_image=blobs.path(self.style_image) if self.style_image else None,
-                                 inpaint=inpaint, control=control, **values)
+                                 inpaint=inpaint, control=control, image_prompts=prompts, **values)
 
 
 def inpaint_part(values: dict[str, Any] | None, mask: Any) -> Inpaint | None:
@@ -75,3 +80,16 @@ def control_part(values: list[dict[str, Any]] | None, images: list[Any]) -> tupl
     return tuple(unit_from({**{key: value for key, value in unit.items() if value is not None or key == "image"},
                             "image": picture}, f"control.{number}")
                  for number, (unit, picture) in enumerate(zip(units, pictures, strict=False)))
+
+
+def prompt_part(values: list[dict[str, Any]] | None, images: list[Any]) -> tuple[ImagePrompt, ...]:
+    """The request's image prompts from their JSON fields (their weights) and their pictures, in order."""
+    from img2img.engine.image_prompt import ImagePrompt
+    from img2img.errors import InvalidArgument
+
+    entries = list(values or [])
+    if len(images) != len(entries):
+        raise InvalidArgument("image_prompts", f"a picture for each of the {len(entries)} image prompts",
+                              f"{len(images)} pictures")
+    return tuple(ImagePrompt(image, **{key: value for key, value in entry.items() if key != "image"})
+                 for entry, image in zip(entries, images, strict=True))

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from img2img.engine.control import MAX_UNITS, unit_fields
-from img2img.engine.fields import FieldSpec
+from img2img.engine.fields import FieldSpec, field_table
+from img2img.engine.image_prompt import MAX_IMAGE_PROMPTS, ImagePrompt
 from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
@@ -65,12 +66,19 @@ ControlFields = create_model(  # type: ignore[call-overload]
                       "folder in the ControlNet folder (GET /v1/controlnets)")),
     image=(str | None, Field(None, description="the unit's picture: base64 in a JSON job, \"upload\" for the next "
                              "control_images file of a form; none: the source")))
+ImagePromptFields = create_model(  # type: ignore[call-overload]
+    "ImagePromptFields", __config__=ConfigDict(extra="forbid"),
+    __doc__="A reference picture and its weight (img2img.ImagePrompt).", **_schema_fields(field_table(ImagePrompt)),
+    image=(str | None, Field(None, description="the picture: base64 in a JSON job, \"upload\" (or none) for the "
+                             "next image_prompt_images file of a form")))
 JobFields = create_model(  # type: ignore[call-overload]
     "JobFields", __config__=ConfigDict(extra="forbid"),
     __doc__="The request, as img2img.GenerationRequest takes it (without the images).", **_schema_fields(FIELDS),
     size=(tuple[Side, Side] | None, Field(None, description="the output size (width, height)")),
     inpaint=(InpaintFields | None, Field(None, description="repaint only part of the source, or grow its canvas")),
-    control=(list[ControlFields], Field([], max_length=MAX_UNITS, description="structure control units")))
+    control=(list[ControlFields], Field([], max_length=MAX_UNITS, description="structure control units")),
+    image_prompts=(list[ImagePromptFields], Field([], max_length=MAX_IMAGE_PROMPTS, description="reference pictures "
+                   "whose look steers the result (with ip_adapter; the built-in engine's style pictures)")))
 
 
 class JsonJob(JobFields):  # type: ignore[valid-type, misc]
@@ -92,7 +100,12 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     mask = decode_base64(body.mask, "mask", svc) if body.mask else None
     pictures = [decode_base64(unit.image, f"control.{number}.image", svc) if unit.image else None
                 for number, unit in enumerate(body.control)]
-    return {**svc.view(svc.submit(who, fields, source, style, mask, pictures)), "notes": notes}
+    if any(not entry.image for entry in body.image_prompts):
+        raise ApiError(422, "invalid_request", "image_prompts.image should be a picture in base64 in a JSON job, "
+                       "but one is missing", "image_prompts.image")
+    references = [decode_base64(entry.image, f"image_prompts.{number}.image", svc)
+                  for number, entry in enumerate(body.image_prompts)]
+    return {**svc.view(svc.submit(who, fields, source, style, mask, pictures, references)), "notes": notes}
 
 
 @router.post("/jobs/form", status_code=202, **JOB_LINKS)
@@ -105,6 +118,8 @@ async def submit_form(
     mask: Annotated[UploadFile | None, File(description="a mask picture: white repaints, black keeps")] = None,
     control_images: Annotated[list[UploadFile] | None, File(
         description="the pictures of the control units whose image is \"upload\", in order")] = None,
+    image_prompt_images: Annotated[list[UploadFile] | None, File(
+        description="the pictures of the image prompts, in order")] = None,
 ) -> dict[str, Any]:
     """Queue a job from a multipart form: the source image file and the request as JSON."""
     try:
@@ -120,7 +135,9 @@ async def submit_form(
     mask_data = await read_upload(mask, "mask", svc) if mask else None
     uploads = [await read_upload(upload, "control_images", svc) for upload in control_images or []]
     pictures = _uploaded_pictures(body.control, uploads)
-    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style, mask_data, pictures)))
+    references = [await read_upload(upload, "image_prompt_images", svc) for upload in image_prompt_images or []]
+    job = await asyncio.to_thread(lambda: svc.view(svc.submit(who, fields, data, style, mask_data, pictures,
+                                                              references)))
     return {**job, "notes": notes}
 
 

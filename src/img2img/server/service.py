@@ -19,7 +19,7 @@ from PIL import Image
 from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
 from img2img.jobs.blobs import BlobStore
-from img2img.jobs.request import JobRequest, control_part, inpaint_part
+from img2img.jobs.request import JobRequest, control_part, inpaint_part, prompt_part
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import Job, JobStore, QueueFull
 from img2img.server.auth import Caller
@@ -65,10 +65,12 @@ class Service:
     # Submitting -------------------------------------------------------------------------------------------------
 
     def submit(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None = None,
-               mask: bytes | None = None, control_images: list[bytes | None] | None = None) -> Job:
+               mask: bytes | None = None, control_images: list[bytes | None] | None = None,
+               prompt_images: list[bytes] | None = None) -> Job:
         """Check ``fields`` (GenerationRequest's, without the images) and the images, store them, queue the job.
-        ``control_images``: each control unit's picture in order (None: the unit reads the source)."""
-        request = self.check(caller, fields, source, style_image, mask, control_images or [])
+        ``control_images``: each control unit's picture in order (None: the unit reads the source);
+        ``prompt_images``: each image prompt's picture in order."""
+        request = self.check(caller, fields, source, style_image, mask, control_images or [], prompt_images or [])
         try:
             job = self.store.submit(caller.owner, caller.rank, request, max_per_owner=self.settings.max_queued_per_key,
                                     max_total=self.settings.max_queued_total)
@@ -80,7 +82,8 @@ class Service:
         return job
 
     def check(self, caller: Caller, fields: dict[str, Any], source: bytes, style_image: bytes | None,
-              mask: bytes | None = None, control_images: list[bytes | None] | None = None) -> JobRequest:
+              mask: bytes | None = None, control_images: list[bytes | None] | None = None,
+              prompt_images: list[bytes] | None = None) -> JobRequest:
         from img2img.engine.request import GenerationRequest
         from img2img.imageio.source import read_source
 
@@ -93,10 +96,13 @@ class Service:
         fields = dict(fields)
         # Resolved now, so a later change of the default model does not change queued jobs.
         fields["model"] = self.model_name(caller, fields.get("model"))
-        vae = fields.get("vae")
-        if isinstance(vae, str) and ("/" in vae or "\\" in vae or vae.startswith(".")):  # names only, never paths
-            raise ApiError(422, "invalid_argument", f"vae should be a VAE's name (registered, or in a VAE folder), "
-                           f"but got {vae!r}", "vae")
+        for name, what in (("vae", "a VAE's name (registered, or in a VAE folder)"),
+                           ("ip_adapter", "an IP-Adapter's name (registered, or in the IP-Adapter folder)")):
+            value = fields.get(name)
+            if isinstance(value, str) and ("/" in value or "\\" in value or value.startswith(".")):  # never paths
+                raise ApiError(422, "invalid_argument", f"{name} should be {what}, but got {value!r}", name)
+        fields["image_prompts"] = [{key: value for key, value in entry.items() if key != "image"}  # pictures: blobs
+                                   for entry in fields.get("image_prompts") or []]
         fields["control"] = [{key: value for key, value in unit.items() if key != "image"}  # pictures: blobs
                              for unit in fields.get("control") or []]
         for number, unit in enumerate(fields["control"]):
@@ -118,8 +124,13 @@ class Service:
             pictures = [read_source(data, max_pixels=settings.max_pixels, field=f"control.{number}.image").rgb
                         if data else None for number, data in enumerate(control_images or [])]
             control = control_part(fields.get("control"), pictures)
+            reading = "image_prompts"
+            references = [read_source(data, max_pixels=settings.max_pixels, field=f"image_prompts.{number}.image").rgb
+                          for number, data in enumerate(prompt_images or [])]
+            prompts = prompt_part(fields.get("image_prompts"), references)
             request = GenerationRequest(source=picture.rgb, **{**fields, "size": tuple(size) if size else None,
-                                                               "inpaint": inpaint, "control": control},
+                                                               "inpaint": inpaint, "control": control,
+                                                               "image_prompts": prompts},
                                         style_image=style.rgb if style else None).validated(settings.max_images_per_job)
             reading = "mask"
             masking = self.planner.masking(request, picture)
@@ -127,6 +138,8 @@ class Service:
                 picture = masking.canvas
             maps = self.planner.control_maps(request, picture) if request.control and not \
                 self.planner.is_builtin(request.model) else []  # the units' models (by name) and preprocessors
+            if request.image_prompts and not self.planner.is_builtin(request.model):
+                self.planner.adapter(request)  # the adapter's name is one the server has
             files = self.planner.plan(request, picture, request.strength > 0, masking, maps)[2]  # sizes, memory
             self.planner.check_addons([request])  # LoRA and VAE names
             model_sha256 = None
@@ -150,7 +163,8 @@ class Service:
         return JobRequest(self.blobs.put(source, _suffix(source)), fields,
                           self.blobs.put(style_image, _suffix(style_image)) if style_image else None, model_sha256,
                           self.blobs.put(mask, _suffix(mask)) if mask else None,
-                          tuple(self.blobs.put(data, _suffix(data)) if data else None for data in control_images or []))
+                          tuple(self.blobs.put(data, _suffix(data)) if data else None for data in control_images or []),
+                          tuple(self.blobs.put(data, _suffix(data)) for data in prompt_images or []))
 
     def model_name(self, caller: Caller, model: str | None) -> str:
         """A registry name or the built-in engine; never a path or a repo id from a request. With none asked
@@ -196,7 +210,7 @@ class Service:
     def view(self, job: Job) -> dict[str, Any]:
         fraction = job.step / job.total if job.total else (1.0 if job.state == "done" else 0.0)
         request = {key: value for key, value in job.request.to_dict().items()
-                   if key not in ("source", "style_image", "mask", "control_images")}
+                   if key not in ("source", "style_image", "mask", "control_images", "image_prompt_images")}
         return {
             "id": job.id, "state": job.state, "position": self.store.position(job),
             "progress": {"step": job.step, "total": job.total, "fraction": round(fraction, 4)},
