@@ -76,7 +76,8 @@ def test_records_written_before_keep_their_meaning() -> None:
     model's own VAE, no image prompts."""
     again = json.loads(GenerationRecord.from_json(WRITTEN_BEFORE).to_json())
     assert again == json.loads(WRITTEN_BEFORE) | {"prompt_syntax": "plain", "clip_skip": 1, "vae": None,
-                                                  "ip_adapter": None, "image_prompt_mode": "both"}
+                                                  "ip_adapter": None, "image_prompt_mode": "both",
+                                                  "image_prompt_combine": "separate"}
 
 
 def test_an_early_record_takes_the_defaults_of_later_fields(tiny_sd, photo) -> None:

@@ -179,3 +179,19 @@ def test_openvino_hands_image_prompts_to_pytorch_with_a_note(tiny_sd, tiny_ip_ad
     result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
     assert any("ip_hidden_states" in note and "PyTorch" in note for note in result.notes)
     assert np.abs(np.asarray(result.images[0], dtype=np.int16) - expected).max() <= 2
+
+
+def test_averaged_pictures_make_one_image_prompt(engine, tiny_sd, tiny_ip_adapter, pictures) -> None:
+    source, coffee, cat = pictures
+    one = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee, 0.8), adapter=tiny_ip_adapter))
+    averaged_one = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee, 0.8), adapter=tiny_ip_adapter,
+                                            image_prompt_combine="average"))
+    assert np.array_equal(one, averaged_one), "the average of one picture is that picture"
+    separate = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee), ImagePrompt(cat),
+                                        adapter=tiny_ip_adapter))
+    averaged = engine.generate(_request(tiny_sd, source, ImagePrompt(coffee, 2.0), ImagePrompt(cat, 1.0),
+                                        *[ImagePrompt(cat, 0.5)] * 3, adapter=tiny_ip_adapter,
+                                        image_prompt_combine="average"))
+    assert np.abs(np.asarray(averaged.images[0], dtype=np.int16) - separate).mean() > 0.5
+    entry = averaged.record.image_prompt
+    assert entry["combine"] == "average" and [item["weight"] for item in entry["images"]] == [2.0, 1.0, 0.5, 0.5, 0.5]

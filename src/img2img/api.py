@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from img2img.engine.control import AdapterConditioner, ControlConditioner, ControlUnit, UnitConditioner
-from img2img.engine.image_prompt import ImagePromptConditioner, Reference
+from img2img.engine.image_prompt import ImagePromptConditioner, Reference, image_tokens
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -380,7 +380,7 @@ class Engine:
     def _image_prompt(self, adapter: tuple[str, Path], references: list[Reference], loaded: LoadedModel,
                       cell: GenerationRequest) -> ImagePromptConditioner:
         """The cell's image prompts as a conditioner: the adapter checked against the model's base and loaded for
-        its UNet through the part cache, each picture's tokens computed once (the adapter keeps them)."""
+        its UNet through the part cache, each picture's embedding computed once (the adapter keeps them)."""
         name, found = adapter
         unet = loaded.pipeline.unet
         path, _ = ip_adapters.choose(found, int(unet.config["cross_attention_dim"]), loaded.name)
@@ -389,10 +389,11 @@ class Engine:
         kind = f"{ip_adapters.KIND}@{_digest(dict(unet.config))}-{torch_unet.dtype}"
         loaded_adapter = self.parts.get(kind, path, self.placement,
                                         lambda file, _placement: ip_adapters.load(file, torch_unet))
-        tokens = tuple(loaded_adapter.tokens(ref.picture, ref.sha256) for ref in references)
-        return ImagePromptConditioner(loaded_adapter, tokens, tuple(p.weight for p in cell.image_prompts),
-                                      cell.image_prompt_mode, name, weights_sha256(path),
-                                      tuple(ref.sha256 for ref in references))
+        tokens, scales = image_tokens(loaded_adapter, references, cell.image_prompts, cell.image_prompt_combine)
+        pictures = tuple((ref.sha256, prompt.weight) for ref, prompt in zip(references, cell.image_prompts,
+                                                                            strict=True))
+        return ImagePromptConditioner(loaded_adapter, tokens, scales, pictures, cell.image_prompt_mode,
+                                      cell.image_prompt_combine, name, weights_sha256(path))
 
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""

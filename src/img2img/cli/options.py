@@ -44,7 +44,7 @@ IMAGE_PROMPT_HELP = (f"A reference picture whose look steers the result, with a 
                      f"Midjourney's --iw: ref.png or ref.png:0.6. Up to {MAX_IMAGE_PROMPTS}. Needs --ip-adapter with a "
                      "diffusion model; the built-in engine takes it as a style picture.")
 IMAGE_PROMPT_PANEL = "Image prompts"
-IMAGE_PROMPT_FIELDS = ("ip_adapter", "image_prompt_mode")
+IMAGE_PROMPT_FIELDS = ("ip_adapter", "image_prompt_mode", "image_prompt_combine")
 
 
 def request_options(*, leave_out: tuple[str, ...] = ()) -> Callable[[F], F]:

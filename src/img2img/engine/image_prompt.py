@@ -7,7 +7,9 @@ into image tokens once (the adapter keeps them) and hands the loop an ``ImagePro
 How the tokens reach the UNet, as diffusers' IP-Adapter does: each cross-attention layer attends to the image
 tokens beside the text ones (diffusers' ``IPAdapterAttnProcessor2_0``), and adds that attention scaled by the
 picture's weight. Each picture is its own set of tokens with its own weight (the adapter's weights are shared, not
-copied), and the tokens are projected once per picture rather than at every step.
+copied), and the tokens are projected once per run rather than at every step. ``combine="average"`` (what
+``img2img blend`` asks for) mixes the pictures' embeddings by their weights into one image prompt instead, which
+acts at the largest weight.
 
 ``mode``, the InstantStyle finding: ``style`` gives the pictures to the attention layers that carry style only (the
 deepest up block with cross-attention; in SDXL its middle attention), so the reference's look comes through without
@@ -33,7 +35,9 @@ if TYPE_CHECKING:
     import torch
 
 MAX_IMAGE_PROMPTS = 4
+MAX_BLEND = 5  # pictures averaged into one image prompt (img2img blend, as Midjourney's /blend)
 MODES: tuple[str, ...] = ("both", "style", "layout")
+COMBINES: tuple[str, ...] = ("separate", "average")
 KIND = "image-prompt"  # the conditioner's kind, as records name it
 
 
@@ -79,12 +83,15 @@ def parse_image_prompt(text: str) -> ImagePrompt:
     return ImagePrompt(Path(path).expanduser(), weight).validated()
 
 
-def check_image_prompts(prompts: object) -> tuple[ImagePrompt, ...]:
-    """A request's ``image_prompts``: up to MAX_IMAGE_PROMPTS ImagePrompt objects, each checked."""
+def check_image_prompts(prompts: object, combine: str = "separate") -> tuple[ImagePrompt, ...]:
+    """A request's ``image_prompts``: up to MAX_IMAGE_PROMPTS ImagePrompt objects (MAX_BLEND averaged), each
+    checked."""
     if not isinstance(prompts, tuple | list) or not all(isinstance(p, ImagePrompt) for p in prompts):
         raise InvalidArgument("image_prompts", "a tuple of img2img.ImagePrompt", type(prompts).__name__)
-    if len(prompts) > MAX_IMAGE_PROMPTS:
-        raise InvalidArgument("image_prompts", f"at most {MAX_IMAGE_PROMPTS} pictures", len(prompts))
+    most = MAX_BLEND if combine == "average" else MAX_IMAGE_PROMPTS
+    if len(prompts) > most:
+        raise InvalidArgument("image_prompts", f"at most {most} pictures{' to average' if most == MAX_BLEND else ''}",
+                              len(prompts))
     return tuple(prompt.validated() for prompt in prompts)
 
 
@@ -123,23 +130,39 @@ def layer_factors(unet: Any, mode: str) -> dict[str, float]:
     return {name: float(name.startswith(target)) for name in names}
 
 
+def image_tokens(adapter: Any, references: list[Reference], prompts: tuple[ImagePrompt, ...], combine: str
+                 ) -> tuple[tuple[tuple[torch.Tensor, torch.Tensor], ...], tuple[float, ...]]:
+    """The sets of image tokens that ``prompts`` give through ``adapter`` (a LoadedAdapter), each with its
+    weight: one per picture ("separate"), or one of the pictures' embeddings averaged by weight ("average")."""
+    pairs = [adapter.embeddings(ref.picture, ref.sha256) for ref in references]
+    weights = [prompt.weight for prompt in prompts]
+    if combine == "separate":
+        return tuple(adapter.tokens(*pair) for pair in pairs), tuple(weights)
+    if not sum(weights):
+        return (), ()
+    mixed = pairs[0] if len(pairs) == 1 else [
+        sum(w * pair[side] for w, pair in zip(weights, pairs, strict=True)) / sum(weights) for side in (0, 1)]
+    return (adapter.tokens(*mixed),), (max(weights),)
+
+
 @dataclass(frozen=True, eq=False)
 class ImagePromptConditioner(Conditioner):
-    """The image prompts of a run: each picture's tokens beside the text in every cross-attention layer that the
-    mode gives them to, scaled by the picture's weight."""
+    """The image prompts of a run: each set of image tokens beside the text in every cross-attention layer that
+    the mode gives them to, scaled by its weight."""
 
     adapter: Any  # img2img.models.ip_adapters.LoadedAdapter
-    tokens: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per picture: (unconditional, conditional)
-    weights: tuple[float, ...]
+    tokens: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # per set: (unconditional, conditional)
+    scales: tuple[float, ...]  # per set
+    pictures: tuple[tuple[str, float], ...] = ()  # each picture's hash and weight, as the record shows them
     mode: str = "both"
+    combine: str = "separate"
     name: str = ""  # the adapter's name and hash, as the record shows them
     sha256: str = ""
-    image_sha256: tuple[str, ...] = ()
     kind = KIND
     inputs = ("ip_hidden_states",)
 
     def acts(self) -> bool:
-        return any(weight != 0 for weight in self.weights)
+        return any(scale != 0 for scale in self.scales)
 
     @contextlib.contextmanager
     def attach(self, pipeline: Any) -> Iterator[None]:
@@ -152,7 +175,7 @@ class ImagePromptConditioner(Conditioner):
         unet = pipeline.unet if fallback is None else fallback.module
         own = unet.attn_processors
         factors = layer_factors(unet, self.mode)
-        unet.set_attn_processor({name: _processor(self.adapter.layers[name], [w * factors[name] for w in self.weights])
+        unet.set_attn_processor({name: _processor(self.adapter.layers[name], [w * factors[name] for w in self.scales])
                                  if name in factors else processor for name, processor in own.items()})
         try:
             yield
@@ -167,9 +190,8 @@ class ImagePromptConditioner(Conditioner):
         return {"ip_hidden_states": [torch.cat(pair) if step.guided else pair[1] for pair in self.tokens]}
 
     def metadata(self) -> dict[str, Any] | None:
-        return {"adapter": self.name, "adapter_sha256": self.sha256, "mode": self.mode,
-                "images": [{"sha256": sha256, "weight": weight}
-                           for sha256, weight in zip(self.image_sha256, self.weights, strict=True)]}
+        return {"adapter": self.name, "adapter_sha256": self.sha256, "mode": self.mode, "combine": self.combine,
+                "images": [{"sha256": sha256, "weight": weight} for sha256, weight in self.pictures]}
 
 
 def _processor(layer: tuple[torch.nn.Module, torch.nn.Module], scales: list[float]) -> Any:

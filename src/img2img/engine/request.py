@@ -26,8 +26,8 @@ from img2img.engine.fields import (
     field_table,
     scalar,
 )
+from img2img.engine.image_prompt import COMBINES, MAX_BLEND, ImagePrompt, check_image_prompts
 from img2img.engine.image_prompt import MODES as IMAGE_PROMPT_MODES
-from img2img.engine.image_prompt import ImagePrompt, check_image_prompts
 from img2img.engine.inpaint import Inpaint
 from img2img.engine.prompt_syntax import extract_loras, parse
 from img2img.engine.samplers import canonical_sampler_name
@@ -108,6 +108,9 @@ class GenerationRequest:
                                     unset="none (needed for image prompts with a diffusion model)")
     image_prompt_mode: str = scalar(str, "both", "Where the image prompts act: both, style (the look without the "
                                     "content, like --sref) or layout (the composition).", choices=IMAGE_PROMPT_MODES)
+    image_prompt_combine: str = scalar(str, "separate", "How several image prompts act: separate (each with its "
+                                       f"weight) or average (their embeddings mixed by weight into one, up to "
+                                       f"{MAX_BLEND} pictures: img2img blend).", choices=COMBINES)
     style_image: Image.Image | Path | str | None = None
     conditions: tuple[Conditioner, ...] = ()
     inpaint: Inpaint | None = None
@@ -146,7 +149,8 @@ class GenerationRequest:
             raise InvalidArgument("inpaint", "an img2img.Inpaint", type(self.inpaint).__name__)
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
                        inpaint=self.inpaint.validated() if self.inpaint is not None else None,
-                       control=check_units(self.control), image_prompts=check_image_prompts(self.image_prompts))
+                       control=check_units(self.control),
+                       image_prompts=check_image_prompts(self.image_prompts, self.image_prompt_combine))
 
 
 FIELDS: tuple[FieldSpec, ...] = field_table(GenerationRequest)

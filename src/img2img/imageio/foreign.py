@@ -174,7 +174,7 @@ class FoundRequest:
 # Our record's fields that a new request leaves behind: the model (and its VAE), the sizes and the handling of the
 # source are the new run's own. Every other request field is taken over.
 NOT_TAKEN = ("model", "vae", "size", "max_side", "resize_mode", "background", "keep_alpha", "ip_adapter",
-             "image_prompt_mode")
+             "image_prompt_mode", "image_prompt_combine")
 
 
 def params_from(picture: Path | str | bytes, field: str = "params_from", max_pixels: int = DEFAULT_MAX_PIXELS

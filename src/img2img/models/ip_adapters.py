@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 KIND = "ip-adapter"
 BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
 FOLDERS = ("", "models", "sdxl_models")  # where a repository keeps its adapter files
-EMBEDDINGS_KEPT = 16  # pictures whose image tokens an adapter keeps
+EMBEDDINGS_KEPT = 16  # pictures whose image embeddings an adapter keeps
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def resolve(reference: str, registered: dict[str, str], paths: bool = True) -> t
 @dataclass(eq=False)
 class LoadedAdapter:
     """An IP-Adapter loaded for one UNet: its image encoder, its projection and each cross-attention layer's key
-    and value projections (by the layer's processor name). It keeps the image tokens of the last pictures."""
+    and value projections (by the layer's processor name). It keeps the image embeddings of the last pictures."""
 
     info: AdapterInfo
     encoder: Any  # CLIPVisionModelWithProjection
@@ -185,17 +185,17 @@ class LoadedAdapter:
     projection: torch.nn.Module
     layers: dict[str, tuple[torch.nn.Module, torch.nn.Module]]
     dtype: torch.dtype
-    _tokens: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
+    _embeddings: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=OrderedDict)
 
-    def tokens(self, picture: Image.Image, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The image tokens of ``picture`` (known by ``key``, its pixels' hash) as (unconditional, conditional),
-        each (1, tokens, width): computed once per picture, as diffusers' ``prepare_ip_adapter_image_embeds``
-        does (zeros for the plain variant's unconditional embedding, a black picture's for the others)."""
+    def embeddings(self, picture: Image.Image, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the projection reads of ``picture`` (known by ``key``, its pixels' hash), as (unconditional,
+        conditional): computed once per picture, as diffusers' ``prepare_ip_adapter_image_embeds`` does (zeros for
+        the plain variant's unconditional embedding, a black picture's hidden states for the others)."""
         import torch
 
-        if key in self._tokens:
-            self._tokens.move_to_end(key)
-            return self._tokens[key]
+        if key in self._embeddings:
+            self._embeddings.move_to_end(key)
+            return self._embeddings[key]
         with torch.inference_mode():
             pixels = self.processor(picture.convert("RGB"), return_tensors="pt").pixel_values
             pixels = pixels.to(self.encoder.device, self.encoder.dtype)
@@ -205,12 +205,18 @@ class LoadedAdapter:
             else:
                 positive = self.encoder(pixels).image_embeds
                 negative = torch.zeros_like(positive)
-            both = self.projection(torch.cat([negative, positive]).to(self.dtype))
-        tokens = tuple(part.reshape(1, -1, both.shape[-1]) for part in both.chunk(2))
-        self._tokens[key] = tokens  # type: ignore[assignment]
-        while len(self._tokens) > EMBEDDINGS_KEPT:
-            self._tokens.popitem(last=False)
-        return self._tokens[key]
+        self._embeddings[key] = (negative.to(self.dtype), positive.to(self.dtype))
+        while len(self._embeddings) > EMBEDDINGS_KEPT:
+            self._embeddings.popitem(last=False)
+        return self._embeddings[key]
+
+    def tokens(self, negative: torch.Tensor, positive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The image tokens of an embedding pair, each (1, tokens, width)."""
+        import torch
+
+        with torch.inference_mode():
+            both = self.projection(torch.cat([negative, positive]))
+        return tuple(part.reshape(1, -1, both.shape[-1]) for part in both.chunk(2))  # type: ignore[return-value]
 
 
 def load(weights: Path, unet: Any) -> LoadedAdapter:

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, ValidationError, create_model
 
 from img2img.engine.control import MAX_UNITS, unit_fields
 from img2img.engine.fields import FieldSpec, field_table
-from img2img.engine.image_prompt import MAX_IMAGE_PROMPTS, ImagePrompt
+from img2img.engine.image_prompt import MAX_BLEND, ImagePrompt
 from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
@@ -77,7 +77,7 @@ JobFields = create_model(  # type: ignore[call-overload]
     size=(tuple[Side, Side] | None, Field(None, description="the output size (width, height)")),
     inpaint=(InpaintFields | None, Field(None, description="repaint only part of the source, or grow its canvas")),
     control=(list[ControlFields], Field([], max_length=MAX_UNITS, description="structure control units")),
-    image_prompts=(list[ImagePromptFields], Field([], max_length=MAX_IMAGE_PROMPTS, description="reference pictures "
+    image_prompts=(list[ImagePromptFields], Field([], max_length=MAX_BLEND, description="reference pictures "
                    "whose look steers the result (with ip_adapter; the built-in engine's style pictures)")))
 
 
