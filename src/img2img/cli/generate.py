@@ -274,8 +274,10 @@ def summary(record: GenerationRecord) -> str:
     """One line on what ran: steps and noise level for diffusion, the style and strength for the style engine."""
     loops = f", {record.loops} loops" if record.loops > 1 else ""
     if record.engine == "style":
-        style = f"{record.prompt!r}" if record.prompt else "the style image"
-        extra = " and the style image" if record.prompt and record.style_image_sha256 else ""
+        pictures = len(record.image_prompt["images"]) if record.image_prompt else 0
+        named = f"{pictures} reference picture{'s' if pictures > 1 else ''}" if pictures else "the style image"
+        style = f"{record.prompt!r}" if record.prompt else named
+        extra = f" and {named}" if record.prompt and (record.style_image_sha256 or pictures) else ""
         return (f"restyled with {style}{extra} by builtin-style at strength {record.strength:g}, "
                 f"{record.working_width}x{record.working_height}{loops}")
     return (f"{record.steps_run} of {record.steps} steps from sigma {record.start_sigma:.3g}, {record.sampler}, "
