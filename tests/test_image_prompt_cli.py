@@ -61,3 +61,31 @@ def test_bad_image_prompts_get_one_line(tiny_sd, tiny_ip_adapter, photo, other_p
     assert_one_line_error(img2img(*base, "--ip-adapter", "nowhere", "--image-prompt", str(other_photo)),
                           "--ip-adapter", "nowhere")
     assert not Path(tmp_path / "x.png").exists()
+
+
+def test_blend_with_the_builtin_engine_and_a_diffusion_model(tiny_sd, tiny_ip_adapter, photo, other_photo,
+                                                             tmp_path) -> None:
+    ran = img2img("blend", str(other_photo), str(photo), "--weights", "3,1", "--grid", "--seed", "4", "--model",
+                  "builtin", "-o", str(tmp_path / "mixed.png"))
+    assert ran.returncode == 0, ran.stderr
+    record = json.loads(read_metadata(tmp_path / "mixed.png").record)
+    assert record["image_prompt_combine"] == "average" and record["strength"] == 1.0
+    assert [item["weight"] for item in record["conditions"][0]["images"]] == [1.0, 1 / 3]
+    sheet = Image.open(tmp_path / "mixed-blend.png")
+    assert sheet.width > 2.5 * Image.open(other_photo).width, "two pictures and the blend side by side"
+
+    made = img2img("blend", str(photo), str(other_photo), "--model", str(tiny_sd), "--ip-adapter",
+                   str(tiny_ip_adapter), "--steps", "3", "--prompt", "a fox", "-o", str(tmp_path / "diffused.png"))
+    assert made.returncode == 0, made.stderr
+    entry = json.loads(read_metadata(tmp_path / "diffused.png").record)["conditions"][0]
+    assert entry["combine"] == "average" and len(entry["images"]) == 2
+    assert Image.open(tmp_path / "diffused.png").size == Image.open(photo).size, "the first picture's size"
+
+
+def test_bad_blends_get_one_line(photo, other_photo, tmp_path) -> None:
+    out = ["--model", "builtin", "-o", str(tmp_path / "x.png")]
+    assert_one_line_error(img2img("blend", str(photo), *out), "PICTURES", "2 to 5 pictures", "'1'")
+    assert_one_line_error(img2img("blend", *[str(photo)] * 6, *out), "PICTURES", "2 to 5 pictures")
+    assert_one_line_error(img2img("blend", str(photo), str(other_photo), "--weights", "1,2,3", *out),
+                          "--weights", "one weight per picture (2)")
+    assert not (tmp_path / "x.png").exists()

@@ -62,7 +62,7 @@ def blend(
         raise InvalidArgument("image_prompt", "left out of a blend (its PICTURES are the image prompts)",
                               len(fields["image_prompts"]))
     shares = c.parse_list("weights", weights, float) if weights is not None else None
-    prompts = blend_prompts(list(pictures), shares, "PICTURES")
+    prompts = blend_prompts(list(pictures), shares, "PICTURES", "weights")
     request = GenerationRequest(source=pictures[0], **{"prompt": prompt, **fields}, strength=strength,
                                 image_prompts=prompts, image_prompt_combine="average", size=c.parse_size(size))
     engine, request, format_name = prepare(request, output, format_, quality, device, dtype, allow_pickle, backend,

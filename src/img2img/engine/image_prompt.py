@@ -83,18 +83,18 @@ def parse_image_prompt(text: str) -> ImagePrompt:
     return ImagePrompt(Path(path).expanduser(), weight).validated()
 
 
-def blend_prompts(pictures: list[Any], weights: list[float] | None = None, argument: str = "blend"
-                  ) -> tuple[ImagePrompt, ...]:
+def blend_prompts(pictures: list[Any], weights: list[float] | None = None, argument: str = "blend",
+                  weights_argument: str = "blend_weights") -> tuple[ImagePrompt, ...]:
     """The image prompts of a blend of 2 to MAX_BLEND ``pictures`` (as Midjourney's /blend): ``weights`` are
     relative (2,1: the first counts twice), scaled so that the largest is 1; none: equal."""
     if not 2 <= len(pictures) <= MAX_BLEND:
         raise InvalidArgument(argument, f"2 to {MAX_BLEND} pictures", f"{len(pictures)}")
     weights = [1.0] * len(pictures) if weights is None else list(weights)
     if len(weights) != len(pictures):
-        raise InvalidArgument(f"{argument}_weights", f"one weight per picture ({len(pictures)})", len(weights))
+        raise InvalidArgument(weights_argument, f"one weight per picture ({len(pictures)})", len(weights))
     if any(isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= 100 for w in weights) or \
             not max(weights):
-        raise InvalidArgument(f"{argument}_weights", "numbers in [0, 100], not all 0", weights)
+        raise InvalidArgument(weights_argument, "numbers in [0, 100], not all 0", weights)
     return tuple(ImagePrompt(picture, weight / max(weights)) for picture, weight in zip(pictures, weights, strict=True))
 
 
