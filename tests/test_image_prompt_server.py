@@ -81,3 +81,20 @@ def test_bad_image_prompts_are_a_422_naming_the_field(server: ServerProcess, pic
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert field in json.dumps(body) and fragment in json.dumps(body), body
+
+
+def test_a_blend_job(server: ServerProcess, pictures: tuple[bytes, bytes]) -> None:
+    first, second = pictures
+    with server.client() as client:
+        job = client.post("/v1/jobs", json={"blend": [b64(first), b64(second)], "blend_weights": [1, 3],
+                                            "prompt": "", "model": "builtin", "seed": 4})
+        assert job.status_code == 202, job.text
+        done = wait_final(client, job.json()["id"])
+        assert done["state"] == "done", done
+        assert done["request"]["strength"] == 1.0 and done["request"]["image_prompt_combine"] == "average"
+        assert [entry["weight"] for entry in done["request"]["image_prompts"]] == [1 / 3, 1.0]
+        for body, field in (({"blend": [b64(first)]}, "blend"), ({"blend": [b64(first)] * 2, "source": b64(first)},
+                                                                  "source"),
+                            ({"blend": [b64(first)] * 2, "blend_weights": [1]}, "blend_weights"), ({}, "source")):
+            answer = client.post("/v1/jobs", json={"prompt": "", "model": "builtin", **body})
+            assert answer.status_code == 422 and field in answer.text, answer.text

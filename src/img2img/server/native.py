@@ -82,7 +82,13 @@ JobFields = create_model(  # type: ignore[call-overload]
 
 
 class JsonJob(JobFields):  # type: ignore[valid-type, misc]
-    source: str = Field(description="the source image file, base64 (a data: URL prefix is allowed)")
+    source: str | None = Field(None, description="the source image file, base64 (a data: URL prefix is allowed); "
+                               "required unless blend is given")
+    blend: list[str] | None = Field(None, min_length=2, max_length=MAX_BLEND, description="2 to 5 pictures, base64, "
+                                    "made into one as Midjourney's /blend: the first is the source, all of them are "
+                                    "image prompts averaged by blend_weights; strength 1 unless given")
+    blend_weights: list[float] | None = Field(None, description="the blend's relative weights (2,1: the first "
+                                              "counts twice); none: equal")
     style_image: str | None = Field(None, description="a style picture, base64 (built-in engine only)")
     params_from: str | None = Field(None, description="a picture whose generation parameters (ours, A1111, ComfyUI, "
                                     "InvokeAI, Fooocus, NovelAI) the job starts from, base64; given fields override")
@@ -95,6 +101,11 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     """Queue a job from JSON with the source image in base64."""
     params = decode_base64(body.params_from, "params_from", svc) if body.params_from else None
     fields, notes = _with_params(body, params, svc.settings.max_pixels)
+    if body.blend:
+        return {**svc.view(svc.submit(who, *_blend(body, fields, svc))), "notes": notes}
+    if not body.source:
+        raise ApiError(422, "invalid_request", "source should be a picture in base64 (or give blend), but got none",
+                       "source")
     source = decode_base64(body.source, "source", svc)
     style = decode_base64(body.style_image, "style_image", svc) if body.style_image else None
     mask = decode_base64(body.mask, "mask", svc) if body.mask else None
@@ -106,6 +117,32 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     references = [decode_base64(entry.image, f"image_prompts.{number}.image", svc)
                   for number, entry in enumerate(body.image_prompts)]
     return {**svc.view(svc.submit(who, fields, source, style, mask, pictures, references)), "notes": notes}
+
+
+def _blend(body: JsonJob, fields: dict[str, Any], svc: Service
+           ) -> tuple[dict[str, Any], bytes, None, None, list[None], list[bytes]]:
+    """A blend job's fields and pictures (as ``Service.submit`` takes them): the first picture is the source, all
+    of them are image prompts, averaged."""
+    from img2img.engine.image_prompt import blend_prompts
+    from img2img.errors import InvalidArgument
+
+    for name in ("source", "style_image", "mask"):
+        if getattr(body, name):
+            raise ApiError(422, "invalid_request", f"{name} should be left out of a blend (its first picture is the "
+                           "source)", name)
+    if body.image_prompts:
+        raise ApiError(422, "invalid_request", "image_prompts should be left out of a blend (its pictures are the "
+                       "image prompts)", "image_prompts")
+    pictures = [decode_base64(text, f"blend.{number}", svc) for number, text in enumerate(body.blend or [])]
+    try:
+        prompts = blend_prompts(pictures, body.blend_weights)
+    except InvalidArgument as exc:
+        raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
+    fields = {**fields, "image_prompts": [{"weight": prompt.weight} for prompt in prompts],
+              "image_prompt_combine": "average"}
+    if "strength" not in body.model_fields_set:
+        fields["strength"] = 1.0
+    return fields, pictures[0], None, None, [], pictures
 
 
 @router.post("/jobs/form", status_code=202, **JOB_LINKS)
