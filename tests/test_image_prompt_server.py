@@ -98,3 +98,24 @@ def test_a_blend_job(server: ServerProcess, pictures: tuple[bytes, bytes]) -> No
                             ({"blend": [b64(first)] * 2, "blend_weights": [1]}, "blend_weights"), ({}, "source")):
             answer = client.post("/v1/jobs", json={"prompt": "", "model": "builtin", **body})
             assert answer.status_code == 422 and field in answer.text, answer.text
+
+
+def test_a1111_ip_adapter_units(server: ServerProcess, pictures: tuple[bytes, bytes]) -> None:
+    source, reference = pictures
+    with server.client() as client:
+        models = client.get("/controlnet/model_list").json()["model_list"]
+        assert any(name.startswith("tiny-ip [") for name in models)
+        assert "ip-adapter_clip_sd15" in client.get("/controlnet/module_list").json()["module_list"]
+        unit = {"enabled": True, "module": "ip-adapter_clip_sd15", "model": "tiny-ip [0123abcd]", "weight": 0.7,
+                "image": b64(reference)}
+        body = {"init_images": [b64(source)], "prompt": "a cup", "steps": 3, "seed": 3, "width": 64, "height": 64,
+                "denoising_strength": 0.7, "override_settings": {"sd_model_checkpoint": "tiny"},
+                "alwayson_scripts": {"controlnet": {"args": [unit, {**unit, "image": None, "weight": 0.3}]}}}
+        answer = client.post("/sdapi/v1/img2img", json=body)
+        assert answer.status_code == 200, answer.text
+        text = json.loads(answer.json()["info"])["infotexts"][0]
+        assert 'IP-Adapter: "Model: tiny-ip [' in text and ": 0.7, " in text and ": 0.3\"" in text
+        other = {**unit, "model": "another-ip"}
+        refused = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"controlnet": {
+            "args": [unit, other]}}})
+        assert refused.status_code == 422 and "args.1.model" in refused.text, refused.text

@@ -149,7 +149,7 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
     if body.resize_mode == 3:
         warnings.append("resize_mode 3 (latent upscale) is not supported; 0 (just resize) was used")
     source = decode_base64(body.init_images[0], "init_images", svc)
-    pictures = _controls(body, fields, warnings, svc, has_source=True)
+    pictures = _controls(body, fields, warnings, svc, source)
     mask = None
     if body.mask:
         mask = decode_base64(body.mask, "mask", svc)
@@ -160,7 +160,7 @@ async def img2img(body: Img2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
                              "inpaint_area": "masked" if body.inpaint_full_res else "whole",
                              "masked_padding": body.inpaint_full_res_padding,
                              "masked_content": FILLS[body.inpainting_fill]}
-    outputs = await _run(svc, who, fields, source, warnings, "img2img", mask, pictures)
+    outputs = await _run(svc, who, fields, source, warnings, "img2img", mask, **pictures)
     return _answer(body, fields, outputs, warnings)
 
 
@@ -170,31 +170,33 @@ async def txt2img(body: Txt2ImgRequest, who: CallerDep, svc: ServiceDep) -> dict
     image is upscaled and repainted at ``denoising_strength`` (A1111's hires fix)."""
     fields, warnings = _fields(body)
     fields["strength"] = 1.0
-    pictures = _controls(body, fields, warnings, svc, has_source=False)
-    outputs = await _run(svc, who, fields, _canvas(fields["size"]), warnings, "txt2img", control_images=pictures)
+    pictures = _controls(body, fields, warnings, svc, None)
+    outputs = await _run(svc, who, fields, _canvas(fields["size"]), warnings, "txt2img", **pictures)
     if body.enable_hr:
         outputs = [await _hires(svc, who, body, fields, output, warnings, pictures) for output in outputs]
     return _answer(body, fields, outputs, warnings)
 
 
-def _controls(body: ProcessingRequest, fields: dict[str, Any], warnings: list[str], svc: Service, has_source: bool
-              ) -> list[bytes | None]:
-    """The ControlNet extension's units of ``body`` set in ``fields``; their pictures (in order) returned."""
+def _controls(body: ProcessingRequest, fields: dict[str, Any], warnings: list[str], svc: Service,
+              source: bytes | None) -> dict[str, Any]:
+    """The ControlNet extension's units of ``body`` set in ``fields``; their pictures returned, as ``_run`` takes
+    them (``source``: the init image, None for txt2img)."""
     from img2img.server.a1111_controlnet import units
 
-    fields["control"], pictures, more = units(body.alwayson_scripts, svc, has_source)
+    control_images, prompt_images, more = units(body.alwayson_scripts, svc, fields, source)
     warnings += more
-    return pictures
+    return {"control_images": control_images, "prompt_images": prompt_images}
 
 
 async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes, warnings: list[str],
-               route: str, mask: bytes | None = None, control_images: list[bytes | None] | None = None
-               ) -> list[dict[str, Any]]:
+               route: str, mask: bytes | None = None, control_images: list[bytes | None] | None = None,
+               prompt_images: list[bytes] | None = None) -> list[dict[str, Any]]:
     """Queue one job, await its end and return its outputs, each with its PNG's bytes."""
     for warning in warnings:
         log.warning("sdapi/v1/%s: %s", route, warning)
     submitted = await asyncio.to_thread(lambda: svc.submit(who, fields, source, mask=mask,
-                                                           control_images=control_images))
+                                                           control_images=control_images,
+                                                           prompt_images=prompt_images))
     job = await svc.wait(who, submitted.id)
     if job.state != "done":
         status, code = (409, "interrupted") if job.state == "cancelled" else (422, "failed")
@@ -203,7 +205,7 @@ async def _run(svc: Service, who: Caller, fields: dict[str, Any], source: bytes,
 
 
 async def _hires(svc: Service, who: Caller, body: Txt2ImgRequest, fields: dict[str, Any], output: dict[str, Any],
-                 warnings: list[str], control_images: list[bytes | None]) -> dict[str, Any]:
+                 warnings: list[str], pictures: dict[str, Any]) -> dict[str, Any]:
     """Hires fix for one image: upscale it with ``hr_upscaler``, then repaint it at ``denoising_strength``."""
     from img2img.server.a1111_extras import resize
 
@@ -222,7 +224,7 @@ async def _hires(svc: Service, who: Caller, body: Txt2ImgRequest, fields: dict[s
                        fields["prompt"], "negative_prompt": body.hr_negative_prompt or fields["negative_prompt"]}
     if body.hr_sampler_name:
         second["sampler"] = body.hr_sampler_name
-    return (await _run(svc, who, second, buffer.getvalue(), [], "txt2img", control_images=control_images))[0]
+    return (await _run(svc, who, second, buffer.getvalue(), [], "txt2img", **pictures))[0]
 
 
 def _answer(body: ProcessingRequest, fields: dict[str, Any], outputs: list[dict[str, Any]], warnings: list[str]

@@ -2,14 +2,17 @@
 img2img requests, and its ``/controlnet/version``, ``model_list``, ``module_list`` and ``detect`` routes.
 
 The extension's module names map to our preprocessors (its learned detectors to their classical approximations:
-``softedge_hed`` is our ``softedge``); a module with no counterpart here (depth, openpose...) is refused with the
-list, never replaced silently. Its resize and control modes arrive as numbers or as their labels.
+``softedge_hed`` is our ``softedge``); a module with no counterpart here (openpose...) is refused with the list,
+never replaced silently. Its resize and control modes arrive as numbers or as their labels. Its IP-Adapter units
+(modules ``ip-adapter_clip_sd15``, ``ip-adapter_clip_sdxl_plus_vith``, ``ip-adapter-auto``...) are our image prompts:
+their model is the request's ``ip_adapter`` (one for all of them), their weight each picture's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -34,6 +37,8 @@ MODULES = {  # the extension's module names -> ours
     "depth_anything": "depth", "depth_anything_v2": "depth", "depth_midas": "depth", "depth_zoe": "depth",
     "depth_leres": "depth", "depth": "depth",  # the registered depth model (img2img.models.estimators)
 }
+IP_MODULES = ("ip-adapter-auto", "ip-adapter_clip_sd15", "ip-adapter_clip_h", "ip-adapter_clip_sdxl",
+              "ip-adapter_clip_sdxl_plus_vith", "ip-adapter_clip_g")  # image prompts: the encoder is the adapter's
 RESIZE_NUMBERS = {0: "just", 1: "crop", 2: "fill"}
 MODE_NUMBERS = {0: "balanced", 1: "prompt", 2: "control"}
 IGNORED = {"lowvram": False, "low_vram": False, "pixel_perfect": False, "processor_res": 512, "hr_option": "Both",
@@ -60,10 +65,12 @@ class ControlNetUnit(BaseModel):
     threshold_b: float = -1
 
 
-def units(scripts: dict[str, Any], svc: Service, has_source: bool) -> tuple[list[dict[str, Any]], list[bytes | None],
-                                                                             list[str]]:
-    """The control units of a request's ``alwayson_scripts`` (native fields), their pictures and the warnings;
-    other scripts are named in the warnings."""
+def units(scripts: dict[str, Any], svc: Service, fields: dict[str, Any], source: bytes | None
+          ) -> tuple[list[bytes | None], list[bytes], list[str]]:
+    """The units of a request's ``alwayson_scripts`` set in ``fields`` (``control``, and ``image_prompts`` with
+    ``ip_adapter`` for IP-Adapter units), their pictures (control units', image prompts') and the warnings; other
+    scripts are named in the warnings. ``source``: the init image (None for txt2img)."""
+    has_source = source is not None
     warnings = [f"alwayson_scripts.{name} is not supported and was ignored" for name in scripts
                 if name.lower() != "controlnet"]
     script = next((value for name, value in scripts.items() if name.lower() == "controlnet"), None)
@@ -73,6 +80,8 @@ def units(scripts: dict[str, Any], svc: Service, has_source: bool) -> tuple[list
                        "alwayson_scripts.controlnet.args")
     found: list[dict[str, Any]] = []
     pictures: list[bytes | None] = []
+    prompts: list[dict[str, Any]] = []
+    references: list[bytes] = []
     for number, raw in enumerate(args):
         where = f"alwayson_scripts.controlnet.args.{number}"
         unit = ControlNetUnit.model_validate(raw)
@@ -80,17 +89,41 @@ def units(scripts: dict[str, Any], svc: Service, has_source: bool) -> tuple[list
             if unit.enabled:
                 warnings.append(f"{where} has no model and was skipped")
             continue
-        fields, picture = _unit(unit, where, svc, has_source)
+        if unit.module.lower().startswith("ip-adapter"):
+            adapter, weight, reference = _image_prompt(unit, where, svc, source)
+            if fields.get("ip_adapter") not in (None, adapter):
+                raise ApiError(422, "invalid_argument", f"{where}.model should be the IP-Adapter of the other units "
+                               f"({fields['ip_adapter']}), but got {adapter!r}", f"{where}.model")
+            fields["ip_adapter"] = adapter
+            prompts.append({"weight": weight})
+            references.append(reference)
+            continue
+        unit_fields, picture = _unit(unit, where, svc, has_source)
         warnings += [f"{where}.{name} is not supported and was ignored" for name, default in IGNORED.items()
                      if (unit.model_extra or {}).get(name, default) != default]
         warnings += [f"{where}.{name} is not a ControlNet unit field and was ignored"
                      for name in unit.model_extra or {} if name not in IGNORED]
-        found.append(fields)
+        found.append(unit_fields)
         pictures.append(picture)
     if len(found) > MAX_UNITS:
         raise ApiError(422, "invalid_argument", f"alwayson_scripts.controlnet.args should enable at most {MAX_UNITS} "
                        f"units, but got {len(found)}", "alwayson_scripts.controlnet.args")
-    return found, pictures, warnings
+    fields["control"] = found
+    if prompts:
+        fields["image_prompts"] = prompts
+    return pictures, references, warnings
+
+
+def _image_prompt(unit: ControlNetUnit, where: str, svc: Service, source: bytes | None
+                  ) -> tuple[str, float, bytes]:
+    """An IP-Adapter unit as (the adapter's name, the picture's weight, the picture): without a picture of its
+    own, the init image."""
+    image = unit.image.get("image") if isinstance(unit.image, dict) else unit.image or unit.input_image
+    if not image and source is None:
+        raise ApiError(422, "invalid_request", f"{where}.image should be a base64 picture (txt2img has no init "
+                       "image to read), but it is empty", f"{where}.image")
+    return unit.model.split(" [", 1)[0], unit.weight, decode_base64(image, f"{where}.image", svc) if image \
+        else source  # type: ignore[return-value]
 
 
 def _unit(unit: ControlNetUnit, where: str, svc: Service, has_source: bool) -> tuple[dict[str, Any], bytes | None]:
@@ -137,7 +170,18 @@ def model_list(_who: CallerDep, update: bool = True) -> dict[str, list[str]]:
     from img2img.server.control_routes import registered_controls
 
     return {"model_list": [f"{name} [{weights_sha256(path)[:8]}]"
-                           for name, path, _info in catalog(registered_controls())]}
+                           for name, path, _info in catalog(registered_controls())] + ip_adapter_names()}
+
+
+def ip_adapter_names() -> list[str]:
+    """The IP-Adapters an IP-Adapter unit can name (registered, or in the IP-Adapter folder), as "name [hash]"."""
+    from img2img.models import addons, ip_adapters
+    from img2img.models.loading import weights_sha256
+    from img2img.models.registry import ModelRegistry
+
+    found = ModelRegistry().addons(ip_adapters.KIND) | {path.stem: str(path) for path in addons.available(
+        ip_adapters.KIND) if ip_adapters.detect(path) is not None}
+    return [f"{name} [{weights_sha256(Path(path))[:8]}]" for name, path in sorted(found.items())]
 
 
 @router.get("/module_list")
@@ -148,7 +192,9 @@ def module_list(_who: CallerDep, alias_names: bool = False) -> dict[str, Any]:
     detail = {name: {"model_free": PREPROCESSORS[ours].model_kind is None, "preprocessor": ours,
                      "help": PREPROCESSORS[ours].help}
               for name, ours in MODULES.items()}
-    return {"module_list": list(MODULES), "module_detail": detail}
+    detail |= {name: {"model_free": False, "preprocessor": "image prompt", "help": "An image prompt: the picture "
+                      "through the unit's IP-Adapter (its own image encoder)."} for name in IP_MODULES}
+    return {"module_list": [*MODULES, *IP_MODULES], "module_detail": detail}
 
 
 class DetectRequest(BaseModel):
