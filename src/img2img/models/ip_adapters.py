@@ -151,14 +151,20 @@ def find_encoder(weights: Path, info: AdapterInfo) -> Path:
 
 
 def resolve(reference: str, registered: dict[str, str], paths: bool = True) -> tuple[str, Path]:
-    """``reference`` as (name, path of a file or folder): a registered name, a file in the IP-Adapter folders,
-    a repo id in the Hugging Face cache or, when ``paths`` allows it, a path."""
+    """``reference`` as (name, path of a file or folder): a registered name (NAME:FILE for one file of a registered
+    repository), a file in the IP-Adapter folders, a repo id in the Hugging Face cache or, when ``paths`` allows
+    it, a path."""
     from img2img.models import addons
     from img2img.models.detect import REPO_ID, find_hf_cache_snapshot
 
     given = Path(reference).expanduser()
     if reference in registered:
         return reference, Path(registered[reference])
+    base, colon, stem = reference.partition(":")  # NAME:FILE, one adapter of a registered repository
+    if colon and base in registered and Path(registered[base]).is_dir():
+        chosen = [file for file in adapter_files(Path(registered[base])) if file.stem == stem]
+        if chosen:
+            return reference, chosen[0]
     if paths and given.exists():
         return given.name.removesuffix(".safetensors"), given
     snapshot = find_hf_cache_snapshot(reference) if REPO_ID.match(reference) else None
@@ -172,6 +178,20 @@ def resolve(reference: str, registered: dict[str, str], paths: bool = True) -> t
         ways = ", a repo id in the Hugging Face cache or a path" if paths else ""
         raise InvalidArgument("ip_adapter", f"an IP-Adapter: a name registered with 'img2img models add', a file in "
                               f"{where}{ways} ({', '.join(known) or 'none there'})", reference) from None
+
+
+def catalog(registered: dict[str, str]) -> list[tuple[str, Path, AdapterInfo]]:
+    """The IP-Adapters that can be named: registered ones (a repository counts once per adapter file in it, named
+    NAME:FILE when it holds several) and the files in the IP-Adapter folders."""
+    from img2img.models import addons
+
+    found: list[tuple[str, Path, AdapterInfo]] = []
+    for name, place in sorted(registered.items()):
+        files = adapter_files(Path(place)) if Path(place).is_dir() else [Path(place)]
+        found += [(name if len(files) == 1 else f"{name}:{file.stem}", file, _info(file)) for file in files
+                  if _info(file) is not None]
+    found += [(path.stem, path, _info(path)) for path in addons.available(KIND) if _info(path) is not None]
+    return found
 
 
 @dataclass(eq=False)

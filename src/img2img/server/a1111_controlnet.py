@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -175,13 +174,11 @@ def model_list(_who: CallerDep, update: bool = True) -> dict[str, list[str]]:
 
 def ip_adapter_names() -> list[str]:
     """The IP-Adapters an IP-Adapter unit can name (registered, or in the IP-Adapter folder), as "name [hash]"."""
-    from img2img.models import addons, ip_adapters
+    from img2img.models import ip_adapters
     from img2img.models.loading import weights_sha256
-    from img2img.models.registry import ModelRegistry
+    from img2img.server.control_routes import registered_ip_adapters
 
-    found = ModelRegistry().addons(ip_adapters.KIND) | {path.stem: str(path) for path in addons.available(
-        ip_adapters.KIND) if ip_adapters.detect(path) is not None}
-    return [f"{name} [{weights_sha256(Path(path))[:8]}]" for name, path in sorted(found.items())]
+    return [f"{name} [{weights_sha256(path)[:8]}]" for name, path, _ in ip_adapters.catalog(registered_ip_adapters())]
 
 
 @router.get("/module_list")

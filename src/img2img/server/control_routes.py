@@ -1,5 +1,6 @@
-"""The native API's structure control: the ControlNets and adapters a unit can name, the preprocessors, and a
-preview of a preprocessor's map (the studio shows it next to the source)."""
+"""The native API's models for conditioners: the ControlNets and adapters a control unit can name, the
+preprocessors and a preview of a preprocessor's map (the studio shows it next to the source), and the IP-Adapters
+that image prompts can name."""
 
 from __future__ import annotations
 
@@ -21,6 +22,24 @@ def registered_controls() -> dict[str, str]:
 
     registry = ModelRegistry()
     return registry.addons("controlnet") | registry.addons("t2i-adapter")
+
+
+def registered_ip_adapters() -> dict[str, str]:
+    """The registry's IP-Adapters: name to path (a file, or a repository's folder)."""
+    from img2img.models.ip_adapters import KIND
+    from img2img.models.registry import ModelRegistry
+
+    return ModelRegistry().addons(KIND)
+
+
+@router.get("/ip-adapters")
+def ip_adapters(_who: CallerDep) -> dict[str, list[dict[str, Any]]]:
+    """The IP-Adapters that a job's ip_adapter can name (registered, or in the IP-Adapter folder), each with its
+    variant (plain, plus or full) and the base it was made for."""
+    from img2img.models.ip_adapters import catalog
+
+    return {"ip_adapters": [{"name": name, "variant": info.variant, "base": info.base}
+                            for name, _path, info in catalog(registered_ip_adapters())]}
 
 
 @router.get("/controlnets")
