@@ -418,3 +418,43 @@ def test_describe_fills_the_prompt_from_the_source(page: Any, big_photo: Path) -
     page.click("#describe")
     page.wait_for_function("document.querySelector('#prompt').value.includes('palette')")
     assert page.input_value("#negative") and "colour, light and focus only" in page.text_content("#describe-note")
+
+
+def test_image_prompts_and_a_blend(page: Any, server: ServerProcess, big_photo: Path, tiny_ip_adapter: Path,
+                                   tmp_path: Path) -> None:
+    from skimage import data
+
+    from img2img.models.registry import ModelRegistry
+
+    ModelRegistry(server.config_dir).add_addon("tiny-ip", tiny_ip_adapter, "ip-adapter")
+    coffee, cat = tmp_path / "coffee.png", tmp_path / "cat.png"
+    Image.fromarray(data.coffee()).resize((120, 80)).save(coffee)
+    Image.fromarray(data.chelsea()).resize((90, 60)).save(cat)
+    page.reload()
+    page.wait_for_function("document.querySelector('#ip-adapter').options.length > 0")
+    page.select_option("#model", "tiny")
+    _upload(page, big_photo)
+    page.click("#image-prompt-panel summary")
+    page.locator("#image-prompt-panel [data-add]").set_input_files([str(coffee), str(cat)])
+    assert page.locator("#image-prompt-panel .picture").count() == 2
+    page.get_by_label("Weight of reference picture 2").fill("0.5")
+    page.select_option("#image-prompt-mode", "style")
+    page.fill("#prompt", "a cup of tea")
+    page.click("#generate")
+    _wait_result(page)
+    job, _image = _job_images(server)
+    assert job["request"]["image_prompts"] == [{"weight": 1.0}, {"weight": 0.5}]
+    assert job["request"]["ip_adapter"] == "tiny-ip" and job["request"]["image_prompt_mode"] == "style"
+    assert 'IP-Adapter: "Model: tiny-ip [' in job["images"][0]["parameters"]
+
+    page.click("#blend-panel summary")
+    assert page.is_disabled("#blend")
+    page.locator("#blend-panel [data-add]").set_input_files([str(cat), str(coffee)])
+    page.get_by_label("Weight of blend picture 1").fill("2")
+    page.select_option("#model", "builtin")
+    page.click("#blend")
+    page.wait_for_function("document.querySelector('#result-caption').textContent.includes('blend of 2 pictures')",
+                           timeout=120_000)
+    job, _image = _job_images(server)
+    assert job["request"]["image_prompt_combine"] == "average" and job["request"]["strength"] == 1
+    assert [entry["weight"] for entry in job["request"]["image_prompts"]] == [1.0, 0.5]

@@ -105,11 +105,12 @@ export async function describeImage(picture) {
 }
 
 // Queue a job: the source (and style picture, mask, control units' own pictures) as files, the request as JSON.
-export async function submit(source, fields, styleImage = null, mask = null, controlImages = []) {
+export async function submit(source, fields, styleImage = null, mask = null, controlImages = [], promptImages = []) {
   const parts = [["source", source, "source.png"]];
   if (styleImage) parts.push(["style_image", styleImage, "style.png"]);
   if (mask) parts.push(["mask", mask, "mask.png"]);
   for (const picture of controlImages) parts.push(["control_images", picture, "control.png"]);
+  for (const picture of promptImages) parts.push(["image_prompt_images", picture, "reference.png"]);
   parts.push(["request", JSON.stringify(fields)]);
   return (await postForm("/v1/jobs/form", parts)).json();
 }

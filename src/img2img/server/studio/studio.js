@@ -6,6 +6,7 @@ import {
 import { mountCompare } from "./compare.js";
 import { mountControl } from "./control.js";
 import { mountMask } from "./mask.js";
+import { mountPictures } from "./references.js";
 
 const $ = (id) => document.getElementById(id);
 const MAX_SEED = 4294967295;
@@ -14,6 +15,11 @@ const state = { source: null, sourceUrl: null, style: null, job: null, result: n
 const compare = mountCompare($("compare"));
 const mask = mountMask($("mask-editor"));
 const control = mountControl($("control-panel"), previewMap);
+const references = mountPictures($("image-prompt-panel"), { max: 4, label: "Reference picture" });
+const blendPictures = mountPictures($("blend-panel"), {
+  max: 5, low: 0.1, high: 4, label: "Blend picture",
+  onChange: () => { $("blend").disabled = blendPictures.count() < 2 || state.job !== null; },
+});
 
 // Errors ---------------------------------------------------------------------------------------------------------
 
@@ -153,6 +159,7 @@ function showModelControls() {
   $("diffusion-prompt").hidden = builtin;
   $("advanced").hidden = builtin;
   $("control-panel").hidden = builtin;
+  $("image-prompt-model").hidden = builtin;
 }
 
 function newSeed() {
@@ -184,7 +191,12 @@ function fields(overrides = {}) {
     if ($("sampler").value) request.sampler = $("sampler").value;
     const units = control.request();
     if (units.length) request.control = units;
+    if (references.count()) {
+      request.ip_adapter = $("ip-adapter").value || null;
+      request.image_prompt_mode = $("image-prompt-mode").value;
+    }
   }
+  if (references.count()) request.image_prompts = references.weights().map((weight) => ({ weight }));
   if (mask.painted() || mask.outpaint().some(Boolean)) {
     request.inpaint = {
       inpaint_area: $("inpaint-area").value, masked_content: $("masked-content").value,
@@ -262,6 +274,7 @@ function status(text, fraction = null, preview = null) {
 
 function busy(on) {
   for (const id of ["generate", "sweep", "variations"]) $(id).disabled = on;
+  $("blend").disabled = on || blendPictures.count() < 2;
   $("cancel").hidden = !on;
   if (!on) {
     $("status").hidden = true;
@@ -270,10 +283,11 @@ function busy(on) {
 }
 
 // Queue one job and follow it to its end; resolves with the finished job, or null when it did not finish.
-async function run(request, label) {
+async function run(request, label, pictures = null) {
   const painted = request.inpaint && mask.painted() ? await mask.blob() : null;
-  const job = await submit(state.source, request, isBuiltin() ? state.style : null, painted,
-    request.control ? control.files() : []);
+  const source = pictures ? pictures[0] : state.source;
+  const job = await submit(source, request, isBuiltin() && !pictures ? state.style : null, painted,
+    request.control ? control.files() : [], pictures || (request.image_prompts ? references.files() : []));
   state.job = job.id;
   let started = null;
   status(job.position ? `${label}: queued, number ${job.position} in line` : `${label}: starting…`, null);
@@ -311,7 +325,8 @@ async function showResult(job, index, source) {
   const image = job.images[index];
   compare.show(source, url, image.width, image.height);
   const request = job.request;
-  const what = request.model === "builtin" ? (request.prompt || "style picture") : `“${request.prompt}”`;
+  const blended = request.image_prompt_combine === "average" ? `blend of ${request.image_prompts.length} pictures` : "";
+  const what = blended || (request.model === "builtin" ? (request.prompt || "style picture") : `“${request.prompt}”`);
   $("result-caption").textContent =
     `${what} · strength ${request.strength} · seed ${image.seed} · ${image.width} × ${image.height} px`;
   $("result-actions").hidden = false;
@@ -377,6 +392,40 @@ async function start(kind) {
         await showResult(job, 0, source);
       }
     }
+  } catch (error) {
+    showError(error);
+  } finally {
+    state.job = null;
+    busy(false);
+    loadHistory();
+  }
+}
+
+// Blend: the Blend panel's pictures made into one (the first is the source; all are image prompts, averaged).
+async function blend() {
+  clearError();
+  const files = blendPictures.files();
+  if (!isBuiltin() && !$("ip-adapter").value) {
+    showError("Blending with a diffusion model needs an IP-Adapter: choose one under Image prompts, or use the "
+      + "built-in styles.");
+    return;
+  }
+  const weights = blendPictures.weights();
+  const most = Math.max(...weights);
+  const request = {
+    ...fields({ seed: seedForRun(), strength: 1 }), image_prompt_combine: "average",
+    image_prompts: weights.map((weight) => ({ weight: weight / most })),
+  };
+  if (isBuiltin()) request.prompt = "";
+  else request.ip_adapter = $("ip-adapter").value;
+  delete request.inpaint;
+  busy(true);
+  $("empty").hidden = true;
+  $("grid").replaceChildren();
+  const first = URL.createObjectURL(files[0]);
+  try {
+    const job = await run(request, `Blending ${files.length} pictures`, files);
+    if (job) await showResult(job, 0, first);
   } catch (error) {
     showError(error);
   } finally {
@@ -486,8 +535,14 @@ async function init() {
     else showError(error);
     return;
   }
-  const [samplers, styles, spec, controlnets, preprocessors] = await Promise.all([getJson("/v1/samplers"),
-    getJson("/v1/styles"), getJson("/v1/fields"), getJson("/v1/controlnets"), getJson("/v1/preprocessors")]);
+  const [samplers, styles, spec, controlnets, preprocessors, adapters] = await Promise.all([getJson("/v1/samplers"),
+    getJson("/v1/styles"), getJson("/v1/fields"), getJson("/v1/controlnets"), getJson("/v1/preprocessors"),
+    getJson("/v1/ip-adapters")]);
+  fill($("ip-adapter"), adapters.ip_adapters.map((entry) => ({
+    value: entry.name, label: `${entry.name} · ${entry.variant} · ${entry.base}` })));
+  $("no-ip-adapters").hidden = adapters.ip_adapters.length > 0;
+  const mode = spec.fields.find((field) => field.name === "image_prompt_mode");
+  if (mode) fill($("image-prompt-mode"), mode.choices);
   applyFields(spec.fields);
   applyInpaintFields(spec.inpaint || []);
   control.load(controlnets.controlnets, preprocessors.preprocessors, spec.control || []);
@@ -523,6 +578,7 @@ $("controls").addEventListener("submit", (event) => {
 });
 $("sweep").addEventListener("click", () => start("sweep"));
 $("variations").addEventListener("click", () => start("variations"));
+$("blend").addEventListener("click", () => blend());
 $("cancel").addEventListener("click", () => state.job && postJson(`/v1/jobs/${state.job}/cancel`).catch(showError));
 $("download").addEventListener("click", () => download().catch(showError));
 $("copy-params").addEventListener("click", async () => {
