@@ -7,18 +7,13 @@ resolves the model; ``img2img.engine.pipeline`` then runs the stages (fit, paint
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
-from img2img.engine.control import AdapterConditioner, ControlConditioner, ControlUnit, UnitConditioner
-from img2img.engine.image_prompt import ImagePromptConditioner, Reference, image_tokens
+from img2img.conditioner_parts import ConditionerParts, ControlMap, digest
 from img2img.engine.masking import Masking, resolve_mask
 from img2img.engine.pipeline import (
     ModelInfo,
@@ -29,7 +24,6 @@ from img2img.engine.pipeline import (
     run_diffusion,
     run_styles,
 )
-from img2img.engine.preprocessors import PREPROCESSORS, preprocess
 from img2img.engine.prompt_syntax import extract_loras
 from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
@@ -38,13 +32,12 @@ from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
-from img2img.models import control_models, embeddings, ip_adapters, ov_runtime
+from img2img.models import embeddings, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import ModelFiles, inspect_model
 from img2img.models.device import Placement, choose_placement
-from img2img.models.estimators import find_depth, load_depth
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
 from img2img.models.loras import resolve as resolve_loras
@@ -64,19 +57,7 @@ BUILTIN_MODEL = "builtin-style"
 BUILTIN_LABEL = "built-in style transfer"
 
 
-@dataclass(frozen=True)
-class ControlMap:
-    """A control unit with its model found and its map made, before any model loads."""
-
-    unit: ControlUnit
-    name: str  # the model's name, as the record shows it
-    path: Path
-    info: control_models.ControlInfo
-    picture: Image.Image  # the map at the picture's own size
-    sha256: str  # of the unit's picture before its preprocessor
-
-
-class Engine:
+class Engine(ConditionerParts):
     """Runs generation requests; keep one and reuse it so that models stay loaded between calls.
 
     Args:
@@ -306,99 +287,10 @@ class Engine:
         path = vae_path(cells[0].vae, self.registry.addons("vae"))
         return replace(prepared, vae_sha256=weights_sha256(path)), self._vae(path, loaded)
 
-    def preprocess(self, name: str, picture: Image.Image, threshold_a: float | None = None,
-                   threshold_b: float | None = None, seed: int = 0) -> Image.Image:
-        """The control map the preprocessor ``name`` makes of ``picture``; a model-based one (depth) runs the
-        registered model, loaded once through the part cache."""
-        chosen = PREPROCESSORS.get(name)
-        model = None
-        if chosen is not None and chosen.model_kind == "depth":
-            path = find_depth(self.registry.addons("depth"))
-            model = self.parts.get("depth", path, self.placement, load_depth)
-        return preprocess(name, picture, threshold_a, threshold_b, seed, model)
-
-    def control_maps(self, request: GenerationRequest, source: SourceImage) -> list[ControlMap]:
-        """Each control unit's model found (not loaded) and its map made (the source when the unit names no
-        picture), so that a bad unit is refused before any model loads."""
-        from img2img.imageio.source import pixels_sha256
-
-        registered = self.registry.addons("controlnet") | self.registry.addons("t2i-adapter")
-        maps = []
-        for unit in request.control:
-            name, path, info = control_models.resolve(unit.model, registered, self.control_paths)
-            picture = source.rgb if unit.image is None else read_source(
-                unit.image, max_pixels=self.max_source_pixels, field="control.image").rgb
-            sha256 = pixels_sha256(picture)
-            if unit.preprocessor not in ("none", "inpaint"):
-                picture = self.preprocess(unit.preprocessor, picture, unit.threshold_a, unit.threshold_b,
-                                          request.seed or 0)
-            if unit.preprocessor == "inpaint" and request.inpaint is None:
-                raise InvalidArgument("inpaint", "a mask for the control unit's inpaint preprocessor", None)
-            maps.append(ControlMap(unit, name, path, info, picture, sha256))
-        return maps
-
-    def _controls(self, maps: list[ControlMap], prepared: Prepared, loaded: LoadedModel,
-                  units: tuple[ControlUnit, ...]) -> tuple[UnitConditioner, ...]:
-        """The control units as conditioners: each ControlNet or adapter checked against the model's base and
-        loaded through the part cache, each map fitted to the working size (cut to the painted box of an "only
-        masked" inpaint). ``units`` are a cell's own, which may differ from the maps' in their weights."""
-        unet_config = dict(loaded.pipeline.unet.config)
-        xl = hasattr(loaded.pipeline, "text_encoder_2")
-        controls: list[UnitConditioner] = []
-        for found, unit in zip(maps, units, strict=True):
-            info = found.info
-            control_models.check_base(info, found.name, int(unet_config["cross_attention_dim"]), xl, loaded.name)
-            kind = f"{info.kind}@{_digest(unet_config)}"  # a single file's config is the model's UNet's
-            net = self.parts.get(kind, found.path, self.placement, lambda file, placement, info=info:
-                                 control_models.load(file, info, placement, unet_config))
-            picture, region = found.picture, prepared.mask.region if prepared.mask is not None else None
-            if region is not None:
-                picture = fit_to_size(picture, prepared.output_size, unit.resize).crop(region)  # type: ignore[arg-type]
-            fitted = fit_to_size(picture, prepared.working.size, unit.resize)  # type: ignore[arg-type]
-            # The inpaint preprocessor: the map is the source with the area to paint at -1.
-            hint_mask = prepared.mask.working_weights if unit.preprocessor == "inpaint" and prepared.mask else None
-            conditioner = ControlConditioner if info.kind == "controlnet" else AdapterConditioner
-            controls.append(conditioner(net, fitted, unit, found.name, found.sha256, weights_sha256(found.path),
-                                        hint_mask))
-        return tuple(controls)
-
-    def references(self, request: GenerationRequest) -> list[Reference]:
-        """The image prompts' pictures, read and hashed, before any model loads."""
-        from img2img.imageio.source import pixels_sha256
-
-        pictures = [read_source(prompt.image, max_pixels=self.max_source_pixels, field="image_prompts.image").rgb
-                    for prompt in request.image_prompts]
-        return [Reference(picture, pixels_sha256(picture)) for picture in pictures]
-
-    def adapter(self, request: GenerationRequest) -> tuple[str, Path]:
-        """The request's IP-Adapter found (not loaded): its name and its file or folder."""
-        if not request.ip_adapter:
-            raise InvalidArgument("ip_adapter", "an IP-Adapter to read the image prompts with a diffusion model (or "
-                                  "model builtin, whose style pictures they are)", None)
-        return ip_adapters.resolve(request.ip_adapter, self.registry.addons(ip_adapters.KIND), self.control_paths)
-
-    def _image_prompt(self, adapter: tuple[str, Path], references: list[Reference], loaded: LoadedModel,
-                      cell: GenerationRequest) -> ImagePromptConditioner:
-        """The cell's image prompts as a conditioner: the adapter checked against the model's base and loaded for
-        its UNet through the part cache, each picture's embedding computed once (the adapter keeps them)."""
-        name, found = adapter
-        unet = loaded.pipeline.unet
-        path, _ = ip_adapters.choose(found, int(unet.config["cross_attention_dim"]), loaded.name)
-        fallback = getattr(unet, "fallback", None)  # OpenVINO's UNet: the image prompts run on PyTorch's
-        torch_unet = unet if fallback is None else fallback.module
-        kind = f"{ip_adapters.KIND}@{_digest(dict(unet.config))}-{torch_unet.dtype}"
-        loaded_adapter = self.parts.get(kind, path, self.placement,
-                                        lambda file, _placement: ip_adapters.load(file, torch_unet))
-        tokens, scales = image_tokens(loaded_adapter, references, cell.image_prompts, cell.image_prompt_combine)
-        pictures = tuple((ref.sha256, prompt.weight) for ref, prompt in zip(references, cell.image_prompts,
-                                                                            strict=True))
-        return ImagePromptConditioner(loaded_adapter, tokens, scales, pictures, cell.image_prompt_mode,
-                                      cell.image_prompt_combine, name, weights_sha256(path))
-
     def _vae(self, path: Path, loaded: LoadedModel) -> Any:
         """The VAE at ``path`` for ``loaded``'s pipeline: from the part cache, with the model's scaling factor."""
         config = dict(loaded.pipeline.vae.config)
-        kind = f"vae@{_digest(config)}"  # the part depends on the model's VAE config
+        kind = f"vae@{digest(config)}"  # the part depends on the model's VAE config
         return self.parts.get(kind, path, self.placement, lambda file, placement: load_vae(
             file, placement.dtype, placement.device, config))
 
@@ -415,11 +307,6 @@ class Engine:
         entry = resolve_reference(reference, self.registry, self.allow_pickle)
         return inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
                              prediction=entry.prediction)
-
-
-def _digest(config: dict[str, Any]) -> str:
-    """A short hash of a component's config (a part loaded against it is another part for another config)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _notes_of(conditioner: Any) -> list[str]:

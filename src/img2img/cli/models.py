@@ -38,7 +38,7 @@ def models_add(
     addon = detect(path)
     if addon is not None:  # a LoRA or an embedding, recognised from its keys
         ModelRegistry().add_addon(name, path, addon.kind)
-        made_for = f" for {addon.base}" if addon.kind not in ("vae", "depth") else ""
+        made_for = f" for {addon.base}" if addon.kind not in ("vae", "depth", "captioner", "clip") else ""
         typer.echo(f"added {name}: {addon.label}{made_for} at {Path(path).resolve()}")
         return
     if prediction not in (None, "epsilon", "v_prediction"):
@@ -85,7 +85,8 @@ def _made_for(path: Path) -> str:
         info = detect(path)
     except Img2ImgError:
         return " (unreadable)"
-    return f" (for {info.base})" if info is not None and info.kind not in ("vae", "embedding", "depth") else ""
+    plain = ("vae", "embedding", "depth", "captioner", "clip")  # kinds made for no particular base
+    return f" (for {info.base})" if info is not None and info.kind not in plain else ""
 
 
 @models_app.command("default")

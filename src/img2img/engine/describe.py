@@ -4,7 +4,9 @@
 nearest of a small table of colour names), the light (brightness and contrast from L*, colour temperature from
 the mean b* against a*), sharpness (the variance of the Laplacian at a fixed size) and noise (the median absolute
 deviation of the finest wavelet-like detail, Donoho's estimator), and the orientation and aspect. Nothing here
-recognises what the picture shows: the description says so, and a captioning model the user brings adds that.
+recognises what the picture shows: the description says so, and a captioning model the user brings adds that
+(``describe``'s ``caption``), with the terms a CLIP model ranked best for the picture (``ranked``: the best
+mediums, movements, artists and flavours, as ``img2img.models.captioners`` finds them).
 """
 
 from __future__ import annotations
@@ -170,16 +172,31 @@ class Description:
     measurements: Measurements
     strength: dict[str, float]  # the suggested strength for the change asked: low, high and a start
     change: str
+    caption: str | None = None  # a captioning model's sentence, when one was used
+    ranked: dict[str, list[tuple[str, float]]] | None = None  # a CLIP model's best terms per list, with scores
+    models: dict[str, str] | None = None  # the models used, by role ("captioner", "clip")
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"captioned": self.caption is not None}
+        if self.caption is None:
+            extra["not_measured"] = UNMEASURED
+        else:
+            extra["caption"] = self.caption
+        if self.ranked is not None:
+            extra["ranked"] = {name: [{"term": term, "score": score} for term, score in terms]
+                               for name, terms in self.ranked.items()}
+        if self.models:
+            extra["models"] = self.models
         return {"prompt": self.prompt, "negative_prompt": self.negative_prompt, "style": self.style,
-                "change": self.change, "strength": self.strength, "captioned": False, "not_measured": UNMEASURED,
-                **self.measurements.to_dict()}
+                "change": self.change, "strength": self.strength, **extra, **self.measurements.to_dict()}
 
 
-def describe(picture: Image.Image, style: str = "sd", change: str = "restyle") -> Description:
-    """A prompt for ``picture`` written in ``style`` (sd, midjourney or plain) from its measurements, with the
-    strength the seeds suggest for ``change`` (subtle, restyle or rework)."""
+def describe(picture: Image.Image, style: str = "sd", change: str = "restyle", caption: str | None = None,
+             ranked: dict[str, list[tuple[str, float]]] | None = None, models: dict[str, str] | None = None
+             ) -> Description:
+    """A prompt for ``picture`` written in ``style`` (sd, midjourney or plain) from its measurements, and from a
+    captioning model's ``caption`` and a CLIP model's ``ranked`` terms when given, with the strength the seeds
+    suggest for ``change`` (subtle, restyle or rework)."""
     from img2img.errors import InvalidArgument
 
     if style not in STYLES:
@@ -196,15 +213,32 @@ def describe(picture: Image.Image, style: str = "sd", change: str = "restyle") -
         look.append(words["noise"])
     else:
         negative.append("noise")
+    terms = _terms(ranked or {})
+    subject = [caption] if caption else []
     if style == "sd":
-        prompt = ", ".join([f"({palette}:1.2)", *look, f"{found.orientation} composition"])
+        weighted = [f"({term}:1.1)" if index == 0 else term for index, term in enumerate(terms)]
+        prompt = ", ".join([*subject, *weighted, f"({palette}:1.2)", *look, f"{found.orientation} composition"])
     elif style == "midjourney":
-        prompt = f"{', '.join([palette, *look])} --ar {found.aspect}"
+        prompt = f"{', '.join([*subject, *terms, palette, *look])} --ar {found.aspect}"
+    elif caption:
+        known = f" ({', '.join(terms)})" if terms else ""
+        prompt = f"{caption[0].upper()}{caption[1:]}{known}: a {found.orientation} picture ({found.aspect}) with a " \
+                 f"{palette}, {', '.join(look)}."
     else:
         prompt = (f"A {found.orientation} picture ({found.aspect}) with a {palette}: {', '.join(look)}. It does not "
                   "say what the picture shows; no captioning model was used.")
     low, high, start = CHANGES[change]
-    return Description(prompt, ", ".join(negative), style, found, {"low": low, "high": high, "start": start}, change)
+    return Description(prompt, ", ".join(negative), style, found, {"low": low, "high": high, "start": start}, change,
+                       caption, ranked, models)
+
+
+def _terms(ranked: dict[str, list[tuple[str, float]]]) -> list[str]:
+    """The ranked terms in prompt order: medium, movement, artist ("by ..."), flavours."""
+    terms = []
+    for name in ("mediums", "movements", "artists", "flavors"):
+        for term, _score in ranked.get(name, []):
+            terms.append(f"by {term}" if name == "artists" else term)
+    return terms
 
 
 def _joined(words: list[str]) -> str:

@@ -21,14 +21,17 @@ import platformdirs
 
 from img2img.errors import InvalidArgument, ModelError
 
-KINDS = ("lora", "embedding", "vae", "controlnet", "t2i-adapter", "depth", "ip-adapter")
+KINDS = ("lora", "embedding", "vae", "controlnet", "t2i-adapter", "depth", "ip-adapter", "captioner", "clip")
 FOLDER_ENV = {"lora": "IMG2IMG_LORA_DIR", "embedding": "IMG2IMG_EMBEDDINGS_DIR", "vae": "IMG2IMG_VAE_DIR",
               "controlnet": "IMG2IMG_CONTROLNET_DIR", "t2i-adapter": "IMG2IMG_CONTROLNET_DIR",
-              "depth": "IMG2IMG_ANNOTATOR_DIR", "ip-adapter": "IMG2IMG_IP_ADAPTER_DIR"}
+              "depth": "IMG2IMG_ANNOTATOR_DIR", "ip-adapter": "IMG2IMG_IP_ADAPTER_DIR",
+              "captioner": "IMG2IMG_ANNOTATOR_DIR", "clip": "IMG2IMG_ANNOTATOR_DIR"}
 FOLDER_NAME = {"lora": "loras", "embedding": "embeddings", "vae": "vae", "controlnet": "controlnet",
-               "t2i-adapter": "controlnet", "depth": "annotators", "ip-adapter": "ipadapter"}
+               "t2i-adapter": "controlnet", "depth": "annotators", "ip-adapter": "ipadapter", "captioner": "annotators",
+               "clip": "annotators"}
 LABEL = {"lora": "LoRA", "embedding": "embedding", "vae": "VAE", "controlnet": "ControlNet",
-         "t2i-adapter": "T2I-Adapter", "depth": "depth model", "ip-adapter": "IP-Adapter"}
+         "t2i-adapter": "T2I-Adapter", "depth": "depth model", "ip-adapter": "IP-Adapter", "captioner": "captioner",
+         "clip": "CLIP model"}
 FOLDER_KINDS = ("vae", "controlnet", "t2i-adapter")  # kinds that may be a diffusers folder rather than a file
 BASES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}  # by cross-attention width
 _DOWN = ("lora_down.weight", "lora_A.weight", "lora.down.weight", "lora_A.default.weight")
@@ -59,6 +62,7 @@ def detect(path: Path) -> AddonInfo | None:
     from safetensors import safe_open
 
     from img2img.models import control_models, ip_adapters
+    from img2img.models.captioners import kind_of
     from img2img.models.estimators import is_depth_folder
 
     if path.is_dir():
@@ -71,6 +75,9 @@ def detect(path: Path) -> AddonInfo | None:
             return AddonInfo("ip-adapter", min(widths), widths == {2048})
         if is_depth_folder(path):
             return AddonInfo("depth", None, False)
+        describer = kind_of(path)
+        if describer is not None:
+            return AddonInfo(describer, None, False)
         config = path / "config.json"
         is_vae = config.is_file() and '"AutoencoderKL"' in config.read_text(encoding="utf-8", errors="replace")
         return AddonInfo("vae", None, False) if is_vae else None
