@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,10 +35,11 @@ LABELS = {"blip": "BLIP", "blip-2": "BLIP-2", "git": "GIT", "florence2": "Floren
 FLORENCE_TASK = "<CAPTION>"
 MAX_CAPTION_TOKENS = 40
 # The word lists that are ranked, with how many of each the prompt takes; flavours are many (100,000 in
-# clip-interrogator's list): the first LIST_LIMIT of each list are read, so that a first ranking on a CPU stays
-# within minutes.
+# clip-interrogator's list): the first LIST_LIMIT of each list are read ($IMG2IMG_CLIP_TERMS sets another number),
+# so that a first ranking on a CPU stays within minutes.
 LISTS = {"mediums": 1, "movements": 1, "artists": 1, "flavors": 3}
 LIST_LIMIT = 4000
+LIMIT_ENV = "IMG2IMG_CLIP_TERMS"
 TEXT_BATCH = 128
 
 
@@ -200,10 +202,12 @@ def lists_folder() -> Path | None:
 
 
 def word_list(name: str) -> list[str]:
-    """The first LIST_LIMIT terms of clip-interrogator's list ``name`` (empty when the package is absent)."""
+    """The first LIST_LIMIT (or $IMG2IMG_CLIP_TERMS) terms of clip-interrogator's list ``name`` (empty when the
+    package is absent)."""
     folder = lists_folder()
     path = folder / f"{name}.txt" if folder else None
     if path is None or not path.is_file():
         return []
     terms = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    return [term for term in terms if term][:LIST_LIMIT]
+    limit = os.environ.get(LIMIT_ENV, "")
+    return [term for term in terms if term][:int(limit) if limit.isdigit() else LIST_LIMIT]

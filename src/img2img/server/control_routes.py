@@ -90,7 +90,8 @@ def make_map(svc: Service, data: bytes, name: str, threshold_a: float | None, th
 
     try:
         picture = read_source(data, max_pixels=svc.settings.max_pixels, field=field).rgb
-        made = svc.planner.preprocess(name, picture, threshold_a, threshold_b, seed)
+        with svc.parts_lock:  # a depth model loads into the planner's part cache
+            made = svc.planner.preprocess(name, picture, threshold_a, threshold_b, seed)
     except SourceImageError as exc:
         raise ApiError(422, "invalid_image", str(exc), field) from exc
     except InvalidArgument as exc:

@@ -1,5 +1,6 @@
 """Image to prompt over HTTP: the native ``POST /v1/describe`` and A1111's ``POST /sdapi/v1/interrogate``, both on
-``img2img.engine.describe`` (measurements only: no captioning model is used, and the answers say so)."""
+``Engine.describe``: measurements, plus the caption and CLIP's ranked words when the server has a captioner and a
+CLIP model registered (the answers say which were used; without them, that no captioning model was)."""
 
 from __future__ import annotations
 
@@ -18,16 +19,21 @@ a1111 = APIRouter(prefix="/sdapi/v1", tags=["a1111"])
 
 def _describe(svc: Service, data: bytes, field: str, style: str, change: str) -> dict[str, Any]:
     from img2img.engine.describe import describe
-    from img2img.errors import InvalidArgument, SourceImageError
+    from img2img.errors import InvalidArgument, ModelError, SourceImageError
     from img2img.imageio.source import read_source
 
     try:
-        return describe(read_source(data, max_pixels=svc.settings.max_pixels, field=field).rgb, style,
-                        change).to_dict()
+        picture = read_source(data, max_pixels=svc.settings.max_pixels, field=field).rgb
+        if not (svc.planner.registry.addons("captioner") or svc.planner.registry.addons("clip")):
+            return describe(picture, style, change).to_dict()  # no model to load: no lock to wait for
+        with svc.parts_lock:
+            return svc.planner.describe(picture, style, change).to_dict()
     except SourceImageError as exc:
         raise ApiError(422, "invalid_image", str(exc), field) from exc
     except InvalidArgument as exc:
         raise ApiError(422, "invalid_argument", str(exc), exc.argument) from exc
+    except ModelError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from exc
 
 
 @native.post("/describe")
@@ -51,9 +57,9 @@ class InterrogateRequest(BaseModel):
 
 @a1111.post("/interrogate")
 async def interrogate(body: InterrogateRequest, svc: ServiceDep, _who: CallerDep) -> dict[str, Any]:
-    """A1111's interrogate: ``caption`` is the measured SD prompt (whatever ``model`` names: no captioning model
-    is used), with the measurements beside it."""
+    """A1111's interrogate: ``caption`` is the SD prompt (the registered captioner's and CLIP's words when the
+    server has them, else the measured prompt, whatever ``model`` names), with what was measured beside it."""
     data = decode_base64(body.image, "image", svc)
     found = await asyncio.to_thread(_describe, svc, data, "image", "sd", "restyle")
-    return {"caption": found["prompt"], "negative_prompt": found["negative_prompt"], "captioned": False,
-            "not_measured": found["not_measured"]}
+    return {"caption": found["prompt"], "negative_prompt": found["negative_prompt"], "captioned": found["captioned"],
+            **{key: found[key] for key in ("not_measured", "models") if key in found}}

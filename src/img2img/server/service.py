@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import io
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,13 +50,16 @@ class ApiError(Exception):
 
 
 class Service:
-    """``planner`` is an engine that checks requests (styles, sizes, memory) and loads no model: the runner's
-    worker process runs them. ``stopping`` is set when the server begins to stop."""
+    """``planner`` is an engine that checks requests (styles, sizes, memory) and loads no diffusion model: the
+    runner's worker process runs them. It does load the small parts that previews and descriptions need (a depth
+    model, a captioner, a CLIP model), one caller at a time (``parts_lock``). ``stopping`` is set when the server
+    begins to stop."""
 
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub,
                  runner: Runner, planner: Engine) -> None:
         self.settings, self.store, self.blobs, self.hub, self.runner = settings, store, blobs, hub, runner
         self.planner = planner
+        self.parts_lock = threading.Lock()
         self.stopping = asyncio.Event()
 
     def begin_stop(self) -> None:
