@@ -170,28 +170,41 @@ def test_the_command_lines_file_and_weight() -> None:
         parse_image_prompt("ref.png:3")
 
 
-def test_openvino_hands_image_prompts_to_pytorch_with_a_note(tiny_sd, tiny_ip_adapter, pictures) -> None:
+def test_openvino_runs_image_prompts_in_its_own_graph(tiny_sd, tiny_ip_adapter, pictures) -> None:
     pytest.importorskip("openvino")
-    source, coffee, _ = pictures
-    torch_engine = Engine(device="cpu", dtype="float32", backend="torch")
-    request = _request(tiny_sd, source, ImagePrompt(coffee), adapter=tiny_ip_adapter)
-    expected = _pixels(torch_engine, request)
-    result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
-    assert any("ip_hidden_states" in note and "PyTorch" in note for note in result.notes)
-    assert np.abs(np.asarray(result.images[0], dtype=np.int16) - expected).max() <= 2
-
-
-def test_averaged_pictures_make_one_image_prompt(engine, tiny_sd, tiny_ip_adapter, pictures) -> None:
     source, coffee, cat = pictures
-    one = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee, 0.8), adapter=tiny_ip_adapter))
-    averaged_one = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee, 0.8), adapter=tiny_ip_adapter,
-                                            image_prompt_combine="average"))
-    assert np.array_equal(one, averaged_one), "the average of one picture is that picture"
-    separate = _pixels(engine, _request(tiny_sd, source, ImagePrompt(coffee), ImagePrompt(cat),
-                                        adapter=tiny_ip_adapter))
-    averaged = engine.generate(_request(tiny_sd, source, ImagePrompt(coffee, 2.0), ImagePrompt(cat, 1.0),
-                                        *[ImagePrompt(cat, 0.5)] * 3, adapter=tiny_ip_adapter,
-                                        image_prompt_combine="average"))
-    assert not np.array_equal(np.asarray(averaged.images[0], dtype=np.int16), separate)
-    entry = averaged.record.image_prompt
-    assert entry["combine"] == "average" and [item["weight"] for item in entry["images"]] == [2.0, 1.0, 0.5, 0.5, 0.5]
+    torch_engine = Engine(device="cpu", dtype="float32", backend="torch")
+    ov_engine = Engine(device="cpu", dtype="float32", backend="openvino")
+    for prompts, mode in (((ImagePrompt(coffee),), "both"), ((ImagePrompt(coffee), ImagePrompt(cat, 0.6)), "style")):
+        request = _request(tiny_sd, source, *prompts, adapter=tiny_ip_adapter, image_prompt_mode=mode)
+        expected = _pixels(torch_engine, request)
+        result = ov_engine.generate(request)
+        assert not [note for note in result.notes if "PyTorch" in note], result.notes
+        assert np.abs(np.asarray(result.images[0], dtype=np.int16) - expected).max() <= 2, mode
+    assert ov_engine.load(str(tiny_sd)).pipeline.unet.prompts.request is not None, "the image-prompt graph ran"
+
+
+def test_openvino_with_a_controlnet_too_or_a_failed_conversion_runs_pytorch(tiny_sd, tiny_ip_adapter,
+                                                                           tiny_controlnet, pictures,
+                                                                           monkeypatch) -> None:
+    pytest.importorskip("openvino")
+    from img2img import ControlUnit
+    from img2img.models import ov_runtime
+    from img2img.models.ov_image_prompt import ImagePromptGraph
+
+    source, coffee, _ = pictures
+    unit = ControlUnit(model=tiny_controlnet, preprocessor="canny")
+    request = _request(tiny_sd, source, ImagePrompt(coffee), adapter=tiny_ip_adapter, control=(unit,))
+    expected = _pixels(Engine(device="cpu", dtype="float32", backend="torch"), request)
+    both = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    assert np.abs(np.asarray(both.images[0], dtype=np.int16) - expected).max() <= 2
+
+    def fail(self: ImagePromptGraph) -> None:
+        raise ov_runtime.OpenVinoFailure("the UNet with image prompt inputs could not be converted: no")
+
+    monkeypatch.setattr(ImagePromptGraph, "_export", fail)
+    alone = _request(tiny_sd, source, ImagePrompt(coffee), adapter=tiny_ip_adapter)
+    failed = Engine(device="cpu", dtype="float32", backend="openvino").generate(alone)
+    assert any("could not run the UNet with image prompts" in note for note in failed.notes), failed.notes
+    assert np.abs(np.asarray(failed.images[0], dtype=np.int16) - _pixels(
+        Engine(device="cpu", dtype="float32", backend="torch"), alone)).max() <= 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from img2img import Engine, GenerationRequest, InvalidArgument
-from img2img.models import ov_runtime
+from img2img.models import ov_runtime, ov_unet
 
 pytest.importorskip("openvino")
 
@@ -22,7 +22,7 @@ def test_openvino_matches_pytorch_and_reuses_its_conversion(model_fixture, photo
     torch_result = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, model))
     first = Engine(device="cpu", dtype="float32", backend="openvino")
     loaded = first.load(str(model))
-    assert type(loaded.pipeline.unet) is ov_runtime.OpenVinoUNet
+    assert type(loaded.pipeline.unet) is ov_unet.OpenVinoUNet
     assert ov_runtime.has_ir(loaded.sha256, "f32")
     ov_result = first.generate(_request(photo, model))
     difference = np.abs(np.asarray(ov_result.images[0], float) - np.asarray(torch_result.images[0], float))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,10 +132,14 @@ def prompts_from_record(entry: dict[str, Any] | None, images: list[Any]) -> tupl
 
 def layer_factors(unet: Any, mode: str) -> dict[str, float]:
     """Each cross-attention layer's share of the image prompt (by its processor's name) in ``mode``."""
-    names = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    return layer_shares([name for name in unet.attn_processors if name.endswith("attn2.processor")], unet.config,
+                        mode)
+
+
+def layer_shares(names: list[str], config: Any, mode: str) -> dict[str, float]:
+    """``layer_factors`` for the cross-attention layers ``names`` of a UNet of ``config``."""
     if mode == "both":
         return dict.fromkeys(names, 1.0)
-    config = unet.config
     style = mode == "style"
     prefix, types = ("up_blocks", config.up_block_types) if style else ("down_blocks", config.down_block_types)
     crossed = [index for index, kind in enumerate(types) if "CrossAttn" in kind]
@@ -173,6 +177,7 @@ class ImagePromptConditioner(Conditioner):
     combine: str = "separate"
     name: str = ""  # the adapter's name and hash, as the record shows them
     sha256: str = ""
+    _inputs: dict[bool, ImageTokens] = field(default_factory=dict, repr=False)  # per guidance: made once per run
     kind = KIND
     inputs = ("ip_hidden_states",)
 
@@ -183,10 +188,10 @@ class ImagePromptConditioner(Conditioner):
     def attach(self, pipeline: Any) -> Iterator[None]:
         """diffusers' IP-Adapter attention on the UNet's cross-attention layers for the run, with each picture's
         weight times the layer's share of the mode; the UNet's own processors come back after."""
-        if not self.acts():
+        if not self.acts() or getattr(pipeline.unet, "takes_image_prompts", False):  # OpenVINO's takes keys
             yield
             return
-        fallback = getattr(pipeline.unet, "fallback", None)  # OpenVINO's UNet hands these runs to PyTorch's
+        fallback = getattr(pipeline.unet, "fallback", None)  # another stand-in hands these runs to PyTorch's
         unet = pipeline.unet if fallback is None else fallback.module
         own = unet.attn_processors
         factors = layer_factors(unet, self.mode)
@@ -202,11 +207,47 @@ class ImagePromptConditioner(Conditioner):
 
         if not self.acts():
             return {}
-        return {"ip_hidden_states": [torch.cat(pair) if step.guided else pair[1] for pair in self.tokens]}
+        if step.guided not in self._inputs:
+            tokens = [torch.cat(pair) if step.guided else pair[1] for pair in self.tokens]
+            self._inputs[step.guided] = ImageTokens(tokens, self)
+        return {"ip_hidden_states": self._inputs[step.guided]}
+
+    def key_values(self, tokens: list[torch.Tensor], layers: list[str], config: Any
+                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's image keys and values, (pictures, batch, tokens, width), with each picture's weight and the
+        layer's share of the mode folded into the values: what a graph that takes them needs
+        (``img2img.models.ov_image_prompt``)."""
+        import torch
+
+        shares = layer_shares(layers, config, self.mode)
+        pairs = []
+        with torch.inference_mode():
+            for name in layers:
+                keys, values = self.adapter.layers[name]
+                pairs.append((torch.stack([keys(part) for part in tokens]).float(),
+                              torch.stack([values(part) * (scale * shares[name])
+                                           for part, scale in zip(tokens, self.scales, strict=True)]).float()))
+        return pairs
 
     def metadata(self) -> dict[str, Any] | None:
         return {"adapter": self.name, "adapter_sha256": self.sha256, "mode": self.mode, "combine": self.combine,
                 "images": [{"sha256": sha256, "weight": weight} for sha256, weight in self.pictures]}
+
+
+class ImageTokens(list):  # type: ignore[type-arg]
+    """The image tokens of each picture, as diffusers' IP-Adapter attention reads them beside the text; and, for
+    a UNet graph that takes each layer's keys and values instead, those (``key_values``, made once per layer
+    list)."""
+
+    def __init__(self, tokens: list[torch.Tensor], conditioner: ImagePromptConditioner) -> None:
+        super().__init__(tokens)
+        self.conditioner = conditioner
+        self._made: dict[tuple[str, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def key_values(self, layers: list[str], config: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if tuple(layers) not in self._made:
+            self._made[tuple(layers)] = self.conditioner.key_values(list(self), layers, config)
+        return self._made[tuple(layers)]
 
 
 def _processor(layer: tuple[torch.nn.Module, torch.nn.Module], scales: list[float]) -> Any:

@@ -46,12 +46,13 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", ("cpu", "cuda", "mps"), ("float32", "float16", "bfloat16"), ("none",), None, None,
                      "PyTorch"),
-    # The UNet graphs traced for OpenVINO take the prompt's inputs and ControlNets' residuals (models/ov_runtime.py,
-    # models/ov_control.py); T2I-Adapters' features run with PyTorch.
+    # The UNet graphs traced for OpenVINO take the prompt's inputs, ControlNets' residuals and image prompts (their
+    # keys and values: models/ov_runtime.py, ov_control.py, ov_image_prompt.py); T2I-Adapters' features run with
+    # PyTorch.
     "openvino": Backend("openvino", ("cpu",), ("float32", "bfloat16"), ("none", "int8"),
                         frozenset({"encoder_hidden_states", "timestep_cond", "added_cond_kwargs",
-                                   "down_block_additional_residuals", "mid_block_additional_residual"}), "torch",
-                        "OpenVINO"),
+                                   "down_block_additional_residuals", "mid_block_additional_residual",
+                                   "ip_hidden_states"}), "torch", "OpenVINO"),
 }
 
 

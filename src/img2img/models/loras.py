@@ -61,7 +61,7 @@ def activate(pipeline: Any, uses: tuple[LoraUse, ...]) -> None:
     With the OpenVINO UNet, the text encoders take the LoRAs as adapters and the UNet as weight deltas
     (``img2img.models.ov_lora``).
     """
-    from img2img.models.ov_runtime import OpenVinoUNet
+    from img2img.models.ov_unet import OpenVinoUNet
 
     openvino = isinstance(pipeline.unet, OpenVinoUNet)
     loaded = _loaded(pipeline)

@@ -108,10 +108,13 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
            ) -> None:
     """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use and
     falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run. ``float_unet`` loads the
-    float32 PyTorch UNet, for converting the graph that takes ControlNet residuals (``ov_control``) on first need."""
+    float32 PyTorch UNet, for converting the graphs that take ControlNet residuals (``ov_control``) and image
+    prompts' keys and values (``ov_image_prompt``) on first need."""
     import openvino as ov
 
     from img2img.models.ov_control import ControlGraph
+    from img2img.models.ov_image_prompt import ImagePromptGraph
+    from img2img.models.ov_unet import OpenVinoUNet
 
     folder = ir_folder(sha256, variant)
     core = ov.Core()
@@ -123,8 +126,10 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     notes: list[str] = []
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
     control = ControlGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
+    prompts = ImagePromptGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
     object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback,
-                                                                                                    notes), control))
+                                                                                                    notes), control,
+                                                      prompts))
     object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],
                                                     _Fallback("vae", fallback, notes)))
     # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.
@@ -137,6 +142,8 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
 
 def take_notes(pipeline: Any) -> list[str]:
     """The one-line notes of components that fell back to PyTorch since the last call (none without OpenVINO)."""
+    from img2img.models.ov_unet import OpenVinoUNet
+
     unet = getattr(pipeline, "unet", None)
     if not isinstance(unet, OpenVinoUNet):
         return []
@@ -256,90 +263,6 @@ class _Request:
             self._compiled = self._core.compile_model(model, "CPU", self._options)
         self._request = self._compiled.create_infer_request()
         self._shapes = shapes
-
-
-class OpenVinoUNet:
-    """Called like a diffusers UNet2DConditionModel (the arguments the engine passes)."""
-
-    dtype = torch.float32
-    device = torch.device("cpu")
-
-    def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback, control: Any = None) -> None:
-        self.config = _Config(config)
-        self._request, self.fallback, self.control = request, fallback, control
-        self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
-        self.control_failed = False
-
-    def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
-        return self.forward(*args, **kwargs)
-
-    def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
-        """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
-        self._patch = (key, patcher)
-        self._request.set_patch(key, patcher)
-
-    def _controlled(self, inputs: list[np.ndarray], others: dict[str, Any]) -> torch.Tensor | None:
-        """The step through the graph that takes ControlNet residuals, when ``others`` are just those; None when
-        it cannot run them (then PyTorch does, with a note)."""
-        down, mid = others.get("down_block_additional_residuals"), others.get("mid_block_additional_residual")
-        if self.control is None or self.control_failed or down is None or mid is None or len(others) != 2:
-            return None
-        try:
-            self._request.drop()  # one UNet graph compiled at a time
-            return self.control.run(inputs, list(down), mid, self._patch)
-        except OpenVinoFailure as failure:
-            self.control_failed = True
-            self.fallback.notes.append(f"OpenVINO could not run the UNet with ControlNet inputs ({failure}); "
-                                       "it runs with PyTorch instead")
-            return None
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
-                timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
-                return_dict: bool = False, **others: Any) -> tuple[torch.Tensor]:
-        """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
-        PyTorch rather than drop them."""
-        others = {name: value for name, value in others.items() if value is not None}
-        if isinstance(encoder_hidden_states, tuple):  # an image prompt's tokens beside the text: PyTorch runs it
-            return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
-        inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
-        if added_cond_kwargs:
-            inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
-        if timestep_cond is not None:
-            inputs.append(_array(timestep_cond))
-        if not self.fallback.failed and others:
-            controlled = self._controlled(inputs, others)
-            if controlled is not None:
-                return (controlled,)
-        if not self.fallback.failed and not others:
-            try:
-                if self.control is not None and self.control.request is not None:
-                    self.control.request.drop()
-                return (self._request(inputs),)
-            except OpenVinoFailure as failure:
-                self.fallback.take_over(failure)
-        return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
-
-    def _in_torch(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: Any,
-                  timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
-                  others: dict[str, Any]) -> tuple[torch.Tensor]:
-        """The step with the PyTorch UNet (in its dtype), with every input as given."""
-        dtype, unet = self.fallback.dtype, self.fallback.module
-        extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": _to_dtype(added_cond_kwargs, dtype)}
-        extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
-        output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
-                      timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
-        return (output.float(),)
-
-
-def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
-    """Floating tensors (alone, or in a list, tuple or dict) in ``dtype``; anything else as it is."""
-    if isinstance(value, torch.Tensor):
-        return value.to(dtype) if value.is_floating_point() else value
-    if isinstance(value, list | tuple):
-        return type(value)(_to_dtype(item, dtype) for item in value)
-    if isinstance(value, dict):
-        return {key: _to_dtype(item, dtype) for key, item in value.items()}
-    return value
 
 
 class OpenVinoVAE:

@@ -1,0 +1,131 @@
+"""The OpenVINO UNet's stand-in: called like diffusers' UNet2DConditionModel, it runs the model's own graph, the
+graph that takes ControlNet residuals (``ov_control``) or the one that takes image prompts' keys and values
+(``ov_image_prompt``), one compiled at a time, and hands any other call to the PyTorch UNet (with a note)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from img2img.models.ov_runtime import OpenVinoFailure, _array, _Config, _Fallback, _Request
+
+
+class OpenVinoUNet:
+    """Called like a diffusers UNet2DConditionModel (the arguments the engine passes)."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+    takes_image_prompts = True  # image tokens arrive beside the text; the graph takes their keys and values
+
+    def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback, control: Any = None,
+                 prompts: Any = None) -> None:
+        self.config = _Config(config)
+        self._request, self.fallback, self.control, self.prompts = request, fallback, control, prompts
+        self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
+        self.control_failed = self.prompts_failed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
+        return self.forward(*args, **kwargs)
+
+    def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
+        """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
+        self._patch = (key, patcher)
+        self._request.set_patch(key, patcher)
+
+    def _controlled(self, inputs: list[np.ndarray], others: dict[str, Any]) -> torch.Tensor | None:
+        """The step through the graph that takes ControlNet residuals, when ``others`` are just those; None when
+        it cannot run them (then PyTorch does, with a note)."""
+        down, mid = others.get("down_block_additional_residuals"), others.get("mid_block_additional_residual")
+        if self.control is None or self.control_failed or down is None or mid is None or len(others) != 2:
+            return None
+        try:
+            self._request.drop()  # one UNet graph compiled at a time
+            return self.control.run(inputs, list(down), mid, self._patch)
+        except OpenVinoFailure as failure:
+            self.control_failed = True
+            self.fallback.notes.append(f"OpenVINO could not run the UNet with ControlNet inputs ({failure}); "
+                                       "it runs with PyTorch instead")
+            return None
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
+                timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+                return_dict: bool = False, **others: Any) -> tuple[torch.Tensor]:
+        """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
+        PyTorch rather than drop them."""
+        others = {name: value for name, value in others.items() if value is not None}
+        if isinstance(encoder_hidden_states, tuple):  # image prompts' tokens beside the text
+            return self._prompted(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
+        inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
+        if added_cond_kwargs:
+            inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
+        if timestep_cond is not None:
+            inputs.append(_array(timestep_cond))
+        if not self.fallback.failed and others:
+            controlled = self._controlled(inputs, others)
+            if controlled is not None:
+                return (controlled,)
+        if not self.fallback.failed and not others:
+            try:
+                for graph in (self.control, self.prompts):  # one UNet graph compiled at a time
+                    if graph is not None and graph.request is not None:
+                        graph.request.drop()
+                return (self._request(inputs),)
+            except OpenVinoFailure as failure:
+                self.fallback.take_over(failure)
+        return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
+
+    def _prompted(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: tuple[Any, Any],
+                  timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
+                  others: dict[str, Any]) -> tuple[torch.Tensor]:
+        """A step with image prompts: through the graph that takes their keys and values, or (with other inputs
+        too, or when that graph fails) with PyTorch, its cross-attention layers given the same keys and values."""
+        from img2img.models.ov_image_prompt import cross_attention_layers, run_in_torch
+
+        text, tokens = encoder_hidden_states
+        if not self.fallback.failed and not self.prompts_failed and not others and self.prompts is not None:
+            inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(text)]
+            if added_cond_kwargs:
+                inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
+            if timestep_cond is not None:
+                inputs.append(_array(timestep_cond))
+            try:
+                layers = [f"{name}.processor" for name, _ in self.prompts.layers()]
+                key_values = tokens.key_values(layers, self.config)
+                self._request.drop()  # one UNet graph compiled at a time
+                if self.control is not None and self.control.request is not None:
+                    self.control.request.drop()
+                return (self.prompts.run(inputs, key_values, self._patch),)
+            except OpenVinoFailure as failure:
+                self.prompts_failed = True
+                self.fallback.notes.append(f"OpenVINO could not run the UNet with image prompts ({failure}); it runs "
+                                           "with PyTorch instead")
+        unet = self.fallback.module
+        layers = [f"{name}.processor" for name, _ in cross_attention_layers(unet)]
+        key_values = tokens.key_values(layers, self.config)
+        return run_in_torch(unet, key_values, lambda: self._in_torch(sample, timestep, text, timestep_cond,
+                                                                     added_cond_kwargs, others))
+
+    def _in_torch(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: Any,
+                  timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
+                  others: dict[str, Any]) -> tuple[torch.Tensor]:
+        """The step with the PyTorch UNet (in its dtype), with every input as given."""
+        dtype, unet = self.fallback.dtype, self.fallback.module
+        extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": _to_dtype(added_cond_kwargs, dtype)}
+        extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
+        output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
+                      timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
+        return (output.float(),)
+
+
+def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors (alone, or in a list, tuple or dict) in ``dtype``; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, list | tuple):
+        return type(value)(_to_dtype(item, dtype) for item in value)
+    if isinstance(value, dict):
+        return {key: _to_dtype(item, dtype) for key, item in value.items()}
+    return value
