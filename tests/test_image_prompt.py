@@ -170,6 +170,7 @@ def test_the_command_lines_file_and_weight() -> None:
         parse_image_prompt("ref.png:3")
 
 
+@pytest.mark.slow  # 15 s: converts the tiny UNet's graphs; CI runs it with -m slow
 def test_openvino_runs_image_prompts_in_its_own_graph(tiny_sd, tiny_ip_adapter, pictures) -> None:
     pytest.importorskip("openvino")
     source, coffee, cat = pictures
@@ -184,6 +185,7 @@ def test_openvino_runs_image_prompts_in_its_own_graph(tiny_sd, tiny_ip_adapter, 
     assert ov_engine.load(str(tiny_sd)).pipeline.unet.prompts.request is not None, "the image-prompt graph ran"
 
 
+@pytest.mark.slow  # 16 s, as above
 def test_openvino_with_a_controlnet_too_or_a_failed_conversion_runs_pytorch(tiny_sd, tiny_ip_adapter,
                                                                            tiny_controlnet, pictures,
                                                                            monkeypatch) -> None:
@@ -208,3 +210,22 @@ def test_openvino_with_a_controlnet_too_or_a_failed_conversion_runs_pytorch(tiny
     assert any("could not run the UNet with image prompts" in note for note in failed.notes), failed.notes
     assert np.abs(np.asarray(failed.images[0], dtype=np.int16) - _pixels(
         Engine(device="cpu", dtype="float32", backend="torch"), alone)).max() <= 2
+
+
+def test_sdxl_matches_diffusers_ip_adapter_img2img(engine, tiny_sdxl, pictures, tmp_path) -> None:
+    adapter = build_tiny_ip_adapter(tiny_sdxl, tmp_path, plus=True)
+    source, reference = pictures[0], pictures[1]
+    request = GenerationRequest(source=source, prompt=PROMPT, strength=0.7, guidance_scale=5.0, steps=6,
+                                sampler="Euler", seed=99, model=str(tiny_sdxl), prompt_syntax="plain",
+                                image_prompts=(ImagePrompt(reference, 0.7),), ip_adapter=str(adapter))
+    ours = _pixels(engine, request)
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        tiny_sdxl, feature_extractor=CLIPImageProcessor(size=ENCODER_SIDE, crop_size=ENCODER_SIDE))
+    pipe.scheduler = build_scheduler("Euler", dict(pipe.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter(str(adapter.parent), subfolder="", weight_name=adapter.name)
+    pipe.set_ip_adapter_scale(0.7)
+    expected = np.asarray(pipe(prompt=PROMPT, image=source, ip_adapter_image=reference, strength=0.7,
+                               guidance_scale=5.0, num_inference_steps=6,
+                               generator=torch.Generator("cpu").manual_seed(99)).images[0], dtype=np.int16)
+    assert np.abs(ours - expected).max() <= 2

@@ -168,13 +168,12 @@ class ConditionerParts:
         """The cell's image prompts as a conditioner: the adapter checked against the model's base and loaded for
         its UNet through the part cache, each picture's embedding computed once (the adapter keeps them)."""
         name, found = adapter
-        unet = loaded.pipeline.unet
-        path, _ = ip_adapters.choose(found, int(unet.config["cross_attention_dim"]), loaded.name)
-        fallback = getattr(unet, "fallback", None)  # OpenVINO's UNet: the image prompts run on PyTorch's
-        torch_unet = unet if fallback is None else fallback.module
-        kind = f"{ip_adapters.KIND}@{digest(dict(unet.config))}-{torch_unet.dtype}"
-        loaded_adapter = self.parts.get(kind, path, self.placement,
-                                        lambda file, _placement: ip_adapters.load(file, torch_unet))
+        config = dict(loaded.pipeline.unet.config)
+        path, _ = ip_adapters.choose(found, int(config["cross_attention_dim"]), loaded.name)
+        placement = self.placement
+        loaded_adapter = self.parts.get(f"{ip_adapters.KIND}@{digest(config)}", path, placement,
+                                        lambda file, _placement: ip_adapters.load(file, config, placement.device,
+                                                                                  placement.dtype))
         tokens, scales = image_tokens(loaded_adapter, references, cell.image_prompts, cell.image_prompt_combine)
         pictures = tuple((ref.sha256, prompt.weight) for ref, prompt in zip(references, cell.image_prompts,
                                                                             strict=True))

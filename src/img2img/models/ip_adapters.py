@@ -239,15 +239,30 @@ class LoadedAdapter:
         return tuple(part.reshape(1, -1, both.shape[-1]) for part in both.chunk(2))  # type: ignore[return-value]
 
 
-def load(weights: Path, unet: Any) -> LoadedAdapter:
-    """The adapter file ``weights`` (with its image encoder) for ``unet``, a diffusers UNet2DConditionModel, on
-    its device in its dtype, through diffusers' own conversion of the original layout."""
+def cross_attention_names(unet_config: dict[str, Any]) -> list[str]:
+    """The cross-attention processors' names of a UNet of ``unet_config``, in the order the original layout numbers
+    them, read from a UNet built on the meta device (no weights, no memory)."""
+    import diffusers
+    import torch
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel.from_config(dict(unet_config))
+    return [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+
+
+def load(weights: Path, unet_config: dict[str, Any], device: str, dtype: torch.dtype) -> LoadedAdapter:
+    """The adapter file ``weights`` (with its image encoder) for a UNet of ``unet_config``, on ``device`` in
+    ``dtype``. The projection is converted by diffusers' own code; each cross-attention layer's key and value
+    projections are the original file's ``ip_adapter.N`` (N = 1, 3, 5... in the UNet's order of its attention
+    layers, as the original code numbered every attention layer)."""
+    import diffusers
+    import torch
     from safetensors.torch import load_file
     from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
     info = _info(weights)
     folder = find_encoder(weights, info)
-    encoder = CLIPVisionModelWithProjection.from_pretrained(folder, dtype=unet.dtype).to(unet.device)
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(device)
     side = int(encoder.config.image_size)
     processor = (CLIPImageProcessor.from_pretrained(folder) if (folder / "preprocessor_config.json").is_file() else
                  CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side}))
@@ -257,12 +272,20 @@ def load(weights: Path, unet: Any) -> LoadedAdapter:
         group, _, rest = key.partition(".")
         if group in parts:
             parts[group][rest] = value
-    if info.layers != sum(name.endswith("attn2.processor") for name in unet.attn_processors):
-        raise ModelError(f"{weights.name} adds to {info.layers} cross-attention layers; this UNet has another number")
-    projection = unet._convert_ip_adapter_image_proj_to_diffusers(parts["image_proj"], low_cpu_mem_usage=False)
-    processors = unet._convert_ip_adapter_attn_to_diffusers([parts], low_cpu_mem_usage=False)
-    layers = {name: (proc.to_k_ip[0], proc.to_v_ip[0]) for name, proc in processors.items() if hasattr(proc, "to_k_ip")}
-    for module in (projection, *(linear for pair in layers.values() for linear in pair)):
-        module.to(unet.device, unet.dtype).requires_grad_(False)
+    names = cross_attention_names(unet_config)
+    if info.layers != len(names):
+        raise ModelError(f"{weights.name} adds to {info.layers} cross-attention layers; this UNet has {len(names)}")
+    convert = diffusers.UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers
+    projection = convert(None, parts["image_proj"], low_cpu_mem_usage=False)  # uses no UNet state this way
+    layers = {}
+    for index, name in enumerate(names):
+        pair = []
+        for part in ("to_k_ip", "to_v_ip"):
+            weight = parts["ip_adapter"][f"{2 * index + 1}.{part}.weight"]
+            linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+            linear.weight.data = weight
+            pair.append(linear.to(device, dtype).requires_grad_(False))
+        layers[name] = (pair[0], pair[1])
+    projection.to(device, dtype).requires_grad_(False)
     encoder.requires_grad_(False).eval()
-    return LoadedAdapter(info, encoder, processor, projection.eval(), layers, unet.dtype)
+    return LoadedAdapter(info, encoder, processor, projection.eval(), layers, dtype)

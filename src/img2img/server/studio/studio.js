@@ -365,12 +365,9 @@ async function start(kind) {
     $("prompt").focus();
     return;
   }
-  busy(true);
-  $("empty").hidden = true;
-  $("grid").replaceChildren();
   const source = state.sourceUrl;
   const seed = seedForRun();
-  try {
+  await working(async () => {
     if (kind === "generate") {
       const job = await run(fields({ seed }), "Generating");
       if (job) await showResult(job, 0, source);
@@ -392,6 +389,16 @@ async function start(kind) {
         await showResult(job, 0, source);
       }
     }
+  });
+}
+
+// One run at a time: the buttons off, the stage cleared; errors shown; the history refreshed after.
+async function working(task) {
+  busy(true);
+  $("empty").hidden = true;
+  $("grid").replaceChildren();
+  try {
+    await task();
   } catch (error) {
     showError(error);
   } finally {
@@ -419,20 +426,11 @@ async function blend() {
   if (isBuiltin()) request.prompt = "";
   else request.ip_adapter = $("ip-adapter").value;
   delete request.inpaint;
-  busy(true);
-  $("empty").hidden = true;
-  $("grid").replaceChildren();
   const first = URL.createObjectURL(files[0]);
-  try {
+  await working(async () => {
     const job = await run(request, `Blending ${files.length} pictures`, files);
     if (job) await showResult(job, 0, first);
-  } catch (error) {
-    showError(error);
-  } finally {
-    state.job = null;
-    busy(false);
-    loadHistory();
-  }
+  });
 }
 
 // Actions on a result --------------------------------------------------------------------------------------------
