@@ -69,6 +69,7 @@ def test_folders_that_are_not_describers_are_refused(describers, tiny_sd) -> Non
         engine.describe(picture, captioner="nobody")
 
 
+@pytest.mark.slow  # four subprocesses that load transformers; CI runs it with -m slow
 def test_the_command_line_uses_registered_describers(describers, tmp_path) -> None:
     path = tmp_path / "coffee.png"
     Image.new("RGB", (90, 60), (120, 70, 40)).save(path)
