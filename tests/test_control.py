@@ -90,7 +90,8 @@ def test_bad_units_are_refused_in_one_line(engine, tiny_sd, controlnet, photo) -
         run(ControlUnit(model=tiny_sd))
 
 
-@pytest.mark.parametrize("mode", ["balanced", pytest.param("control", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 22 s a mode; CI runs them with -m slow
+@pytest.mark.parametrize("mode", ["balanced", "control"])
 def test_openvino_runs_the_controlnet_and_the_controlled_unet(mode, tiny_sd, controlnet, edges, tmp_path) -> None:
     pytest.importorskip("openvino")
     source = Image.open(square_photo(tmp_path)).convert("RGB")

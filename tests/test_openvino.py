@@ -16,7 +16,7 @@ def _request(photo, model, **fields) -> GenerationRequest:
                                 "steps": 6, "seed": 11, "model": str(model), **fields})
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny_sd", "tiny_sdxl"])
+@pytest.mark.parametrize("model_fixture", ["tiny_sd", pytest.param("tiny_sdxl", marks=pytest.mark.slow)])
 def test_openvino_matches_pytorch_and_reuses_its_conversion(model_fixture, photo, request) -> None:
     model = request.getfixturevalue(model_fixture)
     torch_result = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, model))
@@ -31,6 +31,7 @@ def test_openvino_matches_pytorch_and_reuses_its_conversion(model_fixture, photo
     assert again.generate(_request(photo, model)).images[0].tobytes() == ov_result.images[0].tobytes()
 
 
+@pytest.mark.slow  # 17 s; CI runs it with -m slow
 def test_bf16_openvino_stays_close_to_fp32(tiny_sd, photo) -> None:
     reference = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, tiny_sd)).images[0]
     fast = Engine(device="cpu", dtype="bfloat16", backend="openvino").generate(_request(photo, tiny_sd)).images[0]
@@ -56,6 +57,7 @@ def test_openvino_needs_the_cpu_and_no_fp16() -> None:
         Engine(device="cpu", backend="tensorrt")
 
 
+@pytest.mark.slow  # 25 s (an opt-in path); CI runs it with -m slow
 def test_int8_weights_are_opt_in_stored_in_8_bits_close_and_recorded(tiny_sd, photo) -> None:
     pytest.importorskip("nncf")
     import openvino as ov
@@ -95,6 +97,7 @@ def _share_in_8_bits(model) -> float:
     return sizes["8 bits"] / sizes["all"]
 
 
+@pytest.mark.slow  # 19 s; CI runs it with -m slow
 def test_a_new_size_recompiles_and_gives_what_a_fresh_engine_gives(tiny_sd, photo) -> None:
     engine = Engine(device="cpu", dtype="float32", backend="openvino")
     small, wide = _request(photo, tiny_sd, size=(64, 64)), _request(photo, tiny_sd, size=(96, 64))

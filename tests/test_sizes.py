@@ -92,6 +92,7 @@ def test_every_photo_size_runs_on_both_backends_and_dtypes(deep_model) -> None: 
                 assert _psnr(image, expected) > BF16_PSNR, (where, _psnr(image, expected))
 
 
+@pytest.mark.slow  # 27 s (the fallback path); CI runs it with -m slow
 def test_a_graph_that_cannot_run_a_size_falls_back_to_pytorch_in_one_line(tmp_path, monkeypatch) -> None:
     # The conversion as it was before the fix (traced at a multiple of 8) makes a real graph that fails at 56x37.
     model = build_full_depth(tmp_path / "sd1", "sd1")
