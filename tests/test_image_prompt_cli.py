@@ -33,12 +33,21 @@ def test_image_prompts_are_recorded_and_reproduce(tiny_sd, tiny_ip_adapter, phot
 
 
 @pytest.mark.slow  # the command line's subprocesses; CI runs it with -m slow
-def test_an_adapter_is_registered_by_name(tiny_sd, tiny_ip_adapter, photo, other_photo, tmp_path) -> None:
+def test_an_adapter_is_registered_by_name_and_found_by_its_hash(tiny_sd, tiny_ip_adapter, photo, other_photo,
+                                                                tmp_path) -> None:
     added = img2img("models", "add", "tiny-ip", str(tiny_ip_adapter.parent))
     assert added.returncode == 0 and "IP-Adapter" in added.stdout, added.stdout + added.stderr
     ran = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "2", "-o", str(tmp_path / "a.png"),
                   "--ip-adapter", "tiny-ip", "--image-prompt", str(other_photo))
     assert ran.returncode == 0, ran.stderr
+    assert img2img("models", "remove", "tiny-ip").returncode == 0
+    again = ["reproduce", str(tmp_path / "a.png"), "--source", str(photo), "--model", str(tiny_sd),
+             "--image-prompt", str(other_photo), "-o", str(tmp_path / "b.png")]
+    assert_one_line_error(img2img(*again), "made with an IP-Adapter that is here: tiny-ip (SHA-256")
+    assert img2img("models", "add", "same-ip", str(tiny_ip_adapter)).returncode == 0
+    found = img2img(*again)
+    assert found.returncode == 0 and "IP-Adapter tiny-ip is found by its hash as same-ip" in found.stderr, found.stderr
+    assert Image.open(tmp_path / "b.png").tobytes() == Image.open(tmp_path / "a.png").tobytes()
 
 
 @pytest.mark.slow  # the command line's subprocesses; CI runs it with -m slow

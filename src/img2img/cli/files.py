@@ -135,7 +135,7 @@ def reproduce(
     request = record.to_request(source, style_image, mask, control_image or (), image_prompt or ())
     if model is not None:
         request = replace(request, model=model)
-    request = _same_addons(record, request)
+    request = _same_adapter(record, _same_addons(record, request))
     format_name = format_of(file)
     engine, request, format_name = prepare(request, output, format_name, quality, device, dtype, allow_pickle, backend,
                                            quantize)
@@ -196,6 +196,35 @@ def _same_addons(record: GenerationRecord, request: GenerationRequest) -> Genera
             else:
                 prompt, negative = rename(prompt, name, found), rename(negative, name, found)
     return replace(request, prompt=prompt, negative_prompt=negative, vae=vae, control=tuple(units))
+
+
+def _same_adapter(record: GenerationRecord, request: GenerationRequest) -> GenerationRequest:
+    """The request with its IP-Adapter found by the recorded hash: under the name it ran with, or renamed (a
+    registered adapter, or a file in the IP-Adapter folder, with the same bytes)."""
+    from img2img.models import ip_adapters
+    from img2img.models.addons import folders
+    from img2img.models.loading import weights_sha256
+    from img2img.models.registry import ModelRegistry
+
+    entry = record.image_prompt
+    sha256 = str(entry.get("adapter_sha256", "")) if entry else ""
+    if not sha256 or not request.ip_adapter:  # none, or the built-in engine's style pictures
+        return request
+    registered = ModelRegistry().addons(ip_adapters.KIND)
+    try:
+        found = ip_adapters.resolve(request.ip_adapter, registered)[1]
+        if any(weights_sha256(file) == sha256 for file in (ip_adapters.adapter_files(found) if found.is_dir()
+                                                           else [found])):
+            return request
+    except InvalidArgument:
+        pass  # the name is gone: look for the bytes under another
+    for name, path, _info in ip_adapters.catalog(registered):
+        if weights_sha256(path) == sha256:
+            c.print_notes([f"IP-Adapter {request.ip_adapter} is found by its hash as {name}"])
+            return replace(request, ip_adapter=name)
+    where = ", ".join(str(folder) for folder in folders(ip_adapters.KIND))
+    raise InvalidArgument("FILE", f"made with an IP-Adapter that is here: {request.ip_adapter} (SHA-256 "
+                          f"{sha256[:12]}…), registered or in {where}", "no file with those bytes")
 
 
 def _metadata(file: Path) -> Metadata:

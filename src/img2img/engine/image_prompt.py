@@ -1,13 +1,14 @@
 """Image prompts: reference pictures whose look (or layout) steers the denoising, through an IP-Adapter.
 
 ``ImagePrompt`` is the request's part (up to four in ``GenerationRequest.image_prompts``): a picture and its
-weight, like Midjourney's ``--iw``. The engine loads the request's adapter once (its part cache), turns each picture
-into image tokens once (the adapter keeps them) and hands the loop an ``ImagePromptConditioner``.
+weight, like Midjourney's ``--iw``. The engine loads the request's adapter once (its part cache), encodes each
+picture once (the adapter keeps its embedding) and hands the loop an ``ImagePromptConditioner``.
 
 How the tokens reach the UNet, as diffusers' IP-Adapter does: each cross-attention layer attends to the image
 tokens beside the text ones (diffusers' ``IPAdapterAttnProcessor2_0``), and adds that attention scaled by the
 picture's weight. Each picture is its own set of tokens with its own weight (the adapter's weights are shared, not
-copied), and the tokens are projected once per run rather than at every step. ``combine="average"`` (what
+copied), and the tokens are projected once per run rather than at every step. OpenVINO's UNet graph takes the
+same tokens as each layer's keys and values instead (``ImageTokens.key_values``). ``combine="average"`` (what
 ``img2img blend`` asks for) mixes the pictures' embeddings by their weights into one image prompt instead, which
 acts at the largest weight.
 
