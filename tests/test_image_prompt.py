@@ -229,3 +229,18 @@ def test_sdxl_matches_diffusers_ip_adapter_img2img(engine, tiny_sdxl, pictures, 
                                guidance_scale=5.0, num_inference_steps=6,
                                generator=torch.Generator("cpu").manual_seed(99)).images[0], dtype=np.int16)
     assert np.abs(ours - expected).max() <= 2
+
+
+def test_the_adapter_and_its_encoder_count_in_the_memory_estimate(tiny_sd, tiny_ip_adapter, pictures,
+                                                                   tmp_path) -> None:
+    import shutil
+
+    folder = tmp_path / "big-ip"
+    shutil.copytree(tiny_ip_adapter.parent, folder)
+    with (folder / "image_encoder" / "model.safetensors").open("r+b") as weights:
+        weights.truncate(3 * 10**9)  # sparse: as large as ViT-bigG on disk, and never read
+    engine = Engine(device="cpu", dtype="float32", backend="torch", max_memory="3GB")
+    source, coffee, _ = pictures
+    engine.generate(_request(tiny_sd, source))  # fits without the image prompt
+    with pytest.raises(InvalidArgument, match=r"fits the memory budget of 3\.0 GB .*with tiny-sd and an IP-Adapter"):
+        engine.generate(_request(tiny_sd, source, ImagePrompt(coffee), adapter=folder / tiny_ip_adapter.name))

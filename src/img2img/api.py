@@ -32,7 +32,7 @@ from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
-from img2img.models import embeddings, ov_runtime
+from img2img.models import embeddings, ip_adapters, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
@@ -138,13 +138,15 @@ class Engine(ConditionerParts):
         return resolve_mask(request.inpaint, source, self.max_source_pixels)
 
     def plan(self, request: GenerationRequest, source: SourceImage, runs: bool = True, masking: Masking | None = None,
-             maps: Sequence[ControlMap] = ()) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
+             maps: Sequence[ControlMap] = (), adapter: Path | None = None
+             ) -> tuple[tuple[int, int], tuple[int, int], ModelFiles | None]:
         """The output and working sizes of ``request`` on ``source`` and the model's files (None for the built-in
         engine), checked before any model loads: the working shape must be one a model can paint and, when the
         request ``runs`` a model, its estimated peak memory must fit the budget (and its prompt name built-in
         styles, for the built-in engine). With ``masking`` (from ``masking``), ``source`` is its canvas and an
         "only masked" request works at the mask's box scaled to the model's native size. ``maps`` (from
-        ``control_maps``): their ControlNets' weights count in the estimate too."""
+        ``control_maps``): their ControlNets' weights count in the estimate too, and so do an image prompt's
+        ``adapter`` and its image encoder (from ``adapter``; a repository's file is chosen at load and not counted)."""
         if self.is_builtin(request.model):
             if request.ip_adapter:
                 raise InvalidArgument("ip_adapter", "used with diffusion models only (the built-in style engine takes "
@@ -162,8 +164,10 @@ class Engine(ConditionerParts):
         output, working = self._sizes(request, source, files.family.native_side, masking)
         if runs:
             weights = weight_files_bytes(files.path) + sum(weight_files_bytes(found.path) for found in maps)
+            weights += ip_adapters.weights_bytes(adapter) if adapter is not None else 0
             estimate = diffusion_peak_bytes(weights, working, self.placement.dtype.itemsize)
             units = f" and {len(maps)} control unit{'s' if len(maps) > 1 else ''}" if maps else ""
+            units += " and an IP-Adapter" if adapter is not None else ""
             check_fits(estimate, self.memory_budget, f"{working[0]}x{working[1]} with {files.name}{units}")
         return output, working, files
 
@@ -226,7 +230,8 @@ class Engine(ConditionerParts):
             maps = self.control_maps(first, source) if runs else []  # bad units are refused before any load
             references = self.references(first) if runs else []
             adapter = self.adapter(first) if references else None
-            output_size, working_size, files = self.plan(first, source, runs, masking, maps)
+            output_size, working_size, files = self.plan(first, source, runs, masking, maps,
+                                                         adapter[1] if adapter else None)
             assert files is not None
             self.check_addons(cells)  # unknown LoRA and VAE names are refused before a model loads
             loaded = self.load(first.model) if runs else None

@@ -194,6 +194,15 @@ def catalog(registered: dict[str, str]) -> list[tuple[str, Path, AdapterInfo]]:
     return found
 
 
+def weights_bytes(path: Path) -> int:
+    """The bytes an adapter file and its image encoder hold (0 for a repository's folder, whose file is chosen at
+    load), for the memory estimate."""
+    from img2img.models.memory import weight_files_bytes
+
+    info = detect(path) if path.is_file() else None
+    return 0 if info is None else path.stat().st_size + weight_files_bytes(find_encoder(path, info))
+
+
 @dataclass(eq=False)
 class LoadedAdapter:
     """An IP-Adapter loaded for one UNet: its image encoder, its projection and each cross-attention layer's key

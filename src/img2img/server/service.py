@@ -142,9 +142,9 @@ class Service:
                 picture = masking.canvas
             maps = self.planner.control_maps(request, picture) if request.control and not \
                 self.planner.is_builtin(request.model) else []  # the units' models (by name) and preprocessors
-            if request.image_prompts and not self.planner.is_builtin(request.model):
-                self.planner.adapter(request)  # the adapter's name is one the server has
-            files = self.planner.plan(request, picture, request.strength > 0, masking, maps)[2]  # sizes, memory
+            adapter = self.planner.adapter(request)[1] if request.image_prompts and not \
+                self.planner.is_builtin(request.model) else None  # the adapter's name is one the server has
+            files = self.planner.plan(request, picture, request.strength > 0, masking, maps, adapter)[2]  # memory
             self.planner.check_addons([request])  # LoRA and VAE names
             model_sha256 = None
             if files is not None:  # the weights the job will run on: the worker refuses others
