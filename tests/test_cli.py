@@ -94,6 +94,7 @@ def test_bad_options_end_in_one_line_and_status_2(args, fragments, photo, tiny_s
     assert_one_line_error(result, *fragments)
 
 
+@pytest.mark.slow  # 25 s of command-line subprocesses; CI runs it with -m slow
 def test_bad_sources_and_models_end_in_one_line_and_status_2(photo, tiny_sd, tmp_path) -> None:
     assert_one_line_error(img2img("run", str(tmp_path / "nope.jpg"), "x", "--model", str(tiny_sd)),
                           "source should be an image file", "nope.jpg")

@@ -85,6 +85,7 @@ def test_memory_is_estimated_before_a_model_loads_and_refused_over_the_budget(ti
         Engine(max_memory="lots")
 
 
+@pytest.mark.slow  # 20 s of command-line subprocesses; CI runs it with -m slow
 def test_the_command_line_writes_a_result_or_fails_in_one_line_with_nothing_written(files, tmp_path) -> None:
     for name in ("transparent.png", "orientation-6.jpg"):  # each is a process: the library test has them all
         out = tmp_path / name.split(".")[0]

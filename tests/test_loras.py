@@ -159,6 +159,7 @@ def test_a_lora_on_openvino_matches_pytorch_and_comes_off_again(tiny_sd, photo, 
     assert not any("OpenVINO could not" in note for note in with_lora.notes)
 
 
+@pytest.mark.slow  # 25 s of command-line subprocesses; CI runs it with -m slow
 def test_the_command_line_registers_applies_and_reproduces_loras(tiny_sd, photo, lora_dir, tmp_path) -> None:
     """models add detects a LoRA; --lora adds its tag; reproduce finds the file by its hash after a rename."""
     import shutil

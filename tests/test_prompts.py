@@ -161,6 +161,7 @@ def test_sdxl_uses_both_encoders_and_the_first_chunks_pool(sdxl) -> None:
     assert short.embeddings.shape[1] == 77
 
 
+@pytest.mark.slow  # 18 s; CI runs it with -m slow
 def test_a_long_weighted_prompt_runs_and_is_recorded(tiny_sd: Path, photo: Path) -> None:
     request = GenerationRequest(source=photo, prompt=f"(masterpiece:1.2), {LONG}", negative_prompt="[blurry",
                                 model=str(tiny_sd), steps=4, seed=2, clip_skip=2)

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server_process import ServerProcess
 
 
+@pytest.mark.slow  # 22 s of generated requests; CI runs it with -m slow
 def test_no_request_from_the_openapi_schema_gives_a_server_error(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "data", tmp_path / "config", model="builtin", max_queued_total=500,
                            max_queued_per_key=500).start()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from img2img.models.loading import weights_sha256
 from img2img.models.registry import ModelEntry, ModelRegistry
@@ -164,6 +165,7 @@ def _perturb_unet(folder: Path) -> None:
     save_file(tensors, weights)
 
 
+@pytest.mark.slow  # 23 s: many clients waiting; CI runs it with -m slow
 def test_waiting_a1111_clients_hold_no_thread_each(tmp_path: Path, tiny_sd: Path, photo: Path) -> None:
     waiters = 75
     server = _server(tmp_path, tiny_sd, model="builtin", max_queued_per_key=waiters, max_queued_total=waiters + 5)
