@@ -192,8 +192,7 @@ class ImagePromptConditioner(Conditioner):
         if not self.acts() or getattr(pipeline.unet, "takes_image_prompts", False):  # OpenVINO's takes keys
             yield
             return
-        fallback = getattr(pipeline.unet, "fallback", None)  # another stand-in hands these runs to PyTorch's
-        unet = pipeline.unet if fallback is None else fallback.module
+        unet = pipeline.unet
         own = unet.attn_processors
         factors = layer_factors(unet, self.mode)
         unet.set_attn_processor({name: _processor(self.adapter.layers[name], [w * factors[name] for w in self.scales])
