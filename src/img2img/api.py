@@ -88,6 +88,12 @@ class Engine(ConditionerParts):
         cache_capacity: int = 1, max_source_pixels: int = DEFAULT_MAX_PIXELS, style_networks: Path | None = None,
         max_memory: int | str | None = None, control_paths: bool = True,
     ) -> None:
+        # What another process needs to make the same engine (a Ray worker): the arguments as given, not resolved
+        # here ("auto" picks the device of the machine that runs it).
+        self.arguments: dict[str, Any] = {
+            "device": device, "dtype": dtype, "backend": backend, "quantize": quantize, "max_images": max_images,
+            "allow_pickle": allow_pickle, "cache_capacity": cache_capacity, "max_source_pixels": max_source_pixels,
+            "style_networks": style_networks, "max_memory": max_memory, "control_paths": control_paths}
         self.placement: Placement = choose_placement(device, dtype, backend, quantize)
         self.memory_budget = memory_budget(max_memory)
         self.registry = registry or ModelRegistry()

@@ -31,6 +31,10 @@ class InvalidArgument(Img2ImgError, ValueError):
         self.received = received
         super().__init__(f"{argument} should be {expected}, but got {received!r}")
 
+    def __reduce__(self) -> tuple[type[InvalidArgument], tuple[str, str, object]]:
+        """Pickled with its three parts, so that it crosses to and from a Ray worker whole."""
+        return type(self), (self.argument, self.expected, self.received)
+
 
 class SourceImageError(Img2ImgError):
     """The source image is missing, unreadable or not an image."""

@@ -34,6 +34,17 @@ Loras = Annotated[list[str] | None, typer.Option(
     rich_help_panel="Generation")]
 StyleImage = Annotated[Path | None, typer.Option(help="A picture to take the style from (built-in engine).",
                                                 rich_help_panel="Generation")]
+Ray = Annotated[str | None, typer.Option(
+    "--ray", metavar="ADDRESS", rich_help_panel="Ray cluster",
+    help="Spread the work over a Ray cluster: auto (RAY_ADDRESS, or the cluster started on this machine), local "
+         "(start one here), host:port or ray://host:10001. Every node needs img2img and the model.")]
+RayWorkers = Annotated[int | None, typer.Option(
+    "--ray-workers", min=1, rich_help_panel="Ray cluster",
+    help=r"How many workers, each with the model loaded \[default: one per GPU, or per --cpus-per-worker cores]",
+    show_default=False)]
+CpusPerWorker = Annotated[int | None, typer.Option(
+    "--cpus-per-worker", min=1, rich_help_panel="Ray cluster",
+    help=r"CPU cores per worker on CPU nodes \[default: 8, or a whole smaller node]", show_default=False)]
 
 FLAGS = {"source": "SOURCE", "axis": "sweep axis"}  # the arguments that are not request fields nor --their-name
 NUMBERED = re.compile(r"^(\d{5})-")

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from img2img.api import Engine
     from img2img.engine.request import GenerationRequest
     from img2img.engine.result import GenerationRecord
+    from img2img.sweep import Axis, SweepResult
 
 RUN_HELP = """Generate images from SOURCE guided by PROMPT.
 
@@ -56,7 +57,7 @@ SWEEP_HELP = """Run PROMPT on SOURCE over every combination of the listed values
 Axes: --strength, --cfg, --steps, --sampler, --seeds and --prompt (repeat it; PROMPT comes first). \
 The first axis given in that order runs along the columns, the others along the rows; the source is shown first \
 in each row. Each image is saved with its own parameters, then the grid. The source and each prompt are encoded \
-once for the whole sweep.
+once for the whole sweep. With --ray the cells run in parallel on a Ray cluster's workers; the grid is the same.
 """
 
 
@@ -145,11 +146,19 @@ def sweep(
     quantize: c.Quantize = "none",
     allow_pickle: c.AllowPickle = False,
     overwrite: c.Overwrite = False,
+    ray: c.Ray = None,
+    ray_workers: c.RayWorkers = None,
+    cpus_per_worker: c.CpusPerWorker = None,
     *,
     fields: dict[str, Any],
 ) -> None:
     from img2img.engine.request import GenerationRequest
     from img2img.sweep import make_axis
+
+    if ray is not None:
+        from img2img.cluster.connect import check_address
+
+        check_address(ray)
 
     prompt = c.with_loras(prompt, lora)
     prompts = [c.with_loras(other, lora) for other in prompts or []]
@@ -190,9 +199,12 @@ def sweep(
     early_notes = source_notes(engine, request)
     c.print_notes(early_notes)
     console = Console(emoji=False)
-    announce_model(console, engine, request)
-    with c.step_progress(console) as update:
-        swept = engine.sweep(request, axes, lambda image, done, total: update(image, cells, done, total))
+    if ray is None:
+        announce_model(console, engine, request)
+        with c.step_progress(console) as update:
+            swept = engine.sweep(request, axes, lambda image, done, total: update(image, cells, done, total))
+    else:
+        swept = _sweep_on_ray(console, ray, engine, request, axes, cells, ray_workers, cpus_per_worker)
     labels = [f"{column} · {row}" if row else column for row in swept.row_labels() for column in
               swept.column_labels()]
     for index, (image, record) in enumerate(zip(swept.result.images, swept.result.records, strict=True)):
@@ -207,6 +219,20 @@ def sweep(
     grid_path = save(sheet, grid_path.with_name(f"{grid_path.stem.split('-')[0]}-sweep{grid_path.suffix}"),
                      swept.result.record, quality, overwrite)
     console.print(f"{grid_path}  grid of {cells}", highlight=False)
+
+
+def _sweep_on_ray(console: Console, address: str, engine: Engine, request: GenerationRequest, axes: list[Axis],
+                  cells: int, workers: int | None, cpus_per_worker: int | None) -> SweepResult:
+    """The sweep's cells spread over a Ray cluster's workers, with one bar for the cells done."""
+    from img2img.cluster.sweep import sweep_on_ray
+
+    with c.progress_bar(console, "cells") as progress:
+        task = progress.add_task("sweep", total=cells)
+        return sweep_on_ray(
+            address, engine, request, axes, workers, cpus_per_worker,
+            lambda shape: console.print(f"model [bold]{request.model or 'default'}[/bold] on {shape.describe()}",
+                                        highlight=False),
+            lambda done: progress.update(task, completed=done))
 
 
 def found_fields(params_from: Path | None) -> dict[str, Any]:

@@ -19,29 +19,21 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from img2img.jobs import worker
 from img2img.jobs.blobs import BlobStore
+from img2img.jobs.book import Events, JobBook, Progress
 from img2img.jobs.store import Job, JobStore
 
 if TYPE_CHECKING:
     from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.server")
-PROGRESS_WRITE_S = 0.25  # at most this often a running job's progress is written to the database
 WORKER_START_S = 300.0  # a worker that has not said ready by then is replaced
 STOP_GRACE_S = 2.0  # on shutdown, how long the running job may take to reach its next step before the worker is killed
 POLL_S = 0.1
 MAX_BACKOFF_S = 30.0
-
-
-class Events(Protocol):
-    """Where the runner tells what happens to jobs (the server's event hub, for its streams)."""
-
-    def publish(self, job_id: str, event: str, **data: Any) -> None: ...
-
-    def publish_positions(self, store: JobStore) -> None: ...
 
 
 class WorkerDied(Exception):
@@ -80,6 +72,7 @@ class _Worker:
 class Runner:
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: Events) -> None:
         self.settings, self.store, self.blobs, self.hub = settings, store, blobs, hub
+        self.book = JobBook(settings, store, blobs, hub)
         self._context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         self._wake, self._stop = threading.Event(), threading.Event()
         self._lock = threading.Lock()
@@ -138,7 +131,7 @@ class Runner:
                     self._stop.wait(delay)
                     continue
             self.state = "idle"
-            job = self.store.claim_next()
+            job = self.store.claim_next(f"local worker {self._worker.process.pid}")
             if job is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
@@ -194,7 +187,7 @@ class Runner:
 
     def _run(self, job: Job) -> None:
         assert self._worker is not None
-        self.hub.publish(job.id, "started", attempt=job.attempts)
+        self.book.started(job)
         try:
             self._worker.conn.send(("run", job.id, job.request))
             outcome = self._outcome(job)
@@ -202,28 +195,17 @@ class Runner:
             reason = str(exc) if isinstance(exc, WorkerDied) else self._worker.reason()
             self._worker.kill()
             self._worker = None
-            self._after_death(job, reason)
+            self.book.after_death(job, reason)
             return
-        kind = outcome[0]
-        if kind == "done":
-            outputs = [self._stored(output) for output in outcome[1]]
-            self.store.finish(job.id, "done", outputs=outputs, notes=outcome[2])
-            self.hub.publish(job.id, "done", outputs=[output["image"] for output in outputs])
-        elif kind == "cancelled":
-            self.store.finish(job.id, "cancelled", error="cancelled while running")
-            self.hub.publish(job.id, "cancelled")
-        elif kind == "stopped":
-            self.store.requeue(job.id)
+        self.book.conclude(job, outcome)
+        if outcome[0] == "stopped":
             self.put_back = job.id
-        else:
-            self.store.finish(job.id, "failed", error=outcome[1])
-            self.hub.publish(job.id, "failed", error=outcome[1])
 
     def _outcome(self, job: Job) -> tuple[Any, ...]:
         """Relay the worker's reports until it gives the job's outcome."""
         assert self._worker is not None
         conn, process = self._worker.conn, self._worker.process
-        progress = {"step": 0, "total": 0, "written": 0.0}
+        progress = Progress()
         stop_deadline: float | None = None
         while True:
             if conn.poll(POLL_S):
@@ -231,12 +213,7 @@ class Runner:
                     message = conn.recv()
                 except (EOFError, OSError):
                     raise WorkerDied(self._worker.reason()) from None
-                if message[0] == "progress":
-                    self._progress(job, progress, *message[1:])
-                elif message[0] == "preview":
-                    self.hub.publish(job.id, "step", step=progress["step"], total=progress["total"],
-                                     preview=message[1])
-                else:
+                if not self.book.report(job, message, progress):
                     return message  # type: ignore[no-any-return]
             elif not process.is_alive():
                 raise WorkerDied(self._worker.reason())
@@ -246,31 +223,3 @@ class Runner:
                     self._worker.kill()
                     self._worker = None
                     return ("stopped",)
-
-    def _progress(self, job: Job, progress: dict[str, Any], step: int, total: int, diffusion: bool) -> None:
-        progress["step"], progress["total"] = step, total
-        now = time.monotonic()
-        if now - progress["written"] >= PROGRESS_WRITE_S or step == total:
-            self.store.progress(job.id, step, total)
-            progress["written"] = now
-        if not diffusion:  # diffusion steps are published with their previews
-            self.hub.publish(job.id, "step", step=step, total=total)
-
-    def _stored(self, output: dict[str, Any]) -> dict[str, Any]:
-        """An output as the store keeps it: the PNG written to the image store, its name in place of the bytes."""
-        kept = {key: value for key, value in output.items() if key != "png"}
-        return {"image": self.blobs.put(output["png"], ".png"), **kept}
-
-    def _after_death(self, job: Job, reason: str) -> None:
-        """Retry the job on a new worker while it has attempts left; else fail it, saying why."""
-        if job.attempts >= self.settings.max_attempts:
-            error = (f"the worker process died while running this job, {job.attempts} times (last: {reason}); "
-                     "not retried again")
-            self.store.finish(job.id, "failed", error=error)
-            self.hub.publish(job.id, "failed", error=error)
-            log.error("job %s failed: %s", job.id, error)
-            return
-        self.store.retry(job.id)
-        self.hub.publish(job.id, "queued", reason=f"the worker process died ({reason}); retrying")
-        log.error("the worker process died while running job %s (%s); a new one starts and the job runs again "
-                  "(attempt %d of %d)", job.id, reason, job.attempts + 1, self.settings.max_attempts)

@@ -3,6 +3,10 @@
 Every change is one transaction, so a process killed at any moment leaves each job either before or after a
 change. Images are never stored here, only their content hashes (``blobs``). The queue order is priority (the
 owner's tier rank) first, then submission order (``seq``) within a priority.
+
+A running job holds a lease: who runs it (the local worker, or a Ray actor on some node) and a token. Only the
+holder of the current lease can record the job's end, so a worker that was given up for dead and then answers
+after all cannot finish a job that has since been leased again: each job ends exactly once.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     error TEXT,
     outputs TEXT NOT NULL DEFAULT '[]',
-    notes TEXT NOT NULL DEFAULT '[]'
+    notes TEXT NOT NULL DEFAULT '[]',
+    lease TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, seq);
@@ -83,6 +88,7 @@ class Job:
     error: str | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lease: str | None = None  # while running: "<holder>#<token>", given by claim_next
 
     @property
     def final(self) -> bool:
@@ -100,6 +106,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable across process crashes
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "lease" not in columns:  # a database from before leases
+            self._db.execute("ALTER TABLE jobs ADD COLUMN lease TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -158,17 +167,17 @@ class JobStore:
                 (job.priority, job.priority, job.seq)).fetchone()[0]
         return int(ahead) + 1
 
-    def claim_next(self) -> Job | None:
-        """Mark the first queued job running (one more attempt) and return it."""
+    def claim_next(self, holder: str = "worker") -> Job | None:
+        """Mark the first queued job running (one more attempt), leased to ``holder``, and return it."""
         with self._transaction() as db:
             row = db.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY priority DESC, seq LIMIT 1").fetchone()
             if row is None:
                 return None
-            started = time.time()
-            db.execute("UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1, step = 0 "
-                       "WHERE id = ?", (started, row["id"]))
+            started, lease = time.time(), f"{holder}#{secrets.token_hex(6)}"
+            db.execute("UPDATE jobs SET state = 'running', started = ?, attempts = attempts + 1, step = 0, lease = ? "
+                       "WHERE id = ?", (started, lease, row["id"]))
         job = _job(row)
-        job.state, job.started, job.attempts, job.step = "running", started, job.attempts + 1, 0
+        job.state, job.started, job.attempts, job.step, job.lease = "running", started, job.attempts + 1, 0, lease
         return job
 
     def progress(self, job_id: str, step: int, total: int) -> None:
@@ -177,23 +186,30 @@ class JobStore:
                              (step, total, job_id))
 
     def finish(self, job_id: str, state: JobState, *, outputs: list[dict[str, Any]] | None = None,
-               error: str | None = None, notes: list[str] | None = None) -> None:
+               error: str | None = None, notes: list[str] | None = None, lease: str | None = None) -> bool:
+        """Record a job's end; with ``lease``, only while that lease is the job's current one (False otherwise)."""
+        query = "UPDATE jobs SET state = ?, finished = ?, outputs = ?, error = ?, notes = ?, lease = NULL WHERE id = ?"
+        values: tuple[Any, ...] = (state, time.time(), json.dumps(outputs or []), error, json.dumps(notes or []),
+                                   job_id)
+        if lease is not None:
+            query, values = query + " AND lease = ? AND state = 'running'", (*values, lease)
         with self._lock:
-            self._db.execute(
-                "UPDATE jobs SET state = ?, finished = ?, outputs = ?, error = ?, notes = ? WHERE id = ?",
-                (state, time.time(), json.dumps(outputs or []), error, json.dumps(notes or []), job_id))
+            return self._db.execute(query, values).rowcount == 1
 
-    def requeue(self, job_id: str) -> None:
-        """Put a running job back at its place in the queue without using up an attempt (a clean shutdown)."""
+    def requeue(self, job_id: str, lease: str | None = None) -> None:
+        """Put a running job back at its place in the queue without using up an attempt (a clean shutdown); with
+        ``lease``, only while that lease is the job's current one."""
         with self._lock:
-            self._db.execute("UPDATE jobs SET state = 'queued', step = 0, attempts = MAX(attempts - 1, 0) "
-                             "WHERE id = ? AND state = 'running'", (job_id,))
+            self._db.execute("UPDATE jobs SET state = 'queued', step = 0, attempts = MAX(attempts - 1, 0), "
+                             "lease = NULL WHERE id = ? AND state = 'running' AND (? IS NULL OR lease = ?)",
+                             (job_id, lease, lease))
 
-    def retry(self, job_id: str) -> None:
-        """Put a running job back at its place in the queue after its worker died; the attempt it used counts."""
+    def retry(self, job_id: str, lease: str | None = None) -> None:
+        """Put a running job back at its place in the queue after its worker died; the attempt it used counts.
+        With ``lease``, only while that lease is the job's current one."""
         with self._lock:
-            self._db.execute("UPDATE jobs SET state = 'queued', step = 0 WHERE id = ? AND state = 'running'",
-                             (job_id,))
+            self._db.execute("UPDATE jobs SET state = 'queued', step = 0, lease = NULL "
+                             "WHERE id = ? AND state = 'running' AND (? IS NULL OR lease = ?)", (job_id, lease, lease))
 
     def cancel_queued(self, job_id: str) -> bool:
         """Cancel a job that has not started; False when it is not queued (any more)."""
@@ -210,10 +226,12 @@ class JobStore:
         """
         with self._transaction() as db:
             failed = db.execute(
-                "UPDATE jobs SET state = 'failed', finished = ?, error = ? WHERE state = 'running' AND attempts >= ?",
+                "UPDATE jobs SET state = 'failed', finished = ?, error = ?, lease = NULL "
+                "WHERE state = 'running' AND attempts >= ?",
                 (time.time(), f"the server stopped while this job ran, {max_attempts} times; not retried again",
                  max_attempts)).rowcount
-            requeued = db.execute("UPDATE jobs SET state = 'queued', step = 0 WHERE state = 'running'").rowcount
+            requeued = db.execute("UPDATE jobs SET state = 'queued', step = 0, lease = NULL "
+                                  "WHERE state = 'running'").rowcount
         return requeued, failed
 
     def counts(self) -> dict[str, int]:
@@ -285,5 +303,5 @@ def _job(row: sqlite3.Row) -> Job:
         request=JobRequest.from_dict(json.loads(row["request"])), created=row["created"], seq=row["seq"],
         started=row["started"], finished=row["finished"], step=row["step"], total=row["total"],
         attempts=row["attempts"], error=row["error"], outputs=json.loads(row["outputs"]),
-        notes=json.loads(row["notes"]),
+        notes=json.loads(row["notes"]), lease=row["lease"],
     )

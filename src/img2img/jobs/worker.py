@@ -21,11 +21,13 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from img2img.errors import Img2ImgError, ModelError
+from img2img.jobs.blobs import BlobStore
 
 if TYPE_CHECKING:
     from img2img.api import Engine
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from img2img.server.settings import ServerSettings
 
 log = logging.getLogger("img2img.worker")
+Send = Callable[[tuple[Any, ...]], None]  # how a running job reports: the pipe to the runner, or a Ray stream
 
 
 class _Cancelled(Exception):
@@ -47,13 +50,18 @@ def make_engine(settings: ServerSettings) -> Engine:
     """The engine both processes use: the server's to check requests, the worker's to run them."""
     from img2img.api import Engine
 
-    return Engine(device=settings.device, backend=settings.backend, quantize=settings.quantize,
-                  max_images=settings.max_images_per_job, max_source_pixels=settings.max_pixels,
-                  max_memory=settings.max_memory, control_paths=False)
+    return Engine(**engine_arguments(settings))
+
+
+def engine_arguments(settings: ServerSettings) -> dict[str, Any]:
+    """The server's engine as keyword arguments of ``Engine`` (a Ray worker makes its own from them)."""
+    return {"device": settings.device, "backend": settings.backend, "quantize": settings.quantize,
+            "max_images": settings.max_images_per_job, "max_source_pixels": settings.max_pixels,
+            "max_memory": settings.max_memory, "control_paths": False}
 
 
 @dataclass
-class _Controls:
+class Controls:
     """What the runner asked of the running job, set by the control thread."""
 
     cancelled: set[str] = field(default_factory=set)
@@ -65,9 +73,10 @@ def main(conn: Connection, control: Connection, settings: ServerSettings) -> Non
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the server decides
     os.nice(settings.worker_niceness)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    controls = _Controls()
+    controls = Controls()
     threading.Thread(target=_listen, args=(control, controls), name="control", daemon=True).start()
     engine = make_engine(settings)
+    blobs = BlobStore(settings.data_dir / "images")
     conn.send(("ready",))
     while True:
         try:
@@ -77,11 +86,11 @@ def main(conn: Connection, control: Connection, settings: ServerSettings) -> Non
         if message[0] != "run":
             return
         _, job_id, job = message
-        conn.send(_outcome(engine, settings, conn, job_id, job, controls))
+        conn.send(outcome(engine, settings.model, blobs, conn.send, job_id, job, controls))
         controls.cancelled.discard(job_id)  # a cancel that came after the job ended has nothing left to stop
 
 
-def _listen(control: Connection, controls: _Controls) -> None:
+def _listen(control: Connection, controls: Controls) -> None:
     while True:
         try:
             message = control.recv()
@@ -93,10 +102,12 @@ def _listen(control: Connection, controls: _Controls) -> None:
             controls.stop.set()
 
 
-def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, job: JobRequest,
-             controls: _Controls) -> tuple[Any, ...]:
+def outcome(engine: Engine, model: str | None, blobs: BlobStore, send: Send, job_id: str, job: JobRequest,
+            controls: Controls) -> tuple[Any, ...]:
+    """Run one job, reporting its steps and previews through ``send``, and return its outcome message (the
+    pictures read from ``blobs``; ``model``: the server's default, for jobs stored before models were fixed)."""
     try:
-        outputs, notes = _generate(engine, settings, conn, job_id, job, controls)
+        outputs, notes = _generate(engine, model, blobs, send, job_id, job, controls)
     except _Cancelled:
         return ("cancelled",)
     except _Stopping:
@@ -109,12 +120,11 @@ def _outcome(engine: Engine, settings: ServerSettings, conn: Connection, job_id:
     return ("done", outputs, notes)
 
 
-def _generate(engine: Engine, settings: ServerSettings, conn: Connection, job_id: str, job: JobRequest,
-              controls: _Controls) -> tuple[list[dict[str, Any]], list[str]]:
+def _generate(engine: Engine, model: str | None, blobs: BlobStore, send: Send, job_id: str, job: JobRequest,
+              controls: Controls) -> tuple[list[dict[str, Any]], list[str]]:
     from img2img.imageio.metadata import Metadata, save_options
-    from img2img.jobs.blobs import BlobStore
 
-    request = job.generation_request(BlobStore(settings.data_dir / "images"), settings.model)
+    request = job.generation_request(blobs, model)
     diffusion = not engine.is_builtin(request.model)
     if diffusion and job.model_sha256:
         _check_model(engine, request.model, job.model_sha256)
@@ -124,12 +134,12 @@ def _generate(engine: Engine, settings: ServerSettings, conn: Connection, job_id
             raise _Cancelled
         if controls.stop.is_set():
             raise _Stopping
-        conn.send(("progress", index * total + done, total * request.num_images, diffusion))
+        send(("progress", index * total + done, total * request.num_images, diffusion))
 
     def on_preview(_index: int, image: Any) -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=70)
-        conn.send(("preview", "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")))
+        send(("preview", "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")))
 
     result = engine.generate(request, on_progress=on_progress, on_preview=on_preview)
     outputs = []
