@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from img2img.cli import common as c
 from img2img.cli.app import app, keys_app
 from img2img.errors import InvalidArgument
 
@@ -21,8 +22,15 @@ def serve(
     data_dir: DataDir = None,
     model: Annotated[str | None, typer.Option(help="Default model (a registered name or builtin).")] = None,
     config: Config = None,
+    ray: c.Ray = None,
+    ray_workers: c.RayWorkers = None,
+    cpus_per_worker: c.CpusPerWorker = None,
 ) -> None:
-    """Start the HTTP server: the job queue, the API under /v1, the A1111 API under /sdapi/v1, docs at /docs."""
+    """Start the HTTP server: the job queue, the API under /v1, the A1111 API under /sdapi/v1, docs at /docs.
+
+    With --ray the queued jobs run on a Ray cluster's workers (several at once, each with its models loaded)
+    instead of this machine's worker process; the queue, its database and the images stay here.
+    """
     import logging
 
     from img2img.jobs.store import JobStore
@@ -30,8 +38,14 @@ def serve(
     from img2img.server.app import run
     from img2img.server.settings import LOCAL_HOSTS, load_settings
 
-    settings = load_settings(config, host=host, port=port, data_dir=data_dir, model=model)
+    settings = load_settings(config, host=host, port=port, data_dir=data_dir, model=model, ray=ray,
+                             ray_workers=ray_workers, cpus_per_worker=cpus_per_worker)
     choose_placement(settings.device, "auto", settings.backend, settings.quantize)  # a bad choice stops here
+    if settings.ray is not None:
+        from img2img.cluster.connect import check_address, import_ray
+
+        check_address(settings.ray)
+        import_ray()
     store = JobStore(settings.database)
     try:
         if settings.host not in LOCAL_HOSTS and not store.has_keys():

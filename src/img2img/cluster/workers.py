@@ -131,8 +131,10 @@ class JobWorker:
     def stop(self) -> None:
         self.controls.stop.set()
 
-    def run(self, job_id: str, job: JobRequest, pictures: dict[str, bytes]) -> Iterator[tuple[Any, ...]]:
-        """Run ``job`` with its ``pictures`` (blob name to bytes): its reports, then its outcome."""
+    def run(self, job_id: str, job: JobRequest, pictures: dict[str, bytes], root: str
+            ) -> Iterator[tuple[Any, ...]]:
+        """Run ``job`` with its ``pictures`` (blob name to bytes): its reports, then its outcome, whose words
+        name the pictures as in the server's image store at ``root``."""
         from img2img.jobs.blobs import BlobStore
         from img2img.jobs.worker import outcome
 
@@ -153,8 +155,17 @@ class JobWorker:
         try:
             while (report := reports.get()) != ("ended",):
                 yield report
-            yield ended[0]
+            yield _as_on_driver_outcome(ended[0], {str(blobs.root): root})
         finally:
             thread.join()
             self.controls.cancelled.discard(job_id)
             shutil.rmtree(blobs.root, ignore_errors=True)
+
+
+def _as_on_driver_outcome(outcome: tuple[Any, ...], paths: dict[str, str]) -> tuple[Any, ...]:
+    """A job's outcome with its notes or its error naming the server's files."""
+    if outcome[0] == "done":
+        return ("done", outcome[1], [_as_on_driver(note, paths) for note in outcome[2]])
+    if outcome[0] == "failed":
+        return ("failed", _as_on_driver(outcome[1], paths))
+    return outcome

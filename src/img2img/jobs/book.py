@@ -27,6 +27,23 @@ class Events(Protocol):
     def publish_positions(self, store: JobStore) -> None: ...
 
 
+class JobRunner(Protocol):
+    """What the server asks of a runner: the local one (``jobs.runner``) or Ray's (``cluster.dispatch``)."""
+
+    put_back: str | None  # the job that was running when the server stopped, queued again
+
+    @property
+    def state(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout_s: float = 10.0) -> None: ...
+
+    def wake(self) -> None: ...
+
+    def cancel_running(self, job_id: str) -> bool: ...
+
+
 @dataclass
 class Progress:
     """A running job's last reported step, and when it was last written to the store."""

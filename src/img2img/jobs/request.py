@@ -34,6 +34,11 @@ class JobRequest:
                 **({"control_images": list(self.control_images)} if self.control_images else {}),
                 **({"image_prompt_images": list(self.image_prompt_images)} if self.image_prompt_images else {})}
 
+    def blob_names(self) -> list[str]:
+        """Every picture the job reads from the image store (what a worker on another machine is sent)."""
+        named = [self.source, self.style_image, self.mask, *self.control_images, *self.image_prompt_images]
+        return list(dict.fromkeys(name for name in named if name))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRequest:
         return cls(data["source"], {key: value for key, value in data.items() if key not in STORED_APART},

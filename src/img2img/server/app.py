@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2img.jobs.blobs import BlobStore
+from img2img.jobs.book import JobRunner
 from img2img.jobs.runner import Runner
 from img2img.jobs.store import JobStore
 from img2img.jobs.worker import make_engine
@@ -60,6 +61,15 @@ def run(settings: ServerSettings) -> None:
     Server(config).run()
 
 
+def _runner(settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub) -> JobRunner:
+    """The local worker process, or Ray actors with ``--ray`` (Ray is imported only then)."""
+    if settings.ray is None:
+        return Runner(settings, store, blobs, hub)
+    from img2img.cluster.dispatch import RayRunner
+
+    return RayRunner(settings, store, blobs, hub)
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -70,8 +80,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                         requeued, failed)
         blobs = BlobStore(settings.data_dir / "images")
         hub = EventHub(asyncio.get_running_loop())
-        runner = Runner(settings, store, blobs, hub)
-        runner.start()  # the worker process starts while this process makes its own engine for checks
+        runner = _runner(settings, store, blobs, hub)
+        runner.start()  # the workers start while this process makes its own engine for checks
         planner = await asyncio.to_thread(make_engine, settings)
         app.state.service = Service(settings, store, blobs, hub, runner, planner)
         # Fixed now, for the server's life: keys stay required when the last one is removed (fail closed).

@@ -20,8 +20,8 @@ from PIL import Image
 from img2img.engine.seeds import resolve_seed
 from img2img.errors import Img2ImgError, InvalidArgument, SourceImageError
 from img2img.jobs.blobs import BlobStore
+from img2img.jobs.book import JobRunner
 from img2img.jobs.request import JobRequest, control_part, inpaint_part, prompt_part
-from img2img.jobs.runner import Runner
 from img2img.jobs.store import Job, JobStore, QueueFull
 from img2img.server.auth import Caller
 from img2img.server.events import FINAL_EVENTS, EventHub
@@ -56,7 +56,7 @@ class Service:
     begins to stop."""
 
     def __init__(self, settings: ServerSettings, store: JobStore, blobs: BlobStore, hub: EventHub,
-                 runner: Runner, planner: Engine) -> None:
+                 runner: JobRunner, planner: Engine) -> None:
         self.settings, self.store, self.blobs, self.hub, self.runner = settings, store, blobs, hub, runner
         self.planner = planner
         self.parts_lock = threading.Lock()

@@ -55,6 +55,11 @@ class ServerSettings(BaseSettings):
     tiers: dict[str, int] = Field(default_factory=lambda: {"free": 0, "pro": 10, "max": 20})
     default_tier: str = "free"
     preview_side: int = Field(96, ge=16, le=512)
+    # Run jobs on a Ray cluster's workers instead of the local worker process (see img2img.cluster.dispatch):
+    # auto, local, host:port or ray://host:port; None runs them here and never imports Ray.
+    ray: str | None = None
+    ray_workers: int | None = Field(None, ge=1)  # None: one per GPU, or per cpus_per_worker cores of each node
+    cpus_per_worker: int | None = Field(None, ge=1)  # None: 8, or a whole smaller node
 
     @field_validator("tiers")
     @classmethod
