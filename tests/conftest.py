@@ -97,3 +97,12 @@ def other_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("photos") / "coffee.png"
     Image.fromarray(data.coffee()).resize((64, 48), Image.LANCZOS).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real local Ray cluster (two CPUs), started on first use and stopped at the end of the session."""
+    from ray_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("ray") / "ray.log") as cluster:
+        yield cluster

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -17,6 +18,7 @@ ADDRESS_HELP = ("auto (the RAY_ADDRESS variable, or a cluster started on this ma
 _HOST_PORT = re.compile(r"(ray://)?[A-Za-z0-9.\-\[\]:]+:\d{1,5}")
 # The workers see the driver's img2img and Hugging Face settings (folders, limits, the backend), so that a name
 # means the same model on every node.
+PROBE_TIMEOUT_S = 10.0
 PASSED_ON = ("IMG2IMG_", "HF_", "TRANSFORMERS_", "DIFFUSERS_")
 
 
@@ -50,6 +52,7 @@ def connected(address: str) -> Iterator[ModuleType]:
     else:
         options["address"] = (os.environ.get("RAY_ADDRESS") or "auto") if address == "auto" else address
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing is sent anywhere
+    _probe(options["address"])
     try:
         ray.init(**options)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
@@ -59,6 +62,18 @@ def connected(address: str) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _probe(address: str) -> None:
+    """Refuse at once a host:port where nothing listens (Ray itself retries for minutes before it gives up)."""
+    if not _HOST_PORT.fullmatch(address):
+        return  # auto, local: Ray finds (or starts) the cluster on this machine and says so quickly
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise InvalidArgument("ray", "the address of a running Ray cluster (start one with `ray start --head`), "
+                              f"or local (nothing answers at {host}:{port}: {exc.strerror or exc})", address) from exc
 
 
 def _first_line(exc: BaseException) -> str:
