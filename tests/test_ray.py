@@ -90,6 +90,8 @@ def test_bad_ray_options_are_one_line_errors(folder: Path, tmp_path: Path, tiny_
                           "Ray cluster", "nothing answers at 127.0.0.1:1")
     assert_one_line_error(img2img(*command, "--ray", "auto", "--ray-workers", "0"), "--ray-workers")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    served = img2img("serve", "--port", "0", "--data-dir", str(tmp_path / "data"), "--ray", "127.0.0.1:1")
+    assert_one_line_error(served, "--ray should be the address of a running Ray cluster")
 
 
 def test_without_ray_the_commands_never_import_it(folder: Path, tmp_path: Path) -> None:

@@ -41,11 +41,13 @@ def serve(
     settings = load_settings(config, host=host, port=port, data_dir=data_dir, model=model, ray=ray,
                              ray_workers=ray_workers, cpus_per_worker=cpus_per_worker)
     choose_placement(settings.device, "auto", settings.backend, settings.quantize)  # a bad choice stops here
-    if settings.ray is not None:
-        from img2img.cluster.connect import check_address, import_ray
+    if settings.ray is not None:  # a cluster that cannot hold the workers stops here, not in a log line later
+        from img2img.cluster.connect import connected
+        from img2img.cluster.dispatch import MANY
+        from img2img.cluster.pool import plan
 
-        check_address(settings.ray)
-        import_ray()
+        with connected(settings.ray) as ray:
+            plan(ray, settings.device, settings.ray_workers, settings.cpus_per_worker, MANY)
     store = JobStore(settings.database)
     try:
         if settings.host not in LOCAL_HOSTS and not store.has_keys():

@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 
 
 def _set_threads(threads: int) -> None:
-    """PyTorch uses the cores Ray gave this actor, not every core of the node (which other actors share)."""
+    """PyTorch and OpenVINO use the cores Ray gave this actor, not every core of the node (which other actors
+    share)."""
     import torch
 
+    os.environ["OMP_NUM_THREADS"] = str(max(1, threads))  # read by OpenVINO when it compiles (models/ov_runtime)
     torch.set_num_threads(max(1, threads))
 
 

@@ -21,6 +21,7 @@ keep the variant's precision).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -45,6 +46,13 @@ def ir_variant(dtype: torch.dtype, quantize: str = "none") -> str:
     """The name of the IR for a placement's dtype and quantization: "bf16", "f32", "bf16-int8", "f32-int8"."""
     precision = "bf16" if dtype == torch.bfloat16 else "f32"
     return precision if quantize == "none" else f"{precision}-{quantize}"
+
+
+def _threads() -> dict[str, int]:
+    """OpenVINO takes every core unless told; OMP_NUM_THREADS, the knob PyTorch reads too (and that Ray sets for
+    each worker to the cores it was given), caps it."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return {"INFERENCE_NUM_THREADS": int(value)} if value.isdigit() and int(value) > 0 else {}
 
 
 def ir_folder(sha256: str, variant: str) -> Path:
@@ -119,7 +127,7 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     folder = ir_folder(sha256, variant)
     core = ov.Core()
     # No CACHE_DIR: importing OpenVINO's compiled blob measured no faster and no smaller than compiling the IR.
-    options = {"INFERENCE_PRECISION_HINT": variant.split("-")[0], "PERFORMANCE_HINT": "LATENCY"}
+    options = {"INFERENCE_PRECISION_HINT": variant.split("-")[0], "PERFORMANCE_HINT": "LATENCY", **_threads()}
     turn = _Turn()
     requests = {part: _Request(core, folder / f"{part}.xml", options, turn) for part in PARTS}
     configs = json.loads((folder / "configs.json").read_text())
