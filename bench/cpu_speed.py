@@ -52,10 +52,10 @@ def main() -> None:
         print(json.dumps(worker(*args.worker, args.repeats, args.out)))
         return
     peaks = matmul_peaks()
-    print(json.dumps({"matmul_peak_gflops": peaks}), flush=True)
+    print(json.dumps({"cpu": cpu_features(), "matmul_peak_gflops": peaks}), flush=True)
     for job in args.jobs.split(","):
         build_model(JOBS[job]["model"])  # in its own process, so no worker's peak memory includes building it
-        report = {"job": job, **JOBS[job], "matmul_peak_gflops": peaks, "flops": work_of(job)}
+        report = {"job": job, **JOBS[job], "cpu": cpu_features(), "matmul_peak_gflops": peaks, "flops": work_of(job)}
         outputs = {}
         chosen = JOBS[job].get("impls", IMPLEMENTATIONS)
         if args.impls:
@@ -209,7 +209,8 @@ def demo_photo(side: int) -> Any:
 
 
 def matmul_peaks() -> dict[str, float]:
-    """Best of several large matrix multiplies, in GFLOP/s, per dtype, on this process's threads."""
+    """Best of several large matrix multiplies, in GFLOP/s (int8: GOP/s, int8 x int8 summed in int32, oneDNN's
+    VNNI or AMX kernels where the CPU has them), per dtype, on this process's threads."""
     import torch
 
     peaks = {}
@@ -218,7 +219,28 @@ def matmul_peaks() -> dict[str, float]:
         torch.mm(a, b)
         best = min(_timed(lambda a=a, b=b: torch.mm(a, b)) for _ in range(5))
         peaks[str(dtype).removeprefix("torch.")] = round(2 * 4096**3 / best / 1e9, 1)
+    a8, b8 = (torch.randint(-128, 128, (4096, 4096), dtype=torch.int8) for _ in range(2))
+    torch._int_mm(a8, b8)
+    best = min(_timed(lambda: torch._int_mm(a8, b8)) for _ in range(5))
+    peaks["int8"] = round(2 * 4096**3 / best / 1e9, 1)
     return peaks
+
+
+# The instruction sets that decide which kernels run: /proc/cpuinfo's names.
+CPU_FLAGS = ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_features() -> dict[str, Any]:
+    """The CPU's model, its logical cores and which of CPU_FLAGS it has (Linux; empty elsewhere)."""
+    import os
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"cores": os.cpu_count()}
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"model": model, "cores": os.cpu_count(), "flags": [flag for flag in CPU_FLAGS if flag in flags]}
 
 
 def work_of(job: str) -> dict[str, float]:

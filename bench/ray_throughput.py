@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from cpu_speed import matmul_peaks
+from cpu_speed import cpu_features, matmul_peaks
 from random_models import random_model
 from ray_cluster import local_cluster
 
@@ -55,7 +55,7 @@ def main() -> None:
     job = ["--model", str(model), "--seed", "7", "--steps", str(args.steps), "--strength", str(args.strength)]
     _img2img("run", str(next(photos.iterdir())), "a watercolor", *job, "-o", str(work / "warm.png"))  # converts
 
-    figures: dict[str, Any] = {"cpu": _cpu(), "matmul_gflops": matmul_peaks(), "images": args.images,
+    figures: dict[str, Any] = {"cpu": cpu_features(), "matmul_gflops": matmul_peaks(), "images": args.images,
                                "steps": args.steps, "strength": args.strength, "side": args.side}
     with local_cluster(work / "ray.log", num_cpus=os.cpu_count() or 2) as cluster:
         batch = {}
@@ -181,15 +181,6 @@ def _plan(figures: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
             "cpu_nodes_for_the_same": round(cluster_images_per_s * here["image_s_mean"]),
             "store_writes_per_s_needed": round(cluster_images_per_s * writes_per_job, 1),
             "store_limit_workers": round(store_limit_workers)}
-
-
-def _cpu() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")), "?")
-    return f"{model}, {os.cpu_count()} cores, {'avx512_bf16' if 'avx512_bf16' in text else 'no bf16'}"
 
 
 if __name__ == "__main__":
