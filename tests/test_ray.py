@@ -154,3 +154,15 @@ def test_only_the_current_lease_ends_a_job(tmp_path: Path) -> None:
     store.close()
     row = sqlite3.connect(tmp_path / "jobs.db").execute("SELECT state, outputs, lease FROM jobs").fetchone()
     assert row == ("done", '[{"image": "once"}]', None)
+
+
+@pytest.mark.slow
+def test_batch_on_a_local_cluster_started_by_the_command(folder: Path, tmp_path: Path, tiny_sd: Path) -> None:
+    (folder / "broken.png").unlink()
+    common = ("batch", str(folder), "a watercolor", "--model", str(tiny_sd), "--seed", "5", "--steps", "3")
+    here = img2img(*common, "-o", str(tmp_path / "here"), env={"OMP_NUM_THREADS": "2"})
+    spread = img2img(*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--cpus-per-worker", "2",
+                     "--ray-workers", "1", env={"RAY_ADDRESS": ""})
+    assert here.returncode == 0 and spread.returncode == 0, spread.stderr
+    assert "on 1 Ray worker (2 CPU cores each)" in spread.stdout
+    assert _files(tmp_path / "ray") == _files(tmp_path / "here")
