@@ -136,6 +136,10 @@ class RayRunner:
             self.hub.publish_positions(self.store)
             try:
                 died = self._run(ray, actor, job, where)
+            except Exception as exc:  # a fault of ours: the job fails with a reason, the slot goes on
+                log.exception("job %s failed on the Ray worker on %s", job.id, where["node"])
+                self.book.conclude(job, ("failed", f"internal error ({type(exc).__name__}: {exc})"))
+                died = False
             finally:
                 with self._lock:
                     self._running.pop(job.id, None)
@@ -152,7 +156,11 @@ class RayRunner:
     def _run(self, ray: ModuleType, actor: Any, job: Job, where: dict[str, Any]) -> bool:
         """Run ``job`` on ``actor``; True when the actor died under it."""
         self.book.started(job)
-        pictures = {name: self.blobs.read(name) for name in job.request.blob_names()}
+        try:
+            pictures = {name: self.blobs.read(name) for name in job.request.blob_names()}
+        except (OSError, ValueError) as exc:  # the image store lost a picture (removed by hand): say which
+            self.book.conclude(job, ("failed", f"a picture of this job is missing from the image store ({exc})"))
+            return False
         progress, outcome = Progress(), None
         try:
             stream = actor.run.options(num_returns="streaming").remote(job.id, job.request, pictures,
