@@ -53,7 +53,9 @@ def local_cluster(log: Path, num_cpus: int = 2) -> Iterator[Cluster]:
                "127.0.0.1", "--port", str(port), "--num-cpus", str(num_cpus), "--num-gpus", "0",
                "--include-dashboard", "false", "--disable-usage-stats",
                "--ray-client-server-port", str(_free_port())]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray turns token authentication on by itself once ~/.ray/auth_token exists (ray.init(address="local") writes
+    # one): the tests' cluster on 127.0.0.1 stays without, whatever an earlier run left in the home folder.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     address = f"127.0.0.1:{port}"

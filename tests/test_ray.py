@@ -162,7 +162,7 @@ def test_batch_on_a_local_cluster_started_by_the_command(folder: Path, tmp_path:
     common = ("batch", str(folder), "a watercolor", "--model", str(tiny_sd), "--seed", "5", "--steps", "3")
     here = img2img(*common, "-o", str(tmp_path / "here"), env={"OMP_NUM_THREADS": "2"})
     spread = img2img(*common, "-o", str(tmp_path / "ray"), "--ray", "local", "--cpus-per-worker", "2",
-                     "--ray-workers", "1", env={"RAY_ADDRESS": ""})
+                     "--ray-workers", "1", env={"RAY_ADDRESS": "", "HOME": str(tmp_path / "home")})  # its token file
     assert here.returncode == 0 and spread.returncode == 0, spread.stderr
     assert "on 1 Ray worker (2 CPU cores each)" in spread.stdout
     assert _files(tmp_path / "ray") == _files(tmp_path / "here")
