@@ -122,7 +122,7 @@ def run(
 
 
 @app.command(help=SWEEP_HELP)
-@request_options(leave_out=("strength", "guidance_scale", "steps", "sampler"))
+@request_options(leave_out=("strength", "guidance_scale", "steps", "sampler", "cache_steps"))
 def sweep(
     source: Annotated[Path, typer.Argument(help="The source image.")],
     prompt: Annotated[str, typer.Argument(help="The (first) prompt.")],
@@ -133,6 +133,8 @@ def sweep(
     seeds: Annotated[str | None, typer.Option(help="Seeds, comma-separated.")] = None,
     control_weights: Annotated[str | None, typer.Option(
         help="Weights of the first --control unit, comma-separated.")] = None,
+    cache_steps: Annotated[str | None, typer.Option(
+        help="Step caching intervals, comma-separated (1: every step in full), to compare what each costs.")] = None,
     prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
     output: Annotated[Path | None, typer.Option("-o", "--output", help=r"A folder \[default: ./outputs]")] = None,
     format_: c.Format = None,
@@ -170,13 +172,14 @@ def sweep(
              ("seed", c.parse_list("seeds", seeds, int) if seeds is not None else None),
              ("prompt", [prompt, *prompts] if prompts else None),
              ("control_weight", c.parse_list("control_weights", control_weights, float)
-              if control_weights is not None else None)]
+              if control_weights is not None else None),
+             ("cache_steps", c.parse_list("cache_steps", cache_steps, int) if cache_steps is not None else None)]
     axes = [make_axis(name, values) for name, values in given if values is not None and len(values) > 1]
     fixed = {name: values[0] for name, values in given if values is not None and len(values) == 1}
     if not axes:
         axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
     fixed_fields = {"strength": fixed.get("strength"), "guidance_scale": fixed.get("cfg"), "steps": fixed.get("steps"),
-                    "sampler": fixed.get("sampler"), "seed": fixed.get("seed")}
+                    "sampler": fixed.get("sampler"), "seed": fixed.get("seed"), "cache_steps": fixed.get("cache_steps")}
     if "control_weight" in fixed and fields.get("control"):
         from dataclasses import replace
 

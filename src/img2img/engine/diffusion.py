@@ -23,6 +23,7 @@ from PIL import Image
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner, unet_inputs
 from img2img.engine.samplers import build_scheduler
 from img2img.engine.seeds import cpu_generator
+from img2img.engine.step_cache import StepCache
 from img2img.engine.strength import StepPlan, plan_steps
 from img2img.engine.text import encode_text
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
@@ -47,6 +48,7 @@ class DiffusionJob:
     conditions: tuple[Conditioner, ...] = ()  # beside the prompt's own
     prompt_syntax: str = "a1111"  # how the prompts are read (img2img.engine.text)
     clip_skip: int = 1
+    cache_steps: int = 1  # step caching (img2img.engine.step_cache): the whole UNet every N steps
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class DiffusionSession:
                         on_latents(index, latents)
 
                 latents = denoise(pipeline, scheduler, timesteps, bound[1], bound[0], job.guidance_scale, guided,
-                                  generator, report)
+                                  generator, report, job.cache_steps)
 
                 # 6. Decode.
                 images.append(decode(pipeline, latents))
@@ -249,11 +251,13 @@ def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch
 def denoise(
     pipeline: Any, scheduler: Any, timesteps: torch.Tensor, start: StartLatents,
     conditioners: tuple[Conditioner, ...], guidance_scale: float, guided: bool, generator: torch.Generator,
-    on_step: Callable[[int, int, torch.Tensor], None],
+    on_step: Callable[[int, int, torch.Tensor], None], cache_steps: int = 1,
 ) -> torch.Tensor:
     """The sampler's loop: each step asks the conditioners for UNet inputs, guides, lets them adjust the
-    prediction, steps, and lets them act on the latents."""
+    prediction, steps, and lets them act on the latents. ``cache_steps`` above 1: the UNet's deep features are
+    computed every that many steps and reused between (``img2img.engine.step_cache``)."""
     step_options = _step_options(scheduler, generator)
+    cache = StepCache(pipeline.unet, cache_steps) if cache_steps > 1 else None
     latents = start.noised
     for index, timestep in enumerate(timesteps):
         following = timesteps[index + 1] if index + 1 < len(timesteps) else None
@@ -262,8 +266,12 @@ def denoise(
         step = Step(index, len(timesteps), timestep, guided, start, scheduler, following, model_input)
         for conditioner in conditioners:
             model_input = conditioner.extend_sample(step, model_input)
-        noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
-                                   **unet_inputs(conditioners, step))[0].float()
+        if cache is not None:
+            noise_pred = cache(index, model_input.to(pipeline.unet.dtype), timestep,
+                               **unet_inputs(conditioners, step)).float()
+        else:
+            noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
+                                       **unet_inputs(conditioners, step))[0].float()
         if guided:
             unconditional, conditional = noise_pred.chunk(2)
             noise_pred = unconditional + guidance_scale * (conditional - unconditional)

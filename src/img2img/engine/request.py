@@ -14,6 +14,7 @@ from PIL import Image, ImageColor
 from img2img.engine.conditioning import Conditioner, check_conditions
 from img2img.engine.control import ControlUnit, check_units
 from img2img.engine.fields import (
+    MAX_CACHE_STEPS,
     MAX_CLIP_SKIP,
     MAX_GUIDANCE,
     MAX_IMAGES,
@@ -103,6 +104,9 @@ class GenerationRequest:
                                 choices=PROMPT_SYNTAXES, legacy="plain")
     clip_skip: int = scalar(int, 1, "A1111's Clip skip: encode the prompt with the text encoder's N-th layer from the "
                             "end (2 for many anime models).", 1, MAX_CLIP_SKIP)
+    cache_steps: int = scalar(int, 1, "Step caching (DeepCache), opt-in and approximate: run the whole UNet every "
+                              "N steps and only its outer blocks in between; 1 runs every step in full, 3 is about "
+                              "twice as fast.", 1, MAX_CACHE_STEPS)
     ip_adapter: str | None = scalar(str, None, "The IP-Adapter that reads the image prompts: a registered name, a "
                                     "file in the IP-Adapter folder, a cached repo id or a path.", high=1024,
                                     unset="none (needed for image prompts with a diffusion model)")
@@ -147,6 +151,14 @@ class GenerationRequest:
         sampler = canonical_sampler_name(self.sampler) if self.sampler is not None else None
         if self.inpaint is not None and not isinstance(self.inpaint, Inpaint):
             raise InvalidArgument("inpaint", "an img2img.Inpaint", type(self.inpaint).__name__)
+        deep_inputs = [kind for kind, given in (("ControlNet/T2I-Adapter units", self.control),
+                                                ("image prompts", self.image_prompts),
+                                                ("conditioners with UNet inputs",
+                                                 [c for c in self.conditions if getattr(c, "inputs", ())]))
+                       if given]
+        if self.cache_steps > 1 and deep_inputs:  # their inputs act on the deep blocks that caching skips
+            raise InvalidArgument("cache_steps", f"1 with {' or '.join(deep_inputs)} (step caching skips the deep "
+                                  "blocks they act on)", self.cache_steps)
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
                        inpaint=self.inpaint.validated() if self.inpaint is not None else None,
                        control=check_units(self.control),

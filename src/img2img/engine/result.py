@@ -136,6 +136,8 @@ class GenerationRecord:
         }
         if self.clip_skip > 1:
             fields["Clip skip"] = self.clip_skip
+        if self.request.cache_steps > 1:  # ours: A1111 has no step caching
+            fields["Cache steps"] = self.request.cache_steps
         if self.loras:
             hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
             fields["Lora hashes"] = f'"{hashes}"'

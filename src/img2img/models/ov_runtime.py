@@ -116,12 +116,13 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
            ) -> None:
     """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use and
     falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run. ``float_unet`` loads the
-    float32 PyTorch UNet, for converting the graphs that take ControlNet residuals (``ov_control``) and image
-    prompts' keys and values (``ov_image_prompt``) on first need."""
+    float32 PyTorch UNet, for converting the graphs that take ControlNet residuals (``ov_control``), image
+    prompts' keys and values (``ov_image_prompt``) and step caching's features (``ov_step_cache``) on first need."""
     import openvino as ov
 
     from img2img.models.ov_control import ControlGraph
     from img2img.models.ov_image_prompt import ImagePromptGraph
+    from img2img.models.ov_step_cache import StepCacheGraphs
     from img2img.models.ov_unet import OpenVinoUNet
 
     folder = ir_folder(sha256, variant)
@@ -135,9 +136,10 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
     control = ControlGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
     prompts = ImagePromptGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
+    cached = StepCacheGraphs(core, folder, options, turn, variant, float_unet, configs["unet"])
     object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback,
                                                                                                     notes), control,
-                                                      prompts))
+                                                      prompts, cached))
     object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],
                                                     _Fallback("vae", fallback, notes)))
     # A pipeline built without its VAE assumed the usual factor of 8; take the real one from the VAE's config.

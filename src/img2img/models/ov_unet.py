@@ -1,6 +1,7 @@
 """The OpenVINO UNet's stand-in: called like diffusers' UNet2DConditionModel, it runs the model's own graph, the
 graph that takes ControlNet residuals (``ov_control``) or the one that takes image prompts' keys and values
-(``ov_image_prompt``), one compiled at a time, and hands any other call to the PyTorch UNet (with a note)."""
+(``ov_image_prompt``), one compiled at a time, and hands any other call to the PyTorch UNet (with a note). Step
+caching's calls (``deep`` and ``shallow``) run on two graphs of their own (``ov_step_cache``)."""
 
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ class OpenVinoUNet:
     takes_image_prompts = True  # image tokens arrive beside the text; the graph takes their keys and values
 
     def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback, control: Any = None,
-                 prompts: Any = None) -> None:
+                 prompts: Any = None, cached: Any = None) -> None:
         self.config = _Config(config)
         self._request, self.fallback, self.control, self.prompts = request, fallback, control, prompts
+        self.cached = cached  # the step-caching graphs (ov_step_cache.StepCacheGraphs)
         self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
-        self.control_failed = self.prompts_failed = False
+        self.control_failed = self.prompts_failed = self.cached_failed = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
@@ -58,11 +60,7 @@ class OpenVinoUNet:
         others = {name: value for name, value in others.items() if value is not None}
         if isinstance(encoder_hidden_states, tuple):  # image prompts' tokens beside the text
             return self._prompted(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
-        inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(encoder_hidden_states)]
-        if added_cond_kwargs:
-            inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
-        if timestep_cond is not None:
-            inputs.append(_array(timestep_cond))
+        inputs = _own_inputs(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs)
         if not self.fallback.failed and others:
             controlled = self._controlled(inputs, others)
             if controlled is not None:
@@ -72,6 +70,8 @@ class OpenVinoUNet:
                 for graph in (self.control, self.prompts):  # one UNet graph compiled at a time
                     if graph is not None and graph.request is not None:
                         graph.request.drop()
+                if self.cached is not None:
+                    self.cached.drop()
                 return (self._request(inputs),)
             except OpenVinoFailure as failure:
                 self.fallback.take_over(failure)
@@ -86,11 +86,7 @@ class OpenVinoUNet:
 
         text, tokens = encoder_hidden_states
         if not self.fallback.failed and not self.prompts_failed and not others and self.prompts is not None:
-            inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(text)]
-            if added_cond_kwargs:
-                inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
-            if timestep_cond is not None:
-                inputs.append(_array(timestep_cond))
+            inputs = _own_inputs(sample, timestep, text, timestep_cond, added_cond_kwargs)
             try:
                 layers = [f"{name}.processor" for name, _ in self.prompts.layers()]
                 key_values = tokens.key_values(layers, self.config)
@@ -108,6 +104,57 @@ class OpenVinoUNet:
         return run_in_torch(unet, key_values, lambda: self._in_torch(sample, timestep, text, timestep_cond,
                                                                      added_cond_kwargs, others))
 
+    def deep(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+             timestep_cond: torch.Tensor | None = None, added_cond_kwargs: dict[str, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step caching's full step: the prediction and the deep features (``img2img.engine.step_cache``)."""
+        from img2img.engine.step_cache import deep
+
+        if self._caching():
+            inputs = _own_inputs(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs)
+            try:
+                return self.cached.deep(inputs, self._patch)
+            except OpenVinoFailure as failure:
+                self._cache_failed(failure)
+        dtype, extra = self.fallback.dtype, _extra(timestep_cond, added_cond_kwargs, self.fallback.dtype)
+        with torch.no_grad():
+            output, feature = deep(self.fallback.module, sample.to(dtype), timestep,
+                                   encoder_hidden_states=encoder_hidden_states.to(dtype), **extra)
+        return output.float(), feature
+
+    def shallow(self, sample: torch.Tensor, timestep: torch.Tensor, feature: torch.Tensor,
+                encoder_hidden_states: torch.Tensor, timestep_cond: torch.Tensor | None = None,
+                added_cond_kwargs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Step caching's other steps: the prediction from the outer blocks and a full step's ``feature``."""
+        from img2img.engine.step_cache import shallow
+
+        if self._caching():
+            inputs = _own_inputs(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs)
+            try:
+                return self.cached.shallow(inputs, feature.float(), self._patch)
+            except OpenVinoFailure as failure:
+                self._cache_failed(failure)
+        dtype, extra = self.fallback.dtype, _extra(timestep_cond, added_cond_kwargs, self.fallback.dtype)
+        with torch.no_grad():
+            return shallow(self.fallback.module, sample.to(dtype), timestep, feature.to(dtype),
+                           encoder_hidden_states.to(dtype), **extra).float()
+
+    def _caching(self) -> bool:
+        """Whether the step-caching graphs run this call (else PyTorch does); the other UNet graphs are dropped."""
+        if self.fallback.failed or self.cached_failed or self.cached is None:
+            return False
+        self._request.drop()
+        for graph in (self.control, self.prompts):
+            if graph is not None and graph.request is not None:
+                graph.request.drop()
+        return True
+
+    def _cache_failed(self, failure: OpenVinoFailure) -> None:
+        self.cached_failed = True
+        self.cached.drop()
+        self.fallback.notes.append(f"OpenVINO could not run the UNet for step caching ({failure}); it runs with "
+                                   "PyTorch instead")
+
     def _in_torch(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: Any,
                   timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
                   others: dict[str, Any]) -> tuple[torch.Tensor]:
@@ -118,6 +165,27 @@ class OpenVinoUNet:
         output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
                       timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
         return (output.float(),)
+
+
+def _own_inputs(sample: torch.Tensor, timestep: torch.Tensor | float, text: torch.Tensor,
+                timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None
+                ) -> list[np.ndarray]:
+    """The inputs of the model's own UNet graph, in its order (``ov_runtime.unet_input_shapes``)."""
+    inputs = [_array(sample), np.asarray(float(timestep), dtype=np.float32), _array(text)]
+    if added_cond_kwargs:
+        inputs += [_array(added_cond_kwargs["text_embeds"]), _array(added_cond_kwargs["time_ids"])]
+    if timestep_cond is not None:
+        inputs.append(_array(timestep_cond))
+    return inputs
+
+
+def _extra(timestep_cond: torch.Tensor | None, added_cond_kwargs: dict[str, torch.Tensor] | None,
+           dtype: torch.dtype) -> dict[str, Any]:
+    """The PyTorch UNet's optional keyword inputs in its ``dtype``."""
+    extra: dict[str, Any] = {} if timestep_cond is None else {"timestep_cond": timestep_cond.to(dtype)}
+    if added_cond_kwargs:
+        extra["added_cond_kwargs"] = _to_dtype(added_cond_kwargs, dtype)
+    return extra
 
 
 def _to_dtype(value: Any, dtype: torch.dtype) -> Any:
