@@ -34,7 +34,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "sd15-2048": {"model": "sd15", "side": 2048, "strength": 0.3, "steps": 4, "cfg": 7.5, "sampler": "DPM++ 2M Karras",
                   "impls": ("stock", "ours"), "warmup": False},
 }
-IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-int8")
+IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-int8", "ours-cache3")
+# The opt-in fast modes: the defaults with these request fields, or these engine options.
+MODES: dict[str, dict[str, Any]] = {"ours-int8": {"quantize": "int8"}, "ours-cache3": {"cache_steps": 3}}
+ENGINE_OPTIONS = ("quantize",)
 SEED = 1234
 PROMPT = "a red fox in the snow, oil painting"
 
@@ -44,7 +47,7 @@ def main() -> None:
     parser.add_argument("--jobs", default="sd15,turbo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", help="the implementations besides stock and ours (comma-separated): "
-                        "ours-torch, ours-fp32, ours-int8 [default: all]")
+                        "ours-torch, ours-fp32, ours-int8, ours-cache3 [default: all]")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -74,11 +77,13 @@ def main() -> None:
         if "ours-fp32" in report:
             report["psnr_ours_vs_fp32_db"] = psnr(outputs["ours"], outputs["ours-fp32"])
             report["psnr_fp32_vs_stock_db"] = psnr(outputs["ours-fp32"], outputs["stock"])
-            if "ours-int8" in report:
-                report["psnr_int8_vs_fp32_db"] = psnr(outputs["ours-int8"], outputs["ours-fp32"])
-        if "ours-int8" in report:
-            report["speedup_e2e_int8"] = round(report["stock"]["e2e_s"] / report["ours-int8"]["e2e_s"], 2)
-            report["psnr_int8_vs_ours_db"] = psnr(outputs["ours-int8"], outputs["ours"])
+        for impl in (impl for impl in MODES if impl in report):  # each mode against stock, the default and fp32
+            mode = impl.removeprefix("ours-")
+            report[f"speedup_e2e_{mode}"] = round(report["stock"]["e2e_s"] / report[impl]["e2e_s"], 2)
+            report[f"speedup_{mode}_vs_ours"] = round(report["ours"]["e2e_s"] / report[impl]["e2e_s"], 2)
+            report[f"psnr_{mode}_vs_ours_db"] = psnr(outputs[impl], outputs["ours"])
+            if "ours-fp32" in report:
+                report[f"psnr_{mode}_vs_fp32_db"] = psnr(outputs[impl], outputs["ours-fp32"])
         report["psnr_ours_vs_stock_db"] = psnr(outputs["ours"], outputs["stock"])
         report["efficiency"] = efficiency(report)
         print(json.dumps(report), flush=True)
@@ -164,14 +169,16 @@ def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> t
     from img2img import Engine, GenerationRequest
 
     # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference;
-    # ours-int8: the defaults with the opt-in int8 weights.
+    # a mode (MODES): the defaults with that opt-in.
+    mode = MODES.get(impl, {})
     engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto",
-                    backend="auto" if impl in ("ours", "ours-int8") else "torch",
-                    quantize="int8" if impl == "ours-int8" else "none")
+                    backend="torch" if impl in ("ours-torch", "ours-fp32") else "auto",
+                    **{key: value for key, value in mode.items() if key in ENGINE_OPTIONS})
     loaded = engine.load(str(folder))
     request = GenerationRequest(source=source, prompt=PROMPT, strength=spec["strength"], guidance_scale=spec["cfg"],
                                 steps=spec["steps"], sampler=spec["sampler"], seed=SEED, model=str(folder),
-                                size=(spec["side"], spec["side"]))  # work at the source's size, as stock does
+                                size=(spec["side"], spec["side"]),  # work at the source's size, as stock does
+                                **{key: value for key, value in mode.items() if key not in ENGINE_OPTIONS})
     # The dtype the model computes in (OpenVINO's stand-ins take fp32 tensors but compute in the placement's dtype).
     return (lambda: engine.generate(request).images[0]), loaded.pipeline, engine.placement.dtype_name
 
@@ -253,7 +260,7 @@ def work_of(job: str) -> dict[str, float]:
 def efficiency(report: dict[str, Any]) -> dict[str, float | None]:
     """Achieved GFLOP/s of each part divided by the matmul peak of the dtype it ran in."""
     result: dict[str, float | None] = {}
-    for impl in ("stock", "ours", "ours-torch", "ours-int8"):
+    for impl in ("stock", "ours", "ours-torch", "ours-int8"):  # a mode that skips work has no per-call rate
         if impl not in report:
             continue
         peak = report["matmul_peak_gflops"]["bfloat16" if report[impl]["dtype"] == "bfloat16" else "float32"]

@@ -173,8 +173,38 @@ def run_diffusion(
     return DiffusionSession(pipeline, source).run(job, on_step)
 
 
+@dataclass(frozen=True)
+class TinyLatents:
+    """A tiny autoencoder's (TAESD's) encoding: the latents themselves, already at the UNet's scale, with no
+    spread to draw from (diffusers takes them as they are)."""
+
+    mean: torch.Tensor
+    std: None = None
+
+
+def is_tiny(vae: Any) -> bool:
+    """Whether ``vae`` is a tiny autoencoder (diffusers' AutoencoderTiny: TAESD, TAESDXL)."""
+    return type(vae).__name__ == "AutoencoderTiny"
+
+
+def posterior_sample(distribution: Any, generator: torch.Generator) -> torch.Tensor:
+    """One draw from the VAE's latent distribution in float32 (the mean, then noise from ``generator``: diffusers'
+    order); a tiny autoencoder's latents as they are, drawing nothing."""
+    mean = distribution.mean.float()
+    if distribution.std is None:
+        return mean
+    return mean + distribution.std.float() * draw_noise(mean.shape, generator, mean.device)
+
+
 def encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
     """The VAE's latent distribution of ``pixels``, in tiles when the picture is large."""
+    if is_tiny(vae):
+        def encode(tile: torch.Tensor) -> torch.Tensor:
+            return vae.encode(tile).latents
+
+        if not needs_tiles(*pixels.shape[-2:]):
+            return TinyLatents(encode(pixels))
+        return TinyLatents(tiled_apply(encode, pixels, TILE_PIXELS, OVERLAP_PIXELS, 1 / scale, align=scale))
     if not needs_tiles(*pixels.shape[-2:]):
         return vae.encode(pixels).latent_dist
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -231,8 +261,7 @@ def prepare_latents(
         scale = pipeline.vae_scale_factor
         noise = draw_noise((1, vae.config.latent_channels, size[0] // scale, size[1] // scale), generator, device)
         return StartLatents(None, noise, noise * scheduler.init_noise_sigma, pure=True)
-    mean = latent_dist.mean.float()  # the posterior sample, then the noise: diffusers' order
-    latents = mean + latent_dist.std.float() * draw_noise(mean.shape, generator, device)
+    latents = posterior_sample(latent_dist, generator)  # the posterior sample, then the noise: diffusers' order
     shift, std = _latent_stats(vae, latents)
     clean = (latents - shift) * vae.config.scaling_factor / std
     noise = draw_noise(clean.shape, generator, device)

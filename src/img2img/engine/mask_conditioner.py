@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step
-from img2img.engine.diffusion import draw_noise
+from img2img.engine.diffusion import draw_noise, posterior_sample
 
 INPAINTING_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 
@@ -61,8 +61,7 @@ class MaskConditioner(Conditioner):
         if self.inpainting_unet:  # diffusers draws the masked image's latents after the noise, from one generator
             pixels = begin.pipeline.image_processor.preprocess(begin.source)
             distribution = begin.encode("masked source", pixels * keep)
-            mean = distribution.mean.float()
-            masked = (mean + distribution.std.float() * draw_like(mean, begin.generator))
+            masked = posterior_sample(distribution, begin.generator)
             channels = torch.cat([latent_mask, masked * begin.pipeline.vae.config.scaling_factor], dim=1)
         return replace(self, latent_mask=latent_mask, channels=channels), start
 

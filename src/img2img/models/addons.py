@@ -79,7 +79,8 @@ def detect(path: Path) -> AddonInfo | None:
         if describer is not None:
             return AddonInfo(describer, None, False)
         config = path / "config.json"
-        is_vae = config.is_file() and '"AutoencoderKL"' in config.read_text(encoding="utf-8", errors="replace")
+        text = config.read_text(encoding="utf-8", errors="replace") if config.is_file() else ""
+        is_vae = '"AutoencoderKL"' in text or '"AutoencoderTiny"' in text  # a VAE, or a tiny one (TAESD)
         return AddonInfo("vae", None, False) if is_vae else None
     if path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -107,6 +108,8 @@ def detect(path: Path) -> AddonInfo | None:
         return AddonInfo("lora", (cross or text or [None])[0], xl)
     if {"encoder.conv_in.weight", "decoder.conv_in.weight"} <= set(keys):  # a VAE alone, either key layout
         return AddonInfo("vae", shapes["decoder.conv_in.weight"][1], False)
+    if {"encoder.layers.0.weight", "decoder.layers.0.weight"} <= set(keys):  # a tiny autoencoder (TAESD) in one file
+        return AddonInfo("vae", shapes["decoder.layers.0.weight"][1], False)
     if "emb_params" in keys or "string_to_param" in keys:
         key = "emb_params" if "emb_params" in keys else "string_to_param"
         return AddonInfo("embedding", shapes[key][-1], False, shapes[key][0] if len(shapes[key]) > 1 else 1)

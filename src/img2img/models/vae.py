@@ -1,4 +1,5 @@
-"""A VAE of the user's choosing in place of the model's own (A1111's ``sd_vae``), such as the ft-MSE VAE.
+"""A VAE of the user's choosing in place of the model's own (A1111's ``sd_vae``), such as the ft-MSE VAE, or a
+tiny autoencoder (TAESD, TAESDXL: ``--vae taesd``) that encodes and decodes in a fraction of the time, approximately.
 
 A VAE is a diffusers ``AutoencoderKL`` folder or a single ``.safetensors`` file in the original or diffusers key
 layout (found by name as ``img2img.models.addons`` finds add-ons, or by path in the library and the command line).
@@ -20,28 +21,55 @@ import torch
 from img2img.errors import InvalidArgument, ModelError
 from img2img.models import addons
 
+# Tiny autoencoders by their usual names, found in the Hugging Face cache when no folder of that name is.
+TINY_REPOS = {"taesd": "madebyollin/taesd", "taesdxl": "madebyollin/taesdxl"}
+
 
 def vae_path(reference: str, registered: dict[str, str]) -> Path:
-    """A VAE's folder or file: a path that exists (library, command line), else a name."""
+    """A VAE's folder or file: a path that exists (library, command line), else a name, else a repo id in the
+    Hugging Face cache (``taesd`` and ``taesdxl`` mean madebyollin's)."""
+    from img2img.models.detect import REPO_ID, find_hf_cache_snapshot
+
     path = Path(reference).expanduser()
     if path.exists() and (path.is_dir() or path.suffix == ".safetensors"):
         found = path
     else:
-        found = addons.find("vae", reference, registered, "vae")
+        try:
+            found = addons.find("vae", reference, registered, "vae")
+        except InvalidArgument:
+            repo = TINY_REPOS.get(reference, reference)
+            snapshot = find_hf_cache_snapshot(repo) if REPO_ID.match(repo) else None
+            if snapshot is None:
+                raise
+            found = snapshot
     info = addons.detect(found)
     if info is None or info.kind != "vae":
-        raise InvalidArgument("vae", "a VAE: an AutoencoderKL folder or a .safetensors VAE", str(reference))
+        raise InvalidArgument("vae", "a VAE: an AutoencoderKL or AutoencoderTiny (TAESD) folder or a .safetensors VAE",
+                              str(reference))
     return found
+
+
+def is_tiny_file(path: Path) -> bool:
+    """Whether the VAE at ``path`` is a tiny autoencoder (TAESD), from its config or its keys."""
+    from safetensors import safe_open
+
+    if path.is_dir():
+        return '"AutoencoderTiny"' in (path / "config.json").read_text(encoding="utf-8", errors="replace")
+    with safe_open(str(path), framework="pt") as handle:
+        return "encoder.layers.0.weight" in handle.keys()  # noqa: SIM118 (a safetensors handle, not a dict)
 
 
 def load_vae(path: Path, dtype: Any, device: str, model_config: dict[str, Any]) -> Any:
     """The VAE at ``path`` on ``device`` in ``dtype``, with the model's scaling factor (from ``model_config``, the
-    model's own VAE config, which also shapes a single file)."""
+    model's own VAE config, which also shapes a single file). A tiny autoencoder keeps its own scale: its latents
+    are the UNet's as they are."""
     from diffusers import AutoencoderKL
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
     from safetensors.torch import load_file
 
     config = {key: value for key, value in dict(model_config).items() if not key.startswith("_")}
+    if is_tiny_file(path):
+        return _load_tiny(path, dtype, device)
     try:
         if path.is_dir():
             vae = AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
@@ -57,6 +85,27 @@ def load_vae(path: Path, dtype: Any, device: str, model_config: dict[str, Any]) 
     vae.register_to_config(scaling_factor=model_config["scaling_factor"])
     vae = vae.to(device)
     if device == "cpu":  # as the model's own VAE runs there (oneDNN's convolutions are fastest on NHWC)
+        vae.to(memory_format=torch.channels_last)
+    return vae
+
+
+def _load_tiny(path: Path, dtype: Any, device: str) -> Any:
+    """A tiny autoencoder (diffusers' AutoencoderTiny: TAESD, TAESDXL) from its folder or its single file."""
+    from diffusers import AutoencoderTiny
+    from safetensors.torch import load_file
+
+    try:
+        if path.is_dir():
+            vae = AutoencoderTiny.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        else:
+            state = load_file(str(path))
+            vae = AutoencoderTiny(latent_channels=state["decoder.layers.0.weight"].shape[1])
+            vae.load_state_dict(state)
+            vae = vae.to(dtype)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"tiny VAE {path.name} could not be loaded: {str(exc).splitlines()[0]}") from exc
+    vae = vae.to(device).eval()
+    if device == "cpu":
         vae.to(memory_format=torch.channels_last)
     return vae
 
