@@ -22,9 +22,17 @@ def bench_dir() -> Path:
 
 
 def random_model(name: str) -> Path:
-    """The folder of the random-weight model ``name`` (sd15, sd21, sdxl or sd15-inpainting), built on first use."""
+    """The folder of the random-weight model ``name`` (sd15, sd21, sdxl, sd15-inpainting, or taesd: the tiny
+    autoencoder's architecture), built on first use."""
     target = bench_dir() / name
-    if (target / "model_index.json").is_file():
+    if (target / "model_index.json").is_file() or (target / "config.json").is_file():
+        return target
+    if name == "taesd":
+        from diffusers import AutoencoderTiny
+
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(target.with_name(".taesd-staging"), safe_serialization=True)
+        target.with_name(".taesd-staging").rename(target)
         return target
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection

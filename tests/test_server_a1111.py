@@ -28,7 +28,8 @@ def test_img2img_answers_as_a1111_does(server: ServerProcess, photo: Path) -> No
     response = _img2img(server, init_images=[b64(photo.read_bytes())], prompt="a red boat", negative_prompt="fog",
                         denoising_strength=0.6, steps=8, cfg_scale=5, seed=7, batch_size=2, n_iter=1,
                         sampler_name="Euler a", width=64, height=64, restore_faces=True, not_a_field=1,
-                        override_settings={"sd_model_checkpoint": "tiny [abc123]", "CLIP_stop_at_last_layers": 2})
+                        override_settings={"sd_model_checkpoint": "tiny [abc123]", "CLIP_stop_at_last_layers": 2,
+                                           "token_merging_ratio": 0.5})
     assert response.status_code == 200, response.text
     body = response.json()
     assert len(body["images"]) == 2
@@ -44,6 +45,7 @@ def test_img2img_answers_as_a1111_does(server: ServerProcess, photo: Path) -> No
         assert name in warnings
     assert "CLIP_stop_at_last_layers" not in warnings and info["clip_skip"] == 2  # A1111's clip skip acts
     assert "Clip skip: 2" in info["infotexts"][0]
+    assert "token_merging_ratio" not in warnings and "Token merging ratio: 0.5" in info["infotexts"][0]
     assert "steps" not in warnings and "seed" not in warnings
 
     with server.client() as client:

@@ -27,6 +27,7 @@ from img2img.engine.step_cache import StepCache
 from img2img.engine.strength import StepPlan, plan_steps
 from img2img.engine.text import encode_text
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
+from img2img.engine.token_merge import merging_tokens
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
 StepCallback = Callable[[int, int, int], None]
@@ -49,6 +50,7 @@ class DiffusionJob:
     prompt_syntax: str = "a1111"  # how the prompts are read (img2img.engine.text)
     clip_skip: int = 1
     cache_steps: int = 1  # step caching (img2img.engine.step_cache): the whole UNet every N steps
+    merge_tokens: float = 0.0  # token merging (img2img.engine.token_merge): the share of tokens merged
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ class DiffusionSession:
         with contextlib.ExitStack() as attached:  # what conditioners put on the model, taken off after the run
             for conditioner in job.conditions:
                 attached.enter_context(conditioner.attach(pipeline))
+            if job.merge_tokens > 0:
+                attached.enter_context(token_merging(pipeline.unet, job.merge_tokens))
             for index, seed in enumerate(job.seeds):
                 generator = cpu_generator(seed)
                 scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
@@ -164,6 +168,12 @@ class DiffusionSession:
             self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
                                            self.source.size[::-1], job.prompt_syntax, job.clip_skip)
         return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, job.guidance_scale))
+
+
+def token_merging(unet: Any, ratio: float) -> contextlib.AbstractContextManager[None]:
+    """``unet`` merging ``ratio`` of its tokens for a run: a PyTorch UNet's attention patched, or the OpenVINO
+    stand-in's own way (``merging_tokens``)."""
+    return unet.merging_tokens(ratio) if hasattr(unet, "merging_tokens") else merging_tokens(unet, ratio)
 
 
 def run_diffusion(

@@ -21,6 +21,7 @@ MAX_IMAGES = 64  # the most any face accepts for num_images; the engine's own li
 STEPS_MODES: tuple[str, ...] = ("diffusers", "exact")
 PROMPT_SYNTAXES: tuple[str, ...] = ("a1111", "plain")
 MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers
+MAX_MERGE_RATIO = 0.75  # token merging: ToMe for SD's quality falls off past this
 MAX_CACHE_STEPS = 10  # step caching: past this the kept features are too stale to be worth their speed
 _KEY = "img2img.field"
 

@@ -267,6 +267,7 @@ def to_job(cell: GenerationRequest, family: Family, strength: float | None = Non
         steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
         seeds=(cell.seed,), steps_mode=cell.steps_mode, conditions=cell.conditions,
         prompt_syntax=cell.prompt_syntax, clip_skip=cell.clip_skip, cache_steps=cell.cache_steps,
+        merge_tokens=cell.merge_tokens,
     )
 
 
@@ -307,7 +308,7 @@ def _ignored_by_styles(request: GenerationRequest) -> list[str]:
     """Name the options that the built-in style engine has no use for."""
     options = (("negative prompt", request.negative_prompt), ("guidance", request.guidance_scale),
                ("steps", request.steps), ("sampler", request.sampler),
-               ("step caching", request.cache_steps > 1))
+               ("step caching", request.cache_steps > 1), ("token merging", request.merge_tokens > 0))
     given = [name for name, value in options if value]
     if not given:
         return []

@@ -19,6 +19,7 @@ from img2img.engine.fields import (
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_LOOPS,
+    MAX_MERGE_RATIO,
     MAX_PROMPT_CHARS,
     MAX_STEPS,
     PROMPT_SYNTAXES,
@@ -107,6 +108,9 @@ class GenerationRequest:
     cache_steps: int = scalar(int, 1, "Step caching (DeepCache), opt-in and approximate: run the whole UNet every "
                               "N steps and only its outer blocks in between; 1 runs every step in full, 3 is about "
                               "twice as fast.", 1, MAX_CACHE_STEPS)
+    merge_tokens: float = scalar(float, 0.0, "Token merging (ToMe), opt-in and approximate: merge this share of the "
+                                 "most similar tokens before each full-resolution self-attention; 0 merges none, "
+                                 "0.5 makes large images much faster.", 0.0, MAX_MERGE_RATIO)
     ip_adapter: str | None = scalar(str, None, "The IP-Adapter that reads the image prompts: a registered name, a "
                                     "file in the IP-Adapter folder, a cached repo id or a path.", high=1024,
                                     unset="none (needed for image prompts with a diffusion model)")

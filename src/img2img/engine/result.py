@@ -138,6 +138,8 @@ class GenerationRecord:
             fields["Clip skip"] = self.clip_skip
         if self.request.cache_steps > 1:  # ours: A1111 has no step caching
             fields["Cache steps"] = self.request.cache_steps
+        if self.request.merge_tokens > 0:  # the name of A1111's own token merging option
+            fields["Token merging ratio"] = _number(self.request.merge_tokens)
         if self.loras:
             hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
             fields["Lora hashes"] = f'"{hashes}"'

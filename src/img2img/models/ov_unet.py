@@ -5,7 +5,8 @@ caching's calls (``deep`` and ``shallow``) run on two graphs of their own (``ov_
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,29 @@ class OpenVinoUNet:
         self.cached = cached  # the step-caching graphs (ov_step_cache.StepCacheGraphs)
         self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
         self.control_failed = self.prompts_failed = self.cached_failed = False
+        self.torch_only = False  # while tokens are merged: every call runs with PyTorch
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
+
+    @contextmanager
+    def merging_tokens(self, ratio: float) -> Iterator[None]:
+        """Token merging for a run (``img2img.engine.token_merge``): the traced graphs have no place for it, so
+        the run's UNet calls go to the PyTorch UNet with its attention patched, with a note."""
+        from img2img.engine.token_merge import merging_tokens
+        from img2img.errors import InvalidArgument
+
+        if self._patch[1] is not None:  # LoRAs live in the graphs' weights here, not in the PyTorch UNet's
+            raise InvalidArgument("merge_tokens", "0 with LoRAs on the OpenVINO backend (run --backend torch to merge "
+                                  "tokens with LoRAs)", ratio)
+        self.fallback.notes.append("OpenVINO's UNet graphs do not merge tokens; this request's UNet runs with "
+                                   "PyTorch")
+        with merging_tokens(self.fallback.module, ratio):
+            self.torch_only = True
+            try:
+                yield
+            finally:
+                self.torch_only = False
 
     def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
         """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
@@ -58,6 +79,8 @@ class OpenVinoUNet:
         """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
         PyTorch rather than drop them."""
         others = {name: value for name, value in others.items() if value is not None}
+        if self.torch_only and not isinstance(encoder_hidden_states, tuple):
+            return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
         if isinstance(encoder_hidden_states, tuple):  # image prompts' tokens beside the text
             return self._prompted(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
         inputs = _own_inputs(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs)
@@ -85,7 +108,8 @@ class OpenVinoUNet:
         from img2img.models.ov_image_prompt import cross_attention_layers, run_in_torch
 
         text, tokens = encoder_hidden_states
-        if not self.fallback.failed and not self.prompts_failed and not others and self.prompts is not None:
+        if not self.fallback.failed and not self.prompts_failed and not others and self.prompts is not None \
+                and not self.torch_only:
             inputs = _own_inputs(sample, timestep, text, timestep_cond, added_cond_kwargs)
             try:
                 layers = [f"{name}.processor" for name, _ in self.prompts.layers()]
@@ -141,7 +165,7 @@ class OpenVinoUNet:
 
     def _caching(self) -> bool:
         """Whether the step-caching graphs run this call (else PyTorch does); the other UNet graphs are dropped."""
-        if self.fallback.failed or self.cached_failed or self.cached is None:
+        if self.fallback.failed or self.cached_failed or self.cached is None or self.torch_only:
             return False
         self._request.drop()
         for graph in (self.control, self.prompts):

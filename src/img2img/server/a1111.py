@@ -42,7 +42,8 @@ INPAINT = {"mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill",
 FILLS = ("fill", "original", "noise", "nothing")  # A1111's inpainting_fill 0..3 ("Masked content")
 HIRES = {"enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
          "hr_sampler_name", "hr_prompt", "hr_negative_prompt"}
-OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"}  # the override_settings that act here
+# The override_settings that act here (token_merging_ratio: A1111's ToMe setting, our merge_tokens).
+OVERRIDES = {"sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae", "token_merging_ratio"}
 
 
 class ProcessingRequest(BaseModel):
@@ -414,6 +415,8 @@ def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     }
     if overrides.get("CLIP_stop_at_last_layers") is not None:
         fields["clip_skip"] = overrides["CLIP_stop_at_last_layers"]
+    if overrides.get("token_merging_ratio"):
+        fields["merge_tokens"] = overrides["token_merging_ratio"]
     vae = overrides.get("sd_vae")
     if isinstance(vae, str) and vae not in ("Automatic", "None", ""):
         fields["vae"] = vae.removesuffix(".safetensors")

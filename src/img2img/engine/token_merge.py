@@ -1,0 +1,124 @@
+"""Token merging: ToMe for Stable Diffusion (Bolya and Hoffman, 2023) on our own attention, the opt-in
+``merge_tokens``.
+
+At large sizes self-attention dominates: its cost grows with the square of the latent's pixels (a 2048x2048 image
+has 65,536 tokens at the UNet's first level). Before each self-attention of the full-resolution blocks, the tokens
+are split into destinations (the top-left token of every 2x2 cell) and sources (the rest); the ``ratio`` x N
+sources most similar to a destination (cosine similarity) are averaged into it, attention runs on the tokens left,
+and afterwards every merged source takes its destination's output. Ratio 0.5 halves the tokens, so that attention
+costs about a quarter. Nothing is random: the same request gives the same bytes. The result is an approximation and
+is recorded.
+
+A PyTorch UNet gets the merging as attention processors for the run; the OpenVINO stand-in runs such requests with
+its PyTorch fallback (``merging_tokens``), since its traced graphs have no place for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+MAX_DOWNSAMPLE = 1  # merge at the first level only (where the tokens are many), as ToMe for SD does by default
+SIMILARITY_CHUNK = 2048  # sources compared at a time (a 2048x2048 image has 49,152 sources and 16,384 destinations)
+
+
+def merge_plan(tokens: torch.Tensor, height: int, width: int, ratio: float
+               ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """How to merge ``tokens`` (batch, height x width, channels) and how to spread the merged result back.
+
+    Returns (merge, unmerge): merge maps (batch, N, C) to (batch, N - r, C); unmerge maps attention's output on
+    the merged tokens back to (batch, N, C).
+    """
+    count, device = tokens.shape[1], tokens.device
+    grid = torch.arange(count, device=device).view(height, width)
+    cells = grid[: height - height % 2: 2, : width - width % 2: 2].reshape(-1)  # each 2x2 cell's top-left token
+    is_destination = torch.zeros(count, dtype=torch.bool, device=device)
+    is_destination[cells] = True
+    destinations, sources = cells, torch.nonzero(~is_destination).squeeze(1)
+    merged_count = min(int(count * ratio), sources.numel())
+
+    with torch.no_grad():
+        metric = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        targets = metric[:, destinations].transpose(1, 2)
+        best, partner = [], []
+        for chunk in sources.split(SIMILARITY_CHUNK):  # (batch, chunk, destinations) at a time: bounded memory
+            value, index = (metric[:, chunk] @ targets).max(dim=-1)
+            best.append(value)
+            partner.append(index)
+        order = torch.cat(best, dim=1).argsort(dim=-1, descending=True, stable=True)
+    partner = torch.cat(partner, dim=1)
+    merged, kept = order[:, :merged_count], order[:, merged_count:]  # indices into ``sources``
+    partner_of_merged = partner.gather(1, merged)  # indices into ``destinations``
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        source_values, destination_values = x[:, sources], x[:, destinations]
+        width_ = x.shape[-1]
+        moved = source_values.gather(1, merged.unsqueeze(-1).expand(-1, -1, width_))
+        destination_values = destination_values.scatter_reduce(
+            1, partner_of_merged.unsqueeze(-1).expand(-1, -1, width_), moved, reduce="mean", include_self=True)
+        staying = source_values.gather(1, kept.unsqueeze(-1).expand(-1, -1, width_))
+        return torch.cat([staying, destination_values], dim=1)
+
+    def unmerge(y: torch.Tensor) -> torch.Tensor:
+        width_ = y.shape[-1]
+        staying, destination_values = y[:, : kept.shape[1]], y[:, kept.shape[1]:]
+        out = y.new_zeros(y.shape[0], count, width_)
+        out[:, destinations] = destination_values
+        source_out = y.new_zeros(y.shape[0], sources.numel(), width_)
+        source_out.scatter_(1, kept.unsqueeze(-1).expand(-1, -1, width_), staying)
+        source_out.scatter_(1, merged.unsqueeze(-1).expand(-1, -1, width_),
+                            destination_values.gather(1, partner_of_merged.unsqueeze(-1).expand(-1, -1, width_)))
+        out[:, sources] = source_out
+        return out
+
+    return merge, unmerge
+
+
+class MergingSelfAttention:
+    """An attention processor that merges the tokens before self-attention and spreads the output back."""
+
+    def __init__(self, inner: Any, ratio: float, latent: Callable[[], tuple[int, int]]) -> None:
+        self.inner, self.ratio, self.latent = inner, ratio, latent
+
+    def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 *args: Any, **kwargs: Any) -> torch.Tensor:
+        size = _level_size(hidden_states.shape[1], *self.latent())
+        if encoder_hidden_states is not None or hidden_states.ndim != 3 or size is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        merge, unmerge = merge_plan(hidden_states, *size, self.ratio)
+        return unmerge(self.inner(attn, merge(hidden_states), None, *args, **kwargs))
+
+
+def _level_size(tokens: int, height: int, width: int) -> tuple[int, int] | None:
+    """The (height, width) of a block's tokens at a level up to ``MAX_DOWNSAMPLE`` halvings of the latent's
+    size, or None at deeper levels (stride-2 convolutions round up)."""
+    for _ in range(MAX_DOWNSAMPLE):
+        if height * width == tokens:
+            return height, width
+        height, width = -(-height // 2), -(-width // 2)
+    return None
+
+
+@contextlib.contextmanager
+def merging_tokens(unet: Any, ratio: float) -> Iterator[None]:
+    """``unet`` (a PyTorch UNet2DConditionModel) with its self-attention merging ``ratio`` of the tokens, for the
+    duration; its own attention processors afterwards."""
+    latent: list[tuple[int, int]] = [(0, 0)]
+
+    def remember(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        latent[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
+
+    own = unet.attn_processors
+    patched = {name: MergingSelfAttention(processor, ratio, lambda: latent[0]) if name.endswith("attn1.processor")
+               else processor for name, processor in own.items()}
+    handle = unet.register_forward_pre_hook(remember, with_kwargs=True)
+    unet.set_attn_processor(patched)
+    try:
+        yield
+    finally:
+        handle.remove()
+        unet.set_attn_processor(own)

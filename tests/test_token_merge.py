@@ -1,0 +1,76 @@
+"""Token merging (``merge_tokens``, ToMe for SD): the merge itself, both backends, records, refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from img2img import Engine, GenerationRequest, InvalidArgument
+from img2img.engine.token_merge import merge_plan
+from tiny_models import build_tiny_sd
+
+
+@pytest.fixture(scope="module")
+def tiny_sd_attending(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD model with attention at full latent resolution, where SD has it and where tokens merge."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-attention-first", attention_first=True)
+
+
+def _request(photo, model, **fields) -> GenerationRequest:
+    return GenerationRequest(**{"source": photo, "prompt": "a red fox", "strength": 0.7, "steps": 6, "seed": 8,
+                                "model": str(model), **fields})
+
+
+def test_merging_averages_similar_tokens_and_spreads_the_result_back() -> None:
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.randn(2, 3 * 4, 8, generator=generator)  # a 6x8 grid of 2x2 cells, each one colour
+    grid = cells.view(2, 3, 4, 8).repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).reshape(2, 48, 8)
+    merge, unmerge = merge_plan(grid, 6, 8, 0.5)
+    merged = merge(grid)
+    assert merged.shape == (2, 24, 8)
+    assert torch.allclose(unmerge(merged), grid, atol=1e-6)  # every merged token joined its own cell's twin
+    keep, back = merge_plan(grid, 6, 8, 0.0)
+    assert torch.equal(back(keep(grid)), grid)
+
+    noise = torch.randn(1, 7 * 5, 16, generator=generator)  # an odd grid: the last row and column are sources
+    merge, unmerge = merge_plan(noise, 7, 5, 0.5)
+    assert merge(noise).shape == (1, 35 - 17, 16) and unmerge(merge(noise)).shape == noise.shape
+
+
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_merged_tokens_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd_attending, photo) -> None:
+    engine = Engine(device="cpu", dtype="float32", backend=backend)
+    plain = engine.generate(_request(photo, tiny_sd_attending))
+    merged = engine.generate(_request(photo, tiny_sd_attending, merge_tokens=0.5))
+    again = Engine(device="cpu", dtype="float32", backend=backend).generate(
+        _request(photo, tiny_sd_attending, merge_tokens=0.5))
+    after = engine.generate(_request(photo, tiny_sd_attending))
+    assert merged.images[0].tobytes() == again.images[0].tobytes()
+    assert merged.images[0].tobytes() != plain.images[0].tobytes()
+    assert after.images[0].tobytes() == plain.images[0].tobytes()  # the model's own attention is back
+    assert "Token merging ratio: 0.5" in merged.record.to_parameters_text()
+    assert "Token merging" not in plain.record.to_parameters_text()
+    ran_with_pytorch = [note for note in merged.notes if "do not merge tokens" in note]
+    assert bool(ran_with_pytorch) == (backend == "openvino")
+    difference = np.abs(np.asarray(merged.images[0], float) - np.asarray(plain.images[0], float))
+    assert difference.mean() < 40
+
+
+def test_token_merging_is_refused_out_of_range_and_with_loras_on_openvino(tiny_sd_attending, photo,
+                                                                          tmp_path, monkeypatch) -> None:
+    from tiny_models import build_tiny_lora
+
+    with pytest.raises(InvalidArgument, match=r"^merge_tokens should be in \[0.0, 0.75\], but got 0.9$"):
+        _request(photo, tiny_sd_attending, merge_tokens=0.9).validated()
+    (tmp_path / "loras").mkdir()
+    build_tiny_lora(tiny_sd_attending, tmp_path / "loras" / "ink.safetensors")
+    monkeypatch.setenv("IMG2IMG_LORA_DIR", str(tmp_path / "loras"))
+    with pytest.raises(InvalidArgument, match=r"^merge_tokens should be 0 with LoRAs on the OpenVINO backend"):
+        Engine(device="cpu", dtype="float32", backend="openvino").generate(
+            _request(photo, tiny_sd_attending, prompt="a red fox <lora:ink:0.8>", merge_tokens=0.5))
+    done = Engine(device="cpu", dtype="float32", backend="torch").generate(
+        _request(photo, tiny_sd_attending, prompt="a red fox <lora:ink:0.8>", merge_tokens=0.5))
+    assert "Token merging ratio: 0.5" in done.record.to_parameters_text()
