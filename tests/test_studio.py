@@ -100,10 +100,12 @@ def _drag_across(page: Any, selector: str, start: float, end: float, steps: int)
     page.mouse.up()
 
 
-def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, photo: Path) -> None:
+def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, photo: Path, server: ServerProcess
+                                                                   ) -> None:
     # The defaults and limits come from the server's field table, not from the page.
     page.wait_for_function("document.querySelector('#strength-value').textContent === '0.60'")
     assert page.get_attribute("#steps", "max") == "150" and page.get_attribute("#guidance", "max") == "30"
+    assert page.get_attribute("#cache-steps", "max") == "10" and page.get_attribute("#merge-tokens", "max") == "0.75"
     _upload(page, photo)
     assert "64 × 48 px" in page.text_content("#source-info") and "small" in page.text_content("#source-info")
     page.select_option("#model", "tiny")
@@ -113,6 +115,7 @@ def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, ph
     assert page.input_value("#strength") == "0.8" and page.text_content("#strength-value") == "0.80"
     page.click("#advanced summary")
     page.fill("#steps", "40")
+    page.fill("#cache-steps", "2")
     page.fill("#seed", "42")
     page.check("#seed-lock")
     _record_statuses(page)
@@ -122,6 +125,8 @@ def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, ph
     assert any("step" in text and "of 32" in text for text in statuses), statuses
     assert page.get_attribute("#live-preview", "src").startswith("data:image/jpeg")
     assert "seed 42" in page.text_content("#result-caption")
+    job, _image = _job_images(server)
+    assert job["request"]["cache_steps"] == 2 and "Cache steps: 2" in job["images"][0]["parameters"]
 
     _drag_across(page, "#compare", 0.25, 0.75, steps=5)
     assert 70 <= int(page.get_attribute("#compare-handle", "aria-valuenow")) <= 80

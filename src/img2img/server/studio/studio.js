@@ -189,6 +189,8 @@ function fields(overrides = {}) {
     if ($("steps").value) request.steps = Number($("steps").value);
     if ($("guidance").value) request.guidance_scale = Number($("guidance").value);
     if ($("sampler").value) request.sampler = $("sampler").value;
+    if ($("cache-steps").value) request.cache_steps = Number($("cache-steps").value);
+    if ($("merge-tokens").value) request.merge_tokens = Number($("merge-tokens").value);
     const units = control.request();
     if (units.length) request.control = units;
     if (references.count()) {
@@ -513,7 +515,8 @@ function fill(select, values, keep = []) {
 // The request's defaults and limits come from the server's field table (GET /v1/fields), not from this page.
 function applyFields(fields) {
   const byName = Object.fromEntries(fields.map((field) => [field.name, field]));
-  const inputs = { strength: "strength", steps: "steps", guidance_scale: "guidance", seed: "seed" };
+  const inputs = { strength: "strength", steps: "steps", guidance_scale: "guidance", seed: "seed",
+    cache_steps: "cache-steps", merge_tokens: "merge-tokens" };
   for (const [name, id] of Object.entries(inputs)) {
     const field = byName[name];
     if (!field) continue;
