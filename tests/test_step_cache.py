@@ -112,3 +112,11 @@ def test_a_sweep_compares_step_caching_side_by_side(photo, tiny_sd, tmp_path) ->
     assert sum("Cache steps: 2" in text for text in texts) == 1
     plain = Engine(device="cpu").generate(_request(photo, tiny_sd, steps=4, seed=3, strength=0.6, negative_prompt=""))
     assert any(Image.open(path).tobytes() == plain.images[0].tobytes() for path in cells)  # the uncached cell
+
+
+@pytest.mark.slow  # 20 s (SDXL's graphs converted); CI runs it with -m slow
+def test_sdxl_caches_steps_on_openvino_as_on_pytorch(tiny_sdxl, photo) -> None:
+    ours = Engine(device="cpu", dtype="float32", backend="openvino").generate(_request(photo, tiny_sdxl, cache_steps=2))
+    theirs = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, tiny_sdxl, cache_steps=2))
+    assert not [note for note in ours.notes if "could not" in note]
+    assert np.abs(np.asarray(ours.images[0], float) - np.asarray(theirs.images[0], float)).max() <= 2

@@ -221,8 +221,10 @@ class _Request:
     weights is resident at a time; compiling reads every weight once, with the IR file's mapped pages released.
     """
 
-    def __init__(self, core: Any, xml: Path, options: dict[str, str], turn: _Turn) -> None:
+    def __init__(self, core: Any, xml: Path, options: dict[str, str], turn: _Turn,
+                 edit: Callable[[Any], None] | None = None) -> None:
         self._core, self._xml, self._options, self._turn = core, xml, options, turn
+        self._edit = edit  # changes the graph as read, before any weights patch (another output: ov_step_cache)
         self._weights = [xml.with_suffix(".bin")]
         self._shapes: list[tuple[int, ...]] | None = None
         self._compiled: Any = None
@@ -266,6 +268,8 @@ class _Request:
         self._compiled = self._request = self._shapes = None  # the old weights go before the new ones come
         pagecache.trim_heap()
         model = self._core.read_model(self._xml)
+        if self._edit is not None:
+            self._edit(model)
         if self._patch[1] is not None:
             self._patch[1](model)
         model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes, strict=True)})

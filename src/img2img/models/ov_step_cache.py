@@ -1,14 +1,17 @@
-"""OpenVINO for step caching (``img2img.engine.step_cache``): the UNet as two graphs of its own.
+"""OpenVINO for step caching (``img2img.engine.step_cache``): the full steps and the shallow ones.
 
-``unet_deep.xml`` is the whole UNet with a second output, the features that enter its last layer;
-``unet_shallow.xml`` is its outer ring, which takes those features as an input. Both are converted on the first
-request with ``cache_steps`` above 1 (from the float32 PyTorch UNet, once per model and variant, beside its other
-IR) and stay compiled together while the run alternates between them; the model's own UNet graph is dropped
-meanwhile, so one full copy of the weights is resident.
+A full step runs the model's own UNet graph (``unet.xml``) with one more output, the features that enter its last
+layer: the input of that layer's concatenation with its skip connection, found by the names that tracing gave the
+graph's nodes, added when the graph is read, so nothing is converted again for it. The shallow steps run
+``unet_shallow.xml``, the UNet's outermost layers with the features as an input, converted on the first request with
+``cache_steps`` above 1 (from the float32 PyTorch UNet, once per model and variant, beside its other IR). Both stay
+compiled while a run alternates between them; the model's plain UNet graph is dropped meanwhile, so one full copy
+of the weights is resident.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,30 +27,42 @@ def feature_channels(config: dict[str, Any]) -> int:
     return int(config["block_out_channels"][0])
 
 
-class _DeepExport(ov_runtime._UNetExport):
-    """The UNet, returning its prediction and the features that enter its last layer."""
+def with_feature_output(config: dict[str, Any]) -> Callable[[Any], None]:
+    """Adds to a UNet graph, as its second output, the features that enter its last layer (the first input of
+    the concatenation that feeds the last up block's last resnet)."""
+    last_block = len(config["up_block_types"]) - 1
+    pattern = re.compile(rf"\.up_blocks\.{last_block}\.resnets\.(\d+)\.")
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *extra: torch.Tensor) -> Any:
-        from img2img.engine.step_cache import deep
+    def add(model: Any) -> None:
+        found: dict[int, Any] = {}
+        for op in model.get_ordered_ops():
+            if op.get_type_name() != "Concat":
+                continue
+            users = [target.get_node().get_friendly_name() for output in op.outputs()
+                     for target in output.get_target_inputs()]
+            layers = {int(match.group(1)) for name in users if (match := pattern.search(name))}
+            if layers:
+                found[max(layers)] = op
+        if not found:
+            raise ov_runtime.OpenVinoFailure("the UNet graph has no skip concatenation before its last layer")
+        model.add_outputs([found[max(found)].input_value(0)])
 
-        return deep(self.unet, sample, timestep, encoder_hidden_states=text, **self._options(extra))
-
-    def _options(self, extra: tuple[torch.Tensor, ...]) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self.xl:
-            options["added_cond_kwargs"] = {"text_embeds": extra[0], "time_ids": extra[1]}
-        if self.conditioned:
-            options["timestep_cond"] = extra[-1]
-        return options
+    return add
 
 
-class _ShallowExport(_DeepExport):
+class _ShallowExport(ov_runtime._UNetExport):
     """The UNet's outer ring; the deep features are its last input."""
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, *extra: torch.Tensor) -> Any:
         from img2img.engine.step_cache import shallow
 
-        return shallow(self.unet, sample, timestep, extra[-1], text, **self._options(extra[:-1]))
+        features, own = extra[-1], extra[:-1]
+        options: dict[str, Any] = {}
+        if self.xl:
+            options["added_cond_kwargs"] = {"text_embeds": own[0], "time_ids": own[1]}
+        if self.conditioned:
+            options["timestep_cond"] = own[-1]
+        return shallow(self.unet, sample, timestep, features, text, **options)
 
 
 class StepCacheGraphs:
@@ -74,36 +89,35 @@ class StepCacheGraphs:
 
     def _request(self, part: str, patch: tuple[Any, Callable[[Any], None] | None]) -> ov_runtime._Request:
         if part not in self.requests:
-            self._export()
-            self.requests[part] = ov_runtime._Request(self._core, self._folder / f"unet_{part}.xml", self._options,
-                                                      self._turn)
+            self._export_shallow()  # first, while no UNet graph is compiled: converting loads the float32 UNet
+            if part == "deep":
+                request = ov_runtime._Request(self._core, self._folder / "unet.xml", self._options, self._turn,
+                                              edit=with_feature_output(self._config))
+            else:
+                request = ov_runtime._Request(self._core, self._folder / "unet_shallow.xml", self._options,
+                                              self._turn)
+            self.requests[part] = request
         request = self.requests[part]
         request.set_patch(*patch)
         return request
 
-    def _export(self) -> None:
+    def _export_shallow(self) -> None:
         from img2img.models.ov_control import _convert, _save
 
-        xmls = {part: self._folder / f"unet_{part}.xml" for part in ("deep", "shallow")}
-        if all(xml.is_file() for xml in xmls.values()):
+        xml = self._folder / "unet_shallow.xml"
+        if xml.is_file():
             return
         try:
             unet = self._float_unet()
             xl = self._config.get("addition_embed_type") == "text_time"
             conditioned = self._config.get("time_cond_proj_dim") is not None
             own = ov_runtime.unet_input_shapes(unet)
-            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own]
-            feature_shape = (-1, feature_channels(self._config), -1, -1)
-            feature = torch.zeros(ov_runtime._example_shape(feature_shape, 1))
-            for part, module, shapes, inputs in (
-                ("deep", _DeepExport(unet, xl, conditioned), own, example),
-                ("shallow", _ShallowExport(unet, xl, conditioned), [*own, feature_shape], [*example, feature]),
-            ):
-                if not xmls[part].is_file():
-                    _save(_convert(module, shapes, inputs), xmls[part], self._variant,
-                          self._variant.endswith("-int8"))
+            feature = (-1, feature_channels(self._config), -1, -1)
+            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in (*own, feature)]
+            model = _convert(_ShallowExport(unet, xl, conditioned), [*own, feature], example)
             del unet
+            _save(model, xml, self._variant, self._variant.endswith("-int8"))
         except (RuntimeError, ValueError, TypeError, OSError) as exc:
             detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ov_runtime.OpenVinoFailure(f"the UNet for step caching could not be converted: "
+            raise ov_runtime.OpenVinoFailure(f"the UNet's outer layers for step caching could not be converted: "
                                              f"{detail[:160]}") from exc
