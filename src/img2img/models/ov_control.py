@@ -103,8 +103,7 @@ class ControlGraph:
             return
         try:
             unet = self._float_unet()
-            xl = self._config.get("addition_embed_type") == "text_time"
-            conditioned = self._config.get("time_cond_proj_dim") is not None
+            xl, conditioned = ov_runtime.unet_extras(self._config)
             own = ov_runtime.unet_input_shapes(unet)
             residuals = residual_shapes(self._config, -1, -1, -1)
             shapes = [*own, *[(-1, shape[1], -1, -1) for shape in residuals]]

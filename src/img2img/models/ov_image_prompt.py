@@ -126,8 +126,7 @@ class ImagePromptGraph:
             unet = self._float_unet()
             layers = cross_attention_layers(unet)
             processors = with_key_values(unet)
-            xl = self._config.get("addition_embed_type") == "text_time"
-            conditioned = self._config.get("time_cond_proj_dim") is not None
+            xl, conditioned = ov_runtime.unet_extras(self._config)
             own = ov_runtime.unet_input_shapes(unet)
             shapes = [*own, *[(-1, -1, -1, width) for _, width in layers for _ in range(2)]]
             example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own]

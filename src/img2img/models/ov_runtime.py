@@ -365,6 +365,11 @@ def _export_modules(unet: Any, vae: Any) -> dict[str, tuple[torch.nn.Module, lis
     }
 
 
+def unet_extras(config: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a UNet takes SDXL's pooled text and size ids, and whether it takes LCM's guidance embedding."""
+    return config.get("addition_embed_type") == "text_time", config.get("time_cond_proj_dim") is not None
+
+
 def unet_input_shapes(unet: Any) -> list[tuple[int, ...]]:
     """The UNet graph's inputs: sample, timestep, text, SDXL's pooled text and size ids, LCM's guidance."""
     text = (-1, TOKENS, unet.config.cross_attention_dim)

@@ -109,8 +109,7 @@ class StepCacheGraphs:
             return
         try:
             unet = self._float_unet()
-            xl = self._config.get("addition_embed_type") == "text_time"
-            conditioned = self._config.get("time_cond_proj_dim") is not None
+            xl, conditioned = ov_runtime.unet_extras(self._config)
             own = ov_runtime.unet_input_shapes(unet)
             feature = (-1, feature_channels(self._config), -1, -1)
             example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in (*own, feature)]
