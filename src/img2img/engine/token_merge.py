@@ -55,26 +55,27 @@ def merge_plan(tokens: torch.Tensor, height: int, width: int, ratio: float
 
     def merge(x: torch.Tensor) -> torch.Tensor:
         source_values, destination_values = x[:, sources], x[:, destinations]
-        width_ = x.shape[-1]
-        moved = source_values.gather(1, merged.unsqueeze(-1).expand(-1, -1, width_))
-        destination_values = destination_values.scatter_reduce(
-            1, partner_of_merged.unsqueeze(-1).expand(-1, -1, width_), moved, reduce="mean", include_self=True)
-        staying = source_values.gather(1, kept.unsqueeze(-1).expand(-1, -1, width_))
-        return torch.cat([staying, destination_values], dim=1)
+        moved = source_values.gather(1, _rows(merged, x))
+        destination_values = destination_values.scatter_reduce(1, _rows(partner_of_merged, x), moved, reduce="mean",
+                                                               include_self=True)
+        return torch.cat([source_values.gather(1, _rows(kept, x)), destination_values], dim=1)
 
     def unmerge(y: torch.Tensor) -> torch.Tensor:
-        width_ = y.shape[-1]
         staying, destination_values = y[:, : kept.shape[1]], y[:, kept.shape[1]:]
-        out = y.new_zeros(y.shape[0], count, width_)
+        out = y.new_zeros(y.shape[0], count, y.shape[-1])
         out[:, destinations] = destination_values
-        source_out = y.new_zeros(y.shape[0], sources.numel(), width_)
-        source_out.scatter_(1, kept.unsqueeze(-1).expand(-1, -1, width_), staying)
-        source_out.scatter_(1, merged.unsqueeze(-1).expand(-1, -1, width_),
-                            destination_values.gather(1, partner_of_merged.unsqueeze(-1).expand(-1, -1, width_)))
+        source_out = y.new_zeros(y.shape[0], sources.numel(), y.shape[-1])
+        source_out.scatter_(1, _rows(kept, y), staying)
+        source_out.scatter_(1, _rows(merged, y), destination_values.gather(1, _rows(partner_of_merged, y)))
         out[:, sources] = source_out
         return out
 
     return merge, unmerge
+
+
+def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``index`` (batch, k) widened to pick or place whole tokens of ``like`` (batch, N, channels)."""
+    return index.unsqueeze(-1).expand(-1, -1, like.shape[-1])
 
 
 class MergingSelfAttention:
