@@ -35,11 +35,12 @@ JOBS: dict[str, dict[str, Any]] = {
                   "impls": ("stock", "ours"), "warmup": False},
 }
 IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-int8", "ours-cache3", "ours-taesd",
-                   "ours-fast")
+                   "ours-fast", "ours-cache3-int8")
 # The opt-in fast modes: the defaults with these request fields, or these engine options ("taesd": the random
 # tiny autoencoder that random_models.py builds; "fast": step caching and the tiny autoencoder together).
 MODES: dict[str, dict[str, Any]] = {"ours-int8": {"quantize": "int8"}, "ours-cache3": {"cache_steps": 3},
-                                    "ours-taesd": {"vae": "taesd"}, "ours-fast": {"cache_steps": 3, "vae": "taesd"}}
+                                    "ours-taesd": {"vae": "taesd"}, "ours-fast": {"cache_steps": 3, "vae": "taesd"},
+                                    "ours-cache3-int8": {"cache_steps": 3, "quantize": "int8"}}
 ENGINE_OPTIONS = ("quantize",)
 SEED = 1234
 PROMPT = "a red fox in the snow, oil painting"
@@ -50,7 +51,8 @@ def main() -> None:
     parser.add_argument("--jobs", default="sd15,turbo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", help="the implementations besides stock and ours (comma-separated): "
-                        "ours-torch, ours-fp32, ours-int8, ours-cache3, ours-taesd, ours-fast [default: all]")
+                        "ours-torch, ours-fp32, ours-int8, ours-cache3, ours-taesd, ours-fast, ours-cache3-int8 "
+                        "[default: all]")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -69,7 +71,9 @@ def main() -> None:
             chosen = [impl for impl in IMPLEMENTATIONS if impl in {"stock", "ours", *args.impls.split(",")}]
         for impl in chosen:
             if impl.startswith("ours"):  # convert for OpenVINO once, outside the measured process
-                report[f"{impl}_first_load_s"] = run_worker(job, impl, 0, Path(tempfile.mkdtemp()) / "x.npy")["load_s"]
+                first = run_worker(job, impl, 0, Path(tempfile.mkdtemp()) / "x.npy")
+                report[f"{impl}_first_load_s"] = first["load_s"]
+                report[f"{impl}_first_load_peak_gb"] = first["peak_rss_gb"]
             repeats = 1 if impl == "ours-fp32" else args.repeats  # fp32 only gives the quality reference
             out = Path(tempfile.mkdtemp()) / f"{job}-{impl}.npy"
             report[impl] = run_worker(job, impl, repeats, out)
@@ -128,7 +132,8 @@ def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
         if impl in MODES:
             run()
         np.save(out, np.zeros(1))
-        return {"load_s": round(time.perf_counter() - started, 1)}
+        return {"load_s": round(time.perf_counter() - started, 1),
+                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
     if spec.get("warmup", True):
         run()
         for timer in timers.values():

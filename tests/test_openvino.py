@@ -57,10 +57,13 @@ def test_openvino_needs_the_cpu_and_no_fp16() -> None:
         Engine(device="cpu", backend="tensorrt")
 
 
-@pytest.mark.slow  # 25 s (an opt-in path); CI runs it with -m slow
-def test_int8_weights_are_opt_in_stored_in_8_bits_close_and_recorded(tiny_sd, photo) -> None:
+@pytest.mark.slow  # 20 s each (an opt-in path); CI runs it with -m slow
+@pytest.mark.parametrize("model_fixture", ["tiny_sd", "tiny_sdxl"])
+def test_int8_matrix_multiplies_are_opt_in_calibrated_close_and_recorded(model_fixture, photo, request) -> None:
     pytest.importorskip("nncf")
     import openvino as ov
+
+    tiny_sd = request.getfixturevalue(model_fixture)
 
     assert Engine(device="cpu", backend="openvino").placement.quantize == "none"  # never by default
     reference = Engine(device="cpu", dtype="float32", backend="openvino").generate(_request(photo, tiny_sd))
@@ -68,8 +71,15 @@ def test_int8_weights_are_opt_in_stored_in_8_bits_close_and_recorded(tiny_sd, ph
     loaded = engine.load(str(tiny_sd))
     assert ov_runtime.has_ir(loaded.sha256, "f32-int8") and ov_runtime.has_ir(loaded.sha256, "f32")
     folder = ov_runtime.ir_folder(loaded.sha256, "f32-int8")
-    # The matrix multiplies' weights are in 8 bits; the convolutions keep their precision.
-    assert 0.2 < _share_in_8_bits(ov.Core().read_model(folder / "unet.xml")) < 0.9
+    # The matrix multiplies' weights are in 8 bits and their activations quantized; the convolutions keep their
+    # precision.
+    unet = ov.Core().read_model(folder / "unet.xml")
+    assert 0.2 < _share_in_8_bits(unet) < 0.9
+    quantizers = [op for op in unet.get_ops() if op.get_type_name() == "FakeQuantize"]
+    assert quantizers and all(user.get_node().get_type_name() in ("MatMul", "ScaledDotProductAttention", "ShapeOf")
+                              for op in quantizers for user in op.output(0).get_target_inputs())
+    assert not [op for op in ov.Core().read_model(ov_runtime.ir_folder(loaded.sha256, "f32") / "unet.xml").get_ops()
+                if op.get_type_name() == "FakeQuantize"]
     assert _share_in_8_bits(ov.Core().read_model(folder / "vae_decoder.xml")) == 0  # the VAE keeps its precision
     result = engine.generate(_request(photo, tiny_sd))
     assert result.record.quantize == "int8" and reference.record.quantize == "none"

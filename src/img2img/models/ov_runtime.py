@@ -13,9 +13,10 @@ OpenVINO repacks the weights when it compiles; the IR file's mapped pages are re
 so only the repacked copy stays resident. This halves the UNet's resident size (SD 1.5: 3.9 GB to 2.45 GB at
 512x512) without changing a result.
 
-A variant names the IR: its precision ("bf16" or "f32"), then "-int8" when the UNet's weights are quantized (the
-opt-in ``quantize="int8"``: NNCF's 8-bit asymmetric weight compression, per output channel; activations and the VAE
-keep the variant's precision).
+A variant names the IR: its precision ("bf16" or "f32"), then "-int8" when the UNet is quantized (the opt-in
+``quantize="int8"``: its matrix multiplies in 8 bits, weights and activations, calibrated (``ov_int8``); the other
+graphs of such a variant store their matrix multiplies' weights in 8 bits (``_int8_weights``); the VAE keeps the
+variant's precision).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from img2img.models.paths import cache_dir
 
 # Bump when the export changes, so cached IR is rebuilt (2: traced at an odd latent size; 3: any prompt length).
 IR_VERSION = "3"
+INT8_VERSION = "2"  # the int8 variant's own (2: matrix multiplies quantized, activations included, calibrated)
 TOKENS = -2  # in an input shape: a dynamic number of prompt tokens (77 per chunk of the prompt)
 PARTS = ("unet", "vae_encoder", "vae_decoder")
 
@@ -56,7 +58,8 @@ def _threads() -> dict[str, int]:
 
 
 def ir_folder(sha256: str, variant: str) -> Path:
-    return cache_dir() / "openvino" / f"{sha256[:24]}-{variant}-v{IR_VERSION}"
+    quantized = f"q{INT8_VERSION}" if variant.endswith("-int8") else ""
+    return cache_dir() / "openvino" / f"{sha256[:24]}-{variant}-v{IR_VERSION}{quantized}"
 
 
 def has_ir(sha256: str, variant: str) -> bool:
@@ -91,7 +94,9 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
             ov.save_model(model, staging / f"{part}.xml", compress_to_fp16=variant.startswith("bf16"))
             del model
             if part == "unet" and variant.endswith("-int8"):  # from the saved IR, whose other weights are fp16
-                ov.save_model(_int8_weights(ov.Core().read_model(staging / "unet.xml")), staging / "int8.xml",
+                from img2img.models.ov_int8 import quantize_unet
+
+                ov.save_model(quantize_unet(staging / "unet.xml", pipeline, variant), staging / "int8.xml",
                               compress_to_fp16=False)
                 for suffix in (".xml", ".bin"):
                     (staging / f"int8{suffix}").replace(staging / f"unet{suffix}")
