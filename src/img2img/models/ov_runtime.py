@@ -96,6 +96,7 @@ def export_ir(pipeline: Any, sha256: str, variant: str) -> Path:
             if part == "unet" and variant.endswith("-int8"):  # from the saved IR, whose other weights are fp16
                 from img2img.models.ov_int8 import quantize_unet
 
+                unet.to("meta")  # its IR is saved and the stand-in replaces it: 3.4 GB (SD 1.5) less while quantizing
                 ov.save_model(quantize_unet(staging / "unet.xml", pipeline, variant), staging / "int8.xml",
                               compress_to_fp16=False)
                 for suffix in (".xml", ".bin"):
