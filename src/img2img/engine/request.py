@@ -106,7 +106,7 @@ class GenerationRequest:
     clip_skip: int = scalar(int, 1, "A1111's Clip skip: encode the prompt with the text encoder's N-th layer from the "
                             "end (2 for many anime models).", 1, MAX_CLIP_SKIP)
     cache_steps: int = scalar(int, 1, "Step caching (DeepCache), opt-in and approximate: run the whole UNet every "
-                              "N steps and only its outer blocks in between; 1 runs every step in full, 3 is about "
+                              "N steps and only its outermost layer in between; 1 runs every step in full, 3 is about "
                               "twice as fast.", 1, MAX_CACHE_STEPS)
     merge_tokens: float = scalar(float, 0.0, "Token merging (ToMe), opt-in and approximate: merge this share of the "
                                  "most similar tokens before each full-resolution self-attention; 0 merges none, "
