@@ -74,3 +74,17 @@ def test_token_merging_is_refused_out_of_range_and_with_loras_on_openvino(tiny_s
     done = Engine(device="cpu", dtype="float32", backend="torch").generate(
         _request(photo, tiny_sd_attending, prompt="a red fox <lora:ink:0.8>", merge_tokens=0.5))
     assert "Token merging ratio: 0.5" in done.record.to_parameters_text()
+
+
+def test_sdxl_merges_at_its_first_level_with_attention(tiny_sdxl, tiny_sd_attending, photo) -> None:
+    """SDXL's first level has no attention; merging acts at its second, where its tokens are most."""
+    from diffusers import UNet2DConditionModel
+
+    from img2img.engine.token_merge import first_attention_level
+
+    assert first_attention_level(UNet2DConditionModel.from_pretrained(tiny_sdxl, subfolder="unet")) == 1
+    assert first_attention_level(UNet2DConditionModel.from_pretrained(tiny_sd_attending, subfolder="unet")) == 0
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    plain = engine.generate(_request(photo, tiny_sdxl))
+    merged = engine.generate(_request(photo, tiny_sdxl, merge_tokens=0.5))
+    assert merged.images[0].tobytes() != plain.images[0].tobytes()

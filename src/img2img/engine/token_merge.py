@@ -2,7 +2,8 @@
 ``merge_tokens``.
 
 At large sizes self-attention dominates: its cost grows with the square of the latent's pixels (a 2048x2048 image
-has 65,536 tokens at the UNet's first level). Before each self-attention of the full-resolution blocks, the tokens
+has 65,536 tokens at SD's first level). Before each self-attention of the highest-resolution level that has any
+(SD's first, SDXL's second, as ToMe for SD's ``max_downsample`` would be set for each), the tokens
 are split into destinations (the top-left token of every 2x2 cell) and sources (the rest); the ``ratio`` x N
 sources most similar to a destination (cosine similarity) are averaged into it, attention runs on the tokens left,
 and afterwards every merged source takes its destination's output. Ratio 0.5 halves the tokens, so that attention
@@ -21,7 +22,6 @@ from typing import Any
 
 import torch
 
-MAX_DOWNSAMPLE = 1  # merge at the first level only (where the tokens are many), as ToMe for SD does by default
 SIMILARITY_CHUNK = 2048  # sources compared at a time (a 2048x2048 image has 49,152 sources and 16,384 destinations)
 
 
@@ -79,28 +79,32 @@ def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class MergingSelfAttention:
-    """An attention processor that merges the tokens before self-attention and spreads the output back."""
+    """An attention processor that merges the tokens before self-attention at one level of the UNet (``level``
+    halvings of the latent's size) and spreads the output back; at other levels it changes nothing."""
 
-    def __init__(self, inner: Any, ratio: float, latent: Callable[[], tuple[int, int]]) -> None:
-        self.inner, self.ratio, self.latent = inner, ratio, latent
+    def __init__(self, inner: Any, ratio: float, latent: Callable[[], tuple[int, int]], level: int) -> None:
+        self.inner, self.ratio, self.latent, self.level = inner, ratio, latent, level
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
-        size = _level_size(hidden_states.shape[1], *self.latent())
+        size = _level_size(hidden_states.shape[1], *self.latent(), self.level)
         if encoder_hidden_states is not None or hidden_states.ndim != 3 or size is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
         merge, unmerge = merge_plan(hidden_states, *size, self.ratio)
         return unmerge(self.inner(attn, merge(hidden_states), None, *args, **kwargs))
 
 
-def _level_size(tokens: int, height: int, width: int) -> tuple[int, int] | None:
-    """The (height, width) of a block's tokens at a level up to ``MAX_DOWNSAMPLE`` halvings of the latent's
-    size, or None at deeper levels (stride-2 convolutions round up)."""
-    for _ in range(MAX_DOWNSAMPLE):
-        if height * width == tokens:
-            return height, width
+def _level_size(tokens: int, height: int, width: int, level: int) -> tuple[int, int] | None:
+    """The (height, width) of the latent after ``level`` halvings (stride-2 convolutions round up) when a block's
+    ``tokens`` are that many, else None (another level)."""
+    for _ in range(level):
         height, width = -(-height // 2), -(-width // 2)
-    return None
+    return (height, width) if height * width == tokens else None
+
+
+def first_attention_level(unet: Any) -> int:
+    """The highest-resolution level with self-attention, where the tokens are most: SD's first, SDXL's second."""
+    return next((index for index, block in enumerate(unet.down_blocks) if getattr(block, "attentions", None)), 0)
 
 
 @contextlib.contextmanager
@@ -114,8 +118,9 @@ def merging_tokens(unet: Any, ratio: float) -> Iterator[None]:
         latent[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
 
     own = unet.attn_processors
-    patched = {name: MergingSelfAttention(processor, ratio, lambda: latent[0]) if name.endswith("attn1.processor")
-               else processor for name, processor in own.items()}
+    level = first_attention_level(unet)
+    patched = {name: MergingSelfAttention(processor, ratio, lambda: latent[0], level)
+               if name.endswith("attn1.processor") else processor for name, processor in own.items()}
     handle = unet.register_forward_pre_hook(remember, with_kwargs=True)
     unet.set_attn_processor(patched)
     try:
