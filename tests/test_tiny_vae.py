@@ -86,7 +86,8 @@ def test_taesd_is_found_by_name_in_the_hugging_face_cache(tiny_sd8, taesd, photo
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert vae_path("taesd", {}) == repo / "snapshots" / revision
     assert vae_path("madebyollin/taesd", {}) == repo / "snapshots" / revision
-    with pytest.raises(InvalidArgument, match=r"^vae should be a VAE registered .*but got 'taesdxl'$"):
+    with pytest.raises(InvalidArgument, match=r"^vae should be a taesdxl folder in a VAE folder \(.*\) or "
+                                              r"madebyollin/taesdxl in the Hugging Face cache, but got 'taesdxl'$"):
         vae_path("taesdxl", {})  # not downloaded
 
     by_name = Engine(device="cpu", dtype="float32", backend="torch").generate(_request(photo, tiny_sd8, vae="taesd"))
@@ -95,7 +96,7 @@ def test_taesd_is_found_by_name_in_the_hugging_face_cache(tiny_sd8, taesd, photo
     assert by_name.images[0].tobytes() == by_path.images[0].tobytes() and by_name.record.vae == "taesd"
 
 
-def test_a_tiny_vae_in_one_file_is_read_with_taesds_architecture(tiny_sd8, photo, tmp_path) -> None:
+def test_a_tiny_vae_in_one_file_or_as_its_author_ships_it(tiny_sd8, photo, tmp_path, monkeypatch) -> None:
     from diffusers import AutoencoderTiny
     from safetensors.torch import save_file
 
@@ -111,3 +112,19 @@ def test_a_tiny_vae_in_one_file_is_read_with_taesds_architecture(tiny_sd8, photo
     by_file = engine.generate(_request(photo, tiny_sd8, vae=str(single)))
     by_folder = engine.generate(_request(photo, tiny_sd8, vae=str(tmp_path / "taesd-folder")))
     assert by_file.images[0].tobytes() == by_folder.images[0].tobytes()
+
+    # The author's two files, as ComfyUI keeps them in vae_approx/: the decoder's layers count from its clamp.
+    state = made.state_dict()
+    pair = tmp_path / "vae" / "vae_approx"
+    pair.mkdir(parents=True)
+    save_file({key.removeprefix("encoder.layers."): value for key, value in state.items()
+               if key.startswith("encoder.")}, str(pair / "taesd_encoder.safetensors"))
+    save_file({f"{int(key.split('.')[2]) + 1}.{key.split('.', 3)[3]}": value for key, value in state.items()
+               if key.startswith("decoder.")}, str(pair / "taesd_decoder.safetensors"))
+    assert is_tiny_file(pair)
+    monkeypatch.setenv("IMG2IMG_VAE_DIR", str(tmp_path / "vae"))
+    by_pair = engine.generate(_request(photo, tiny_sd8, vae="vae_approx"))
+    assert by_pair.images[0].tobytes() == by_folder.images[0].tobytes()
+    (pair / "taesd_decoder.safetensors").unlink()
+    with pytest.raises(InvalidArgument, match=r"^vae should be a VAE registered"):
+        engine.generate(_request(photo, tiny_sd8, vae="vae_approx"))

@@ -110,8 +110,7 @@ class GenerationRequest:
                               "twice as fast.", 1, MAX_CACHE_STEPS)
     merge_tokens: float = scalar(float, 0.0, "Token merging (ToMe), opt-in and approximate: merge this share of the "
                                  "most similar tokens before each self-attention of the highest-resolution level; 0 "
-                                 "merges none, "
-                                 "0.5 makes large images much faster.", 0.0, MAX_MERGE_RATIO)
+                                 "merges none, 0.5 makes large images much faster.", 0.0, MAX_MERGE_RATIO)
     ip_adapter: str | None = scalar(str, None, "The IP-Adapter that reads the image prompts: a registered name, a "
                                     "file in the IP-Adapter folder, a cached repo id or a path.", high=1024,
                                     unset="none (needed for image prompts with a diffusion model)")

@@ -80,7 +80,7 @@ def detect(path: Path) -> AddonInfo | None:
             return AddonInfo(describer, None, False)
         config = path / "config.json"
         text = config.read_text(encoding="utf-8", errors="replace") if config.is_file() else ""
-        is_vae = '"AutoencoderKL"' in text or '"AutoencoderTiny"' in text  # a VAE, or a tiny one (TAESD)
+        is_vae = '"AutoencoderKL"' in text or '"AutoencoderTiny"' in text or tiny_pair(path) is not None
         return AddonInfo("vae", None, False) if is_vae else None
     if path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -121,6 +121,16 @@ def detect(path: Path) -> AddonInfo | None:
     return None
 
 
+def tiny_pair(folder: Path) -> tuple[Path, Path] | None:
+    """A tiny autoencoder as its author ships it and ComfyUI keeps it: ``taesd_encoder.safetensors`` and
+    ``taesd_decoder.safetensors`` (or ``taesdxl_...``) side by side in ``folder``; None when it holds no such pair."""
+    for encoder in sorted(folder.glob("*_encoder.safetensors")) if folder.is_dir() else ():
+        decoder = encoder.with_name(encoder.name.replace("_encoder.", "_decoder."))
+        if decoder.is_file():
+            return encoder, decoder
+    return None
+
+
 def folders(kind: str) -> list[Path]:
     configured = os.environ.get(FOLDER_ENV[kind])
     if configured:
@@ -135,7 +145,8 @@ def find(kind: str, name: str, registered: dict[str, str], argument: str = "prom
         return Path(registered[name])
     for folder in folders(kind):
         for candidate in (folder / f"{name}.safetensors", folder / name):
-            exists = candidate.is_file() or (kind in FOLDER_KINDS and (candidate / "config.json").is_file())
+            exists = candidate.is_file() or (kind in FOLDER_KINDS and (candidate / "config.json").is_file()) or (
+                kind == "vae" and tiny_pair(candidate) is not None)
             if exists and candidate.resolve().parent == folder.resolve():  # no path tricks in a name
                 return candidate
     where = ", ".join(str(folder) for folder in folders(kind))

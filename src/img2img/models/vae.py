@@ -1,7 +1,8 @@
 """A VAE of the user's choosing in place of the model's own (A1111's ``sd_vae``), such as the ft-MSE VAE, or a
 tiny autoencoder (TAESD, TAESDXL: ``--vae taesd``) that encodes and decodes in a fraction of the time, approximately.
 
-A VAE is a diffusers ``AutoencoderKL`` folder or a single ``.safetensors`` file in the original or diffusers key
+A VAE is a diffusers ``AutoencoderKL`` or ``AutoencoderTiny`` folder, a TAESD encoder and decoder pair as their
+author ships them (ComfyUI's ``vae_approx`` files), or a single ``.safetensors`` file in the original or diffusers key
 layout (found by name as ``img2img.models.addons`` finds add-ons, or by path in the library and the command line).
 A single file carries no config: it is read with the model's own VAE config (its key layout converted by
 diffusers' single-file conversion), and every VAE runs with the model's latent scaling factor, as A1111 does. It
@@ -39,6 +40,10 @@ def vae_path(reference: str, registered: dict[str, str]) -> Path:
         except InvalidArgument:
             repo = TINY_REPOS.get(reference, reference)
             snapshot = find_hf_cache_snapshot(repo) if REPO_ID.match(repo) else None
+            if snapshot is None and reference in TINY_REPOS:
+                where = ", ".join(str(folder) for folder in addons.folders("vae"))
+                raise InvalidArgument("vae", f"a {reference} folder in a VAE folder ({where}) or {repo} in the "
+                                      "Hugging Face cache", reference) from None
             if snapshot is None:
                 raise
             found = snapshot
@@ -54,7 +59,10 @@ def is_tiny_file(path: Path) -> bool:
     from safetensors import safe_open
 
     if path.is_dir():
-        return '"AutoencoderTiny"' in (path / "config.json").read_text(encoding="utf-8", errors="replace")
+        config = path / "config.json"
+        if config.is_file():
+            return '"AutoencoderTiny"' in config.read_text(encoding="utf-8", errors="replace")
+        return addons.tiny_pair(path) is not None
     with safe_open(str(path), framework="pt") as handle:
         return "encoder.layers.0.weight" in handle.keys()  # noqa: SIM118 (a safetensors handle, not a dict)
 
@@ -95,10 +103,11 @@ def _load_tiny(path: Path, dtype: Any, device: str) -> Any:
     from safetensors.torch import load_file
 
     try:
-        if path.is_dir():
+        pair = addons.tiny_pair(path) if path.is_dir() and not (path / "config.json").is_file() else None
+        if path.is_dir() and pair is None:
             vae = AutoencoderTiny.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         else:
-            state = load_file(str(path))
+            state = _pair_state(*pair) if pair else load_file(str(path))
             vae = AutoencoderTiny(latent_channels=state["decoder.layers.0.weight"].shape[1])
             vae.load_state_dict(state)
             vae = vae.to(dtype)
@@ -108,6 +117,18 @@ def _load_tiny(path: Path, dtype: Any, device: str) -> Any:
     if device == "cpu":
         vae.to(memory_format=torch.channels_last)
     return vae
+
+
+def _pair_state(encoder: Path, decoder: Path) -> dict[str, torch.Tensor]:
+    """The author's encoder and decoder files as one AutoencoderTiny state: the same layers in the same order,
+    except that the author's decoder starts with a parameterless clamp that diffusers' applies in code."""
+    from safetensors.torch import load_file
+
+    state = {f"encoder.layers.{key}": value for key, value in load_file(str(encoder)).items()}
+    for key, value in load_file(str(decoder)).items():
+        index, rest = key.split(".", 1)
+        state[f"decoder.layers.{int(index) - 1}.{rest}"] = value
+    return state
 
 
 @contextmanager
