@@ -34,7 +34,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "sd15-2048": {"model": "sd15", "side": 2048, "strength": 0.3, "steps": 4, "cfg": 7.5, "sampler": "DPM++ 2M Karras",
                   "impls": ("stock", "ours"), "warmup": False},
 }
-IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-int8", "ours-cache3", "ours-taesd",
+IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-f32", "ours-int8", "ours-cache3", "ours-taesd",
                    "ours-fast", "ours-cache3-int8")
 # The opt-in fast modes: the defaults with these request fields, or these engine options ("taesd": the random
 # tiny autoencoder that random_models.py builds; "fast": step caching and the tiny autoencoder together).
@@ -180,6 +180,7 @@ def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> t
     from img2img import Engine, GenerationRequest
 
     # ours: the defaults; ours-torch: the same dtype without OpenVINO; ours-fp32: the fp32 PyTorch reference;
+    # ours-f32: the defaults as on a CPU without bf16 (OpenVINO computing in fp32, the path AVX2-only CPUs take);
     # a mode (MODES): the defaults with that opt-in.
     mode = dict(MODES.get(impl, {}))
     if mode.get("vae") == "taesd":
@@ -187,7 +188,7 @@ def ours_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> t
         from random_models import random_model
 
         mode["vae"] = str(random_model("taesd"))
-    engine = Engine(device="cpu", dtype="float32" if impl == "ours-fp32" else "auto",
+    engine = Engine(device="cpu", dtype="float32" if impl in ("ours-fp32", "ours-f32") else "auto",
                     backend="torch" if impl in ("ours-torch", "ours-fp32") else "auto",
                     **{key: value for key, value in mode.items() if key in ENGINE_OPTIONS})
     loaded = engine.load(str(folder))

@@ -28,6 +28,7 @@ from img2img.engine.strength import StepPlan, plan_steps
 from img2img.engine.text import encode_text
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
 from img2img.engine.token_merge import merging_tokens
+from img2img.models import mapped_weights
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
 StepCallback = Callable[[int, int, int], None]
@@ -167,6 +168,7 @@ class DiffusionSession:
         if key not in self._texts:
             self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
                                            self.source.size[::-1], job.prompt_syntax, job.clip_skip)
+            mapped_weights.release(self.pipeline)
         return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, job.guidance_scale))
 
 
@@ -207,7 +209,15 @@ def posterior_sample(distribution: Any, generator: torch.Generator) -> torch.Ten
 
 
 def encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
-    """The VAE's latent distribution of ``pixels``, in tiles when the picture is large."""
+    """The VAE's latent distribution of ``pixels``, in tiles when the picture is large; then the OpenVINO VAE's
+    compiled encoder is freed (``OpenVinoVAE.release_encoder``), as nothing else encodes until the next source."""
+    encoded = _encode_pixels(vae, pixels, scale)
+    if hasattr(vae, "release_encoder"):
+        vae.release_encoder()
+    return encoded
+
+
+def _encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
     if is_tiny(vae):
         def encode(tile: torch.Tensor) -> torch.Tensor:
             return vae.encode(tile).latents
@@ -333,6 +343,8 @@ def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
                              OVERLAP_PIXELS // scale, scale)
     else:
         pixels = vae.decode(latents, return_dict=False)[0]
+    if hasattr(vae, "release_decoder_buffers"):  # OpenVINO's
+        vae.release_decoder_buffers()
     return pipeline.image_processor.postprocess(pixels, output_type="np")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from img2img.errors import ModelError
-from img2img.models import ov_runtime
+from img2img.models import mapped_weights, ov_runtime
 from img2img.models.detect import ModelFiles
 from img2img.models.device import Placement
 from img2img.models.families import Family
@@ -62,16 +62,10 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
     if files.family.base != "sdxl":
         options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    # The weight files' mapped pages are given back as they are read: with them, loading fp16 files into a float32
+    # model peaked at the file plus the model (SD 1.5: 5.7 GB against 4.1 GB after loading).
     try:
-        if files.layout == "diffusers":
-            pipeline = pipeline_class.from_pretrained(
-                str(files.path), dtype=placement.dtype, use_safetensors=None if files.pickled else True, **options
-            )
-        else:
-            configs = config_dir or prepared_config_dir(files.family)
-            pipeline = pipeline_class.from_single_file(
-                str(files.path), config=str(configs), torch_dtype=placement.dtype, **options
-            )
+        pipeline = _read_pipeline(pipeline_class, files, placement, config_dir, options)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"model {files.name} ({files.family.label}) could not be loaded from {files.path}: "
                          f"{str(exc).splitlines()[0]}") from exc
@@ -79,6 +73,8 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(placement.device)
+    if placement.device == "cpu":  # resident only while they encode
+        mapped_weights.map_weights(pipeline, cache_dir() / "tmp")
     if placement.backend == "openvino":
         if not openvino_ready:
             try:
@@ -99,6 +95,16 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         name=files.name, family=files.family, sha256=sha256, pipeline=pipeline,
         placement=placement,
     )
+
+
+def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement, config_dir: Path | None,
+                   options: dict[str, Any]) -> Any:
+    if files.layout == "diffusers":
+        return pipeline_class.from_pretrained(str(files.path), dtype=placement.dtype,
+                                              use_safetensors=None if files.pickled else True, **options)
+    configs = config_dir or prepared_config_dir(files.family)
+    return pipeline_class.from_single_file(str(files.path), config=str(configs), torch_dtype=placement.dtype,
+                                           **options)
 
 
 def _torch_loader(files: ModelFiles, placement: Placement, config_dir: Path | None) -> ov_runtime.TorchLoader:

@@ -264,6 +264,12 @@ class _Request:
         pagecache.release(self._weights)  # in case a first inference read a few weights again
         return outputs
 
+    def release_buffers(self) -> None:
+        """Free the intermediate buffers of the last inference (the weights stay compiled)."""
+        if self._compiled is not None:
+            self._compiled.release_memory()
+            pagecache.trim_heap()
+
     def drop(self) -> None:
         """Free the compiled graph (its repacked weights); the next call compiles again."""
         self._turn.forget(self._compiled)
@@ -300,6 +306,16 @@ class OpenVinoVAE:
 
         moments = self._run(self._encoder, pixels, lambda vae, x: vae.encode(x).latent_dist.parameters)
         return SimpleNamespace(latent_dist=DiagonalGaussianDistribution(moments))
+
+    def release_encoder(self) -> None:
+        """Free the compiled encoder once a source is encoded: it would stay resident through the denoising and the
+        decoding, where the peak is (SD 1.5: 0.14 GB in float32); compiling it again takes about 0.2 s."""
+        self._encoder.drop()
+
+    def release_decoder_buffers(self) -> None:
+        """Free the decoder's buffers once a picture is decoded (SD 1.5 at 512x512: 0.58 GB in float32), rather than
+        when the next component runs: the text encoder, which runs first in the next request, is not OpenVINO's."""
+        self._decoder.release_buffers()
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True) -> tuple[torch.Tensor]:
         return (self._run(self._decoder, latents, lambda vae, z: vae.decode(z, return_dict=False)[0]),)

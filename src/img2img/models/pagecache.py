@@ -26,12 +26,16 @@ def release(paths: Iterable[Path]) -> int:
     if not sys.platform.startswith("linux"):
         return 0
     wanted = {str(Path(path).resolve()) for path in paths}
+    return sum(advise_dont_need(start, end - start) for start, end in _mappings(wanted))
+
+
+def advise_dont_need(address: int, length: int) -> bool:
+    """``madvise(MADV_DONTNEED)`` on a range of this process's memory (Linux); whether it succeeded."""
+    if not sys.platform.startswith("linux"):
+        return False
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    released = 0
-    for start, end in _mappings(wanted):
-        released += libc.madvise(start, end - start, MADV_DONTNEED) == 0
-    return released
+    return libc.madvise(address, length, MADV_DONTNEED) == 0
 
 
 def trim_heap() -> None:
