@@ -56,6 +56,8 @@ def test_job_life_cycle_with_events_list_and_formats(server: ServerProcess, sour
         assert done["progress"]["fraction"] == 1.0 and done["error"] is None and done["position"] is None
         assert done["request"]["seed"] == 5 and done["request"]["prompt"] == "fauve"
         assert [image["seed"] for image in done["images"]] == [5]
+        kept = done["images"][0]["retention"]  # how much of the source it kept
+        assert set(kept) == {"structure", "colour", "detail"} and all(0 <= value < 1 for value in kept.values())
         listed = client.get("/v1/jobs").json()["jobs"]
         assert job["id"] in [item["id"] for item in listed]
 
@@ -76,6 +78,17 @@ def test_job_life_cycle_with_events_list_and_formats(server: ServerProcess, sour
         # The same request and seed give the same bytes.
         again = wait_final(client, submit(client, source, seed=5, **STYLE)["id"])
         assert client.get(again["images"][0]["url"]).content == png.content
+
+
+def test_a_job_aims_its_strength_at_a_retention_target(server: ServerProcess, source: bytes) -> None:
+    with server.client() as client:
+        aimed = {**STYLE, "strength": 0.6, "keep_structure": 0.8}
+        done = wait_final(client, submit(client, source, seed=4, **aimed)["id"])
+        assert done["state"] == "done", done
+        assert done["notes"][0].startswith("keep_structure 0.8: strength"), done["notes"]
+        assert abs(done["images"][0]["retention"]["structure"] - 0.8) <= 0.05
+        refused = client.post("/v1/jobs", json={"source": b64(source), **aimed, "keep_colour": 0.5})
+        assert refused.status_code == 422 and "keep_colour" in refused.text
 
 
 def _parameters_in(data: bytes, path: Path) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -151,9 +152,34 @@ def test_sweep_shows_three_strengths_side_by_side(page: Any, big_photo: Path) ->
     _wait_result(page)
     labels = page.locator("#grid .card span").all_text_contents()
     assert labels == ["strength 0.3", "strength 0.55", "strength 0.7"]
+    # Under each, how much of the source it kept: less structure and detail as the strength rises.
+    kept = page.locator("#grid .card .kept").all_text_contents()
+    scores = [dict(re.findall(r"(\w+) (\d\.\d\d)", text)) for text in kept]
+    assert all(set(score) == {"structure", "colour", "detail"} for score in scores), kept
+    assert float(scores[0]["structure"]) > float(scores[1]["structure"]) > float(scores[2]["structure"])
     page.locator("#grid .card").nth(2).click()
     page.wait_for_function("document.querySelector('#result-caption').textContent.includes('strength 0.7')")
     assert page.get_attribute("#grid .card >> nth=2", "aria-pressed") == "true"
+    assert page.text_content("#result-kept") == f"Kept of the source: {kept[2]}"
+
+
+def test_keep_about_this_much_finds_the_strength(page: Any, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.select_option("#style", "fauve")
+    assert page.is_disabled("#keep-value")
+    page.select_option("#keep-metric", "structure")
+    page.fill("#keep-value", "0.8")
+    page.dispatch_event("#keep-value", "input")
+    assert page.is_disabled("#strength") and page.text_content("#keep-output") == "0.80"
+    page.click("#generate")
+    _wait_result(page)
+    page.wait_for_function("document.querySelector('#result-notes').textContent.includes('keep_structure 0.8')")
+    found = re.search(r"strength (\d\.\d+)", page.text_content("#result-caption") or "")
+    assert found and f"strength {float(found[1]):.2f}" in page.text_content("#result-notes")
+    kept = re.search(r"structure (\d\.\d\d)", page.text_content("#result-kept") or "")
+    assert kept and abs(float(kept[1]) - 0.8) <= 0.05
+    page.select_option("#keep-metric", "")
+    assert page.is_enabled("#strength") and page.is_disabled("#keep-value")
 
 
 def test_variations_grid_and_download_in_each_format(page: Any, big_photo: Path) -> None:

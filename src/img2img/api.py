@@ -29,6 +29,7 @@ from img2img.engine.request import DEFAULT_MAX_IMAGES, GenerationRequest
 from img2img.engine.result import GenerationResult
 from img2img.engine.seeds import batch_seeds, resolve_seed
 from img2img.engine.sizing import check_aspect, plan_sizes, scale_to_native
+from img2img.engine.strength_finder import Search, find_strength, previewed
 from img2img.errors import InvalidArgument
 from img2img.imageio.resize import fit_to_size
 from img2img.imageio.source import DEFAULT_MAX_PIXELS, SourceImage, read_source
@@ -191,9 +192,24 @@ class Engine(ConditionerParts):
                  on_preview: PreviewCallback | None = None) -> GenerationResult:
         """Run ``request``: one image per seed (seed, seed+1, ...), each with the record that reproduces it."""
         request = request.validated(self.max_images)
-        seeds = batch_seeds(resolve_seed(request.seed), request.num_images)
-        cells = [replace(request, seed=seed, num_images=1) for seed in seeds]
-        return self._run(cells, self.read_source(request), on_progress, on_preview)
+        request, source = replace(request, seed=resolve_seed(request.seed)), self.read_source(request)
+        search = self._aim(request, source) if request.keep_target is not None else None
+        if search is not None:  # the strength that keeps that much, found on previews
+            request = replace(request, strength=search.strength)
+        assert request.seed is not None
+        cells = [replace(request, seed=seed, num_images=1) for seed in batch_seeds(request.seed, request.num_images)]
+        return replace(self._run(cells, source, on_progress, on_preview), search=search)
+
+    def _aim(self, request: GenerationRequest, source: SourceImage) -> Search:
+        """Search the strength for the request's retention target (``img2img.engine.strength_finder``)."""
+        metric, target = request.keep_target or ("structure", 1.0)
+        family = None if self.is_builtin(request.model) else self._files(request.model).family
+
+        def score_at(strength: float) -> float:
+            preview = previewed(request, strength, source.rgb.size, family)
+            return self._run([preview], source, None).records[0].retention[metric]
+
+        return find_strength(score_at, metric, target)
 
     def sweep(
         self, request: GenerationRequest, axes: Sequence[Axis], on_progress: ProgressCallback | None = None
@@ -203,6 +219,9 @@ class Engine(ConditionerParts):
         The source is encoded once and each distinct prompt once for the whole sweep.
         """
         request = request.validated(self.max_images)
+        if request.keep_target is not None:
+            name, value = request.keep_target
+            raise InvalidArgument(f"keep_{name}", "left out of a sweep (sweep the strength to compare)", value)
         cells = sweep_cells(replace(request, seed=resolve_seed(request.seed), num_images=1), axes)
         source = self.read_source(request)
         return SweepResult(tuple(axes), self._run(cells, source, on_progress), source.rgb)

@@ -55,6 +55,7 @@ def info(
             typer.echo(json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False))
         else:
             typer.echo(metadata.parameters if metadata.parameters is not None else metadata.record)
+            _echo_retention(metadata.record)
         return
     found = read_foreign(file)
     typer.echo(json.dumps(found.to_dict(), indent=2, ensure_ascii=False) if as_json else describe(found))
@@ -225,6 +226,19 @@ def _same_adapter(record: GenerationRecord, request: GenerationRequest) -> Gener
     where = ", ".join(str(folder) for folder in folders(ip_adapters.KIND))
     raise InvalidArgument("FILE", f"made with an IP-Adapter that is here: {request.ip_adapter} (SHA-256 "
                           f"{sha256[:12]}…), registered or in {where}", "no file with those bytes")
+
+
+def _echo_retention(record_text: str) -> None:
+    """The retention scores under the parameters, when the record has them (records from before them have not)."""
+    from img2img.imageio.retention import describe
+
+    try:
+        scores = json.loads(record_text).get("retention")
+        line = describe(scores) if isinstance(scores, dict) else ""
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        line = ""
+    if line:
+        typer.echo(line[0].upper() + line[1:])
 
 
 def _metadata(file: Path) -> Metadata:

@@ -106,12 +106,19 @@ def run(
     with c.step_progress(console) as update:
         result = engine.generate(request, lambda image, done, total: update(image, count, done, total))
     first = result.record
+    from img2img.imageio.retention import describe
+
     c.print_notes([note for note in result.notes if note not in early_notes])
+    if result.search is not None:  # the strength found for --keep-structure/colour/detail
+        (console.print if result.search.reachable else lambda line, **_: c.print_notes([line]))(
+            result.search.describe(), highlight=False)
     console.print(summary(first), highlight=False)
     paths = []
     for index, (image, record) in enumerate(zip(result.images, result.records, strict=True)):
         paths.append(save(image, targets(index, record.seed), record, quality, overwrite))
-        console.print(f"{paths[-1]}  seed {record.seed}  {result.image_seconds[index]:.1f} s", highlight=False)
+        seconds = result.image_seconds[index]
+        console.print(f"{paths[-1]}  seed {record.seed}  {seconds:.1f} s  {describe(record.retention)}",
+                      highlight=False)
     if grid:
         from img2img.imageio.grid import contact_sheet
 
@@ -208,16 +215,21 @@ def sweep(
             swept = engine.sweep(request, axes, lambda image, done, total: update(image, cells, done, total))
     else:
         swept = _sweep_on_ray(console, ray, engine, request, axes, cells, ray_workers, cpus_per_worker)
+    from img2img.imageio.retention import describe, short
+
     labels = [f"{column} · {row}" if row else column for row in swept.row_labels() for column in
               swept.column_labels()]
     for index, (image, record) in enumerate(zip(swept.result.images, swept.result.records, strict=True)):
         path = save(image, targets(index, record.seed), record, quality, overwrite)
-        console.print(f"{path}  {labels[index]}  seed {record.seed}  {swept.result.image_seconds[index]:.1f} s",
-                      highlight=False)
+        console.print(f"{path}  {labels[index]}  seed {record.seed}  {swept.result.image_seconds[index]:.1f} s  "
+                      f"{describe(record.retention)}", highlight=False)
     from img2img.imageio.grid import labelled_grid
 
     rows = [[swept.source, *row] for row in swept.rows()]
-    sheet = labelled_grid(rows, ["source", *swept.column_labels()], swept.row_labels())
+    width = len(swept.column_labels())
+    scores = [short(record.retention) for record in swept.result.records]
+    captions = [["", *scores[start:start + width]] for start in range(0, len(scores), width)]
+    sheet = labelled_grid(rows, ["source", *swept.column_labels()], swept.row_labels(), captions)
     grid_path = targets(cells, swept.result.records[0].seed)
     grid_path = save(sheet, grid_path.with_name(f"{grid_path.stem.split('-')[0]}-sweep{grid_path.suffix}"),
                      swept.result.record, quality, overwrite)

@@ -35,6 +35,7 @@ from img2img.engine.result import GenerationRecord, GenerationResult
 from img2img.engine.seeds import MAX_SEED
 from img2img.imageio.color import match_colors
 from img2img.imageio.resize import fit_to_size
+from img2img.imageio.retention import retention
 from img2img.imageio.source import SourceImage
 from img2img.models.embeddings import EmbeddingUse, mentions
 from img2img.models.loras import LoraUse
@@ -114,6 +115,7 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
                 activate_loras(session.pipeline, uses)  # none: the base model (a cheap check when it is already)
                 picture, record = _loopback(cell, prepared, session, report, preview)
             images.append(finish(cell, picture, prepared))
+            record = replace(record, retention=_kept(prepared, images[-1]))
             named = tuple(use.describe() for use in prepared.embeddings
                           if mentions(use.name, [cell.prompt, cell.negative_prompt]))
             records.append(replace(record, width=prepared.output_size[0], height=prepared.output_size[1],
@@ -204,13 +206,18 @@ def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: Style
         prompts = ({"kind": IMAGE_PROMPT_KIND, "adapter": "builtin-style", "adapter_sha256": "", "mode": "style",
                     "images": [{"sha256": ref.sha256, "weight": prompt.weight}
                                for ref, prompt in zip(references, cell.image_prompts, strict=True)]},)
+        images.append(finish(cell, picture, prepared))
         records.append(replace(record, engine="style", width=prepared.output_size[0],
                                height=prepared.output_size[1], style_image_sha256=style_sha256,
-                               conditions=prompts if references else ()))
-        images.append(finish(cell, picture, prepared))
+                               conditions=prompts if references else (), retention=_kept(prepared, images[-1])))
         seconds.append(time.perf_counter() - started)
     notes = [*prepared.source.notes, *_ignored_by_styles(cells[0])]
     return GenerationResult(images, records, sum(seconds), seconds, notes)
+
+
+def _kept(prepared: Prepared, result: Image.Image) -> dict[str, float]:
+    """How much of the source (an inpaint's canvas) ``result`` kept: ``img2img.imageio.retention``."""
+    return retention(prepared.mask.base if prepared.mask is not None else prepared.source.rgb, result).as_dict()
 
 
 def _unpainted(cell: GenerationRequest, prepared: Prepared) -> Image.Image:

@@ -40,6 +40,7 @@ from img2img.errors import InvalidArgument
 StepsMode = Literal["diffusers", "exact"]
 
 DEFAULT_MAX_IMAGES = 16  # per request; the server and CLI can lower it
+KEEP_FIELDS = ("keep_structure", "keep_colour", "keep_detail")  # the strength finder's targets
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class GenerationRequest:
             with a diffusion model through ``ip_adapter``; with the built-in engine they are its style pictures).
     """
 
-    source: Image.Image | Path | str
+    source: Image.Image | Path | str | bytes
     prompt: str = scalar(str, "", "What the result should look like (built-in engine: style names).",
                          high=MAX_PROMPT_CHARS, a1111="prompt", flag="PROMPT", required=True)
     negative_prompt: str = scalar(str, "", "What the result should not look like; empty means nothing.",
@@ -111,6 +112,14 @@ class GenerationRequest:
     merge_tokens: float = scalar(float, 0.0, "Token merging (ToMe), opt-in and approximate: merge this share of the "
                                  "most similar tokens before each self-attention of the highest-resolution level; 0 "
                                  "merges none, 0.5 makes large images much faster.", 0.0, MAX_MERGE_RATIO)
+    keep_structure: float | None = scalar(float, None, "Aim instead of guessing: find the strength at which the "
+                                          "result keeps this much of the source's structure (0..1, its edges) on "
+                                          "cheap previews, then render it; the strength given is ignored.", 0.0, 1.0,
+                                          unset="none: the strength as given")
+    keep_colour: float | None = scalar(float, None, "As keep_structure, for the source's colours (CIELAB).", 0.0,
+                                       1.0, unset="none: the strength as given")
+    keep_detail: float | None = scalar(float, None, "As keep_structure, for the source's detail (its luminance).",
+                                       0.0, 1.0, unset="none: the strength as given")
     ip_adapter: str | None = scalar(str, None, "The IP-Adapter that reads the image prompts: a registered name, a "
                                     "file in the IP-Adapter folder, a cached repo id or a path.", high=1024,
                                     unset="none (needed for image prompts with a diffusion model)")
@@ -124,6 +133,12 @@ class GenerationRequest:
     inpaint: Inpaint | None = None
     control: tuple[ControlUnit, ...] = ()
     image_prompts: tuple[ImagePrompt, ...] = ()
+
+    @property
+    def keep_target(self) -> tuple[str, float] | None:
+        """The retention score to aim the strength at (``img2img.engine.strength_finder``): its name and value."""
+        return next(((name.removeprefix("keep_"), getattr(self, name)) for name in KEEP_FIELDS
+                     if getattr(self, name) is not None), None)
 
     def validated(self, max_images: int = DEFAULT_MAX_IMAGES) -> GenerationRequest:
         """Check every field and return the request with its sampler name in canonical spelling.
@@ -163,6 +178,10 @@ class GenerationRequest:
         if self.cache_steps > 1 and deep_inputs:  # their inputs act on the deep blocks that caching skips
             raise InvalidArgument("cache_steps", f"1 with {' or '.join(deep_inputs)} (step caching skips the deep "
                                   "blocks they act on)", self.cache_steps)
+        targets = [name for name in KEEP_FIELDS if getattr(self, name) is not None]
+        if len(targets) > 1:
+            raise InvalidArgument(targets[1], f"left out when {targets[0]} is given (one target at a time)",
+                                  getattr(self, targets[1]))
         return replace(self, sampler=sampler, conditions=check_conditions(self.conditions),
                        inpaint=self.inpaint.validated() if self.inpaint is not None else None,
                        control=check_units(self.control),

@@ -16,6 +16,7 @@ from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
 from img2img.engine.image_prompt import prompts_from_record
 from img2img.engine.inpaint import INPAINT_FIELDS, SIDES, Inpaint
 from img2img.engine.request import FIELDS, GenerationRequest
+from img2img.engine.strength_finder import Search
 from img2img.errors import InvalidArgument
 
 # The request's fields that the built-in style engine has no use for (its records hold placeholders).
@@ -55,6 +56,7 @@ class GenerationRecord:
     embeddings: tuple[dict[str, Any], ...] = ()  # the textual-inversion embeddings the prompts named, by hash
     vae_sha256: str | None = None  # the VAE used instead of the model's (request.vae), by hash
     mask_sha256: str | None = None  # the inpaint's mask picture, by the hash of its greyscale pixels
+    retention: dict[str, float] = field(default_factory=dict)  # how much of the source it kept (imageio.retention)
 
     def __getattr__(self, name: str) -> Any:
         """The request's fields, read through (called only for names the record itself lacks)."""
@@ -67,7 +69,7 @@ class GenerationRecord:
         """One flat JSON object: the request's fields beside the run's (the layout of every version so far)."""
         data = {name: getattr(self.request, name) for name in RECORDED}
         data |= {f.name: getattr(self, f.name) for f in fields(self) if f.name != "request"}
-        for name in ("conditions", "loras", "embeddings", "vae_sha256", "mask_sha256"):  # absent: as before them
+        for name in ("conditions", "loras", "embeddings", "vae_sha256", "mask_sha256", "retention"):  # as before them
             if not data[name]:
                 del data[name]
         inpaint = self.request.inpaint
@@ -193,6 +195,7 @@ class GenerationResult:
     seconds: float  # wall time of the call, model loading included
     image_seconds: list[float] = field(default_factory=list)  # per image, without model loading
     notes: list[str] = field(default_factory=list)  # warnings for the user (a soft source, a GIF's frames)
+    search: Search | None = None  # how the strength was found, for a retention target (keep_structure, ...)
 
     @property
     def seeds(self) -> list[int]:

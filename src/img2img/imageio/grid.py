@@ -37,23 +37,30 @@ def contact_sheet(images: Sequence[Image.Image], captions: Sequence[str]) -> Ima
 
 def labelled_grid(
     cells: Sequence[Sequence[Image.Image]], column_labels: Sequence[str], row_labels: Sequence[str],
+    captions: Sequence[Sequence[str]] | None = None,
 ) -> Image.Image:
-    """A table of images with a header row of ``column_labels`` and a first column of ``row_labels``."""
+    """A table of images with a header row of ``column_labels``, a first column of ``row_labels`` and, when given,
+    a caption under each image (for example its retention scores)."""
     cell = _cell_size(cells[0][0])
     font = _font(cell)
     header = _line_height(font) * 2 + 12
+    below = _line_height(font) + 8 if captions else 0
     gutter = max((_text_width(font, label) for label in row_labels), default=0) + 24 if any(row_labels) else 0
     width = gutter + len(column_labels) * cell[0]
-    grid = Image.new("RGB", (width, header + len(cells) * cell[1]), BACKGROUND)
+    grid = Image.new("RGB", (width, header + len(cells) * (cell[1] + below)), BACKGROUND)
     draw = ImageDraw.Draw(grid)
     for column, label in enumerate(column_labels):
         left = gutter + column * cell[0]
         _centred(draw, label, font, (left, 0, left + cell[0], header))
     for row, images in enumerate(cells):
-        top = header + row * cell[1]
+        top = header + row * (cell[1] + below)
         _centred(draw, row_labels[row], font, (0, top, gutter, top + cell[1]))
         for column, image in enumerate(images):
-            grid.paste(_fit(image, cell), (gutter + column * cell[0], top))
+            left = gutter + column * cell[0]
+            grid.paste(_fit(image, cell), (left, top))
+            if captions and captions[row][column]:
+                _centred(draw, captions[row][column], font, (left, top + cell[1], left + cell[0],
+                                                             top + cell[1] + below))
     return grid
 
 

@@ -58,7 +58,8 @@ class JobRequest:
                                [blobs.path(name) if name else None for name in self.control_images])
         prompts = prompt_part(values.pop("image_prompts", None),
                               [blobs.path(name) for name in self.image_prompt_images])
-        return GenerationRequest(source=blobs.path(self.source), size=tuple(size) if size else None,
+        return GenerationRequest(source=blobs.path(self.source).read_bytes(),  # notes say "upload", not our path
+                                 size=tuple(size) if size else None,
                                  style_image=blobs.path(self.style_image) if self.style_image else None,
                                  inpaint=inpaint, control=control, image_prompts=prompts, **values)
 

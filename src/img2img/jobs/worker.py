@@ -147,8 +147,10 @@ def _generate(engine: Engine, model: str | None, blobs: BlobStore, send: Send, j
         buffer = io.BytesIO()
         image.save(buffer, **save_options("png", Metadata(record.to_parameters_text(), record.to_json()), 0))
         outputs.append({"png": buffer.getvalue(), "seed": record.seed, "width": image.width,
-                        "height": image.height, "parameters": record.to_parameters_text()})
-    return outputs, list(result.notes)
+                        "height": image.height, "parameters": record.to_parameters_text(),
+                        "retention": record.retention, "strength": record.strength})
+    search = [result.search.describe()] if result.search is not None else []  # how the strength was found
+    return outputs, [*search, *result.notes]
 
 
 def _check_model(engine: Engine, name: str, expected: str) -> None:

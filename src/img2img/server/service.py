@@ -221,7 +221,9 @@ class Service:
             "seconds_left": self._seconds_left(job), "attempts": job.attempts, "error": job.error,
             "created": job.created, "started": job.started, "finished": job.finished, "request": request,
             "images": [{"index": i, "url": f"/v1/jobs/{job.id}/images/{i}", "seed": output["seed"],
-                        "width": output["width"], "height": output["height"], "parameters": output["parameters"]}
+                        "width": output["width"], "height": output["height"], "parameters": output["parameters"],
+                        "retention": output.get("retention", {}),  # jobs from before the scores have none
+                        "strength": output.get("strength", request.get("strength"))}  # a keep target: the one found
                        for i, output in enumerate(job.outputs)],
             "notes": job.notes,
         }

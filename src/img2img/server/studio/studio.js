@@ -181,6 +181,8 @@ function setStrength(value) {
 
 function fields(overrides = {}) {
   const request = { model: $("model").value, strength: Number($("strength").value) };
+  const keep = $("keep-metric").value;  // aim at a retention score; a sweep's own strengths leave it out
+  if (keep && overrides.strength === undefined) request[`keep_${keep}`] = Number($("keep-value").value);
   if (isBuiltin()) {
     request.prompt = state.style ? "" : $("style").value;
   } else {
@@ -329,10 +331,20 @@ async function showResult(job, index, source) {
   const request = job.request;
   const blended = request.image_prompt_combine === "average" ? `blend of ${request.image_prompts.length} pictures` : "";
   const what = blended || (request.model === "builtin" ? (request.prompt || "style picture") : `“${request.prompt}”`);
+  const strength = image.strength ?? request.strength;  // the one found for a keep target
   $("result-caption").textContent =
-    `${what} · strength ${request.strength} · seed ${image.seed} · ${image.width} × ${image.height} px`;
+    `${what} · strength ${strength} · seed ${image.seed} · ${image.width} × ${image.height} px`;
+  $("result-notes").textContent = (job.notes || []).join(" ");
+  $("result-kept").textContent = keptText(image.retention, "Kept of the source: ");
   $("result-actions").hidden = false;
   $("empty").hidden = true;
+}
+
+// The retention scores (how much of the source a result kept), as a line; empty for results from before them.
+function keptText(scores, prefix = "") {
+  if (!scores || scores.structure === undefined) return "";
+  return `${prefix}structure ${scores.structure.toFixed(2)} · colour ${scores.colour.toFixed(2)} · ` +
+    `detail ${scores.detail.toFixed(2)}`;
 }
 
 function card(job, index, label, onPick) {
@@ -345,7 +357,10 @@ function card(job, index, label, onPick) {
   imageUrl(job, index, "webp").then((url) => { picture.src = url; }, () => { picture.alt = `${label} (missing)`; });
   const caption = document.createElement("span");
   caption.textContent = label;
-  button.append(picture, caption);
+  const kept = document.createElement("small");
+  kept.className = "kept";
+  kept.textContent = keptText(job.images[index].retention);
+  button.append(picture, caption, kept);
   button.addEventListener("click", () => {
     for (const other of button.closest(".grid, ol").querySelectorAll(".card")) {
       other.setAttribute("aria-pressed", String(other === button));
@@ -473,7 +488,7 @@ async function loadHistory() {
   const items = page.jobs.filter((job) => job.state === "done" && job.images.length).map((job) => {
     const item = document.createElement("li");
     const what = job.request.model === "builtin" ? job.request.prompt || "style picture" : job.request.prompt;
-    const label = `${what} · ${job.request.strength} · seed ${job.images[0].seed}`;
+    const label = `${what} · ${job.images[0].strength ?? job.request.strength} · seed ${job.images[0].seed}`;
     const button = card(job, 0, label, async () => {
       await showResult(job, 0, await sourceUrl(job));
       reuse(job.request);
@@ -563,6 +578,16 @@ $("strength").addEventListener("input", () => setStrength($("strength").value));
 for (const preset of document.querySelectorAll("[data-strength]")) {
   preset.addEventListener("click", () => setStrength(preset.dataset.strength));
 }
+// "Keep about this much": the slider picks the target; the strength slider stands aside while one is chosen.
+function showKeep() {
+  const aiming = Boolean($("keep-metric").value);
+  $("keep-value").disabled = !aiming;
+  $("keep-hint").hidden = !aiming;
+  $("strength").disabled = aiming;
+  $("keep-output").textContent = Number($("keep-value").value).toFixed(2);
+}
+$("keep-metric").addEventListener("change", showKeep);
+$("keep-value").addEventListener("input", showKeep);
 $("dice").addEventListener("click", newSeed);
 $("source-file").addEventListener("change", () => $("source-file").files[0] && setSource($("source-file").files[0]));
 $("style-file").addEventListener("change", () => $("style-file").files[0] && setStyle($("style-file").files[0]));
