@@ -91,6 +91,21 @@ def test_a_job_aims_its_strength_at_a_retention_target(server: ServerProcess, so
         assert refused.status_code == 422 and "keep_colour" in refused.text
 
 
+def test_recipes_are_listed_and_fill_in_what_a_job_leaves_out(server: ServerProcess, source: bytes) -> None:
+    with server.client() as client:
+        listed = client.get("/v1/recipes").json()
+        names = [recipe["name"] for recipe in listed["recipes"]]
+        assert "rainy-night-street" in names and listed["problems"] == []
+        done = wait_final(client, submit(client, source, seed=4, model="builtin", recipe="rainy-night-street")["id"])
+        assert done["state"] == "done", done
+        assert done["request"]["prompt"] == "night-fire" and done["request"]["strength"] == 0.6
+        mine = wait_final(client, submit(client, source, seed=4, model="builtin", recipe="pop-art",
+                                         strength=0.2)["id"])  # what the job gives wins
+        assert mine["request"]["prompt"] == "pop-blocks" and mine["request"]["strength"] == 0.2
+        refused = client.post("/v1/jobs", json={"source": b64(source), "model": "builtin", "recipe": "nope"})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "recipe"
+
+
 def _parameters_in(data: bytes, path: Path) -> str:
     from img2img.imageio.metadata import read_metadata
 

@@ -182,6 +182,24 @@ def test_keep_about_this_much_finds_the_strength(page: Any, big_photo: Path) -> 
     assert page.is_enabled("#strength") and page.is_disabled("#keep-value")
 
 
+def test_a_recipe_sets_the_controls_for_either_engine(page: Any, big_photo: Path) -> None:
+    _upload(page, big_photo)
+    page.select_option("#recipe", "rainy-night-street")
+    assert page.input_value("#style") == "night-fire" and page.input_value("#strength") == "0.6"
+    assert page.text_content("#recipe-note") == "strength 0.6"
+    page.select_option("#recipe", "watercolour-portrait")  # a recipe that aims at a retention score
+    assert page.input_value("#keep-metric") == "structure" and page.input_value("#keep-value") == "0.7"
+    assert page.is_disabled("#strength")
+    page.select_option("#model", "tiny")
+    page.fill("#prompt", "a lighthouse")
+    page.select_option("#recipe", "ink-sketch")
+    assert page.input_value("#prompt") == "a lighthouse, ink drawing, fine lines, cross-hatching, cream paper"
+    assert page.input_value("#negative") == "colour, photo" and page.input_value("#keep-metric") == ""
+    page.click("#generate")
+    _wait_result(page)
+    assert "strength 0.55" in page.text_content("#result-caption")
+
+
 def test_variations_grid_and_download_in_each_format(page: Any, big_photo: Path) -> None:
     _upload(page, big_photo)
     page.select_option("#style", "ribbons")

@@ -58,6 +58,13 @@ BUILTIN_MODEL = "builtin-style"
 BUILTIN_LABEL = "built-in style transfer"
 
 
+def means_builtin(model: str | None, registry: ModelRegistry) -> bool:
+    """Whether ``model`` means the built-in style engine (by name, or as the default with none registered)."""
+    if model is None:
+        return registry.default_name() is None
+    return model.lower() in BUILTIN_NAMES and registry.get(model) is None
+
+
 class Engine(ConditionerParts):
     """Runs generation requests; keep one and reuse it so that models stay loaded between calls.
 
@@ -109,9 +116,7 @@ class Engine(ConditionerParts):
 
     def is_builtin(self, model: str | None) -> bool:
         """Whether ``model`` means the built-in style engine (by name, or as the default with none registered)."""
-        if model is None:
-            return self.registry.default_name() is None
-        return model.lower() in BUILTIN_NAMES and self.registry.get(model) is None
+        return means_builtin(model, self.registry)
 
     def check_styles(self, request: GenerationRequest) -> dict[int, float]:
         """The request's prompt as built-in style weights; an error when it names none and has no style image."""

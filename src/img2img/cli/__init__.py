@@ -17,7 +17,19 @@ from typer import Abort
 from typer._click.exceptions import BadParameter, NoArgsIsHelpError, UsageError
 
 # The command modules attach their commands to the app when imported.
-from img2img.cli import batch, blend, control, describe, files, generate, models, prompts, serve, styles  # noqa: F401
+from img2img.cli import (  # noqa: F401
+    batch,
+    blend,
+    control,
+    describe,
+    files,
+    generate,
+    models,
+    prompts,
+    recipes,
+    serve,
+    styles,
+)
 from img2img.cli.app import app
 from img2img.cli.common import flag_for
 from img2img.errors import Img2ImgError, InvalidArgument

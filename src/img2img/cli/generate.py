@@ -70,6 +70,9 @@ def run(
     params_from: Annotated[Path | None, typer.Option(
         "--params-from", help="Start from the parameters in this picture (ours, A1111, ComfyUI, InvokeAI, Fooocus, "
                               "NovelAI); the options given override them.")] = None,
+    recipe: Annotated[str | None, typer.Option(help="A recipe (img2img recipes lists them): its prompt template "
+                                                    "around PROMPT, its strength and negative prompt where you give "
+                                                    "none.", rich_help_panel="Generation")] = None,
     grid: Annotated[bool, typer.Option(help="Also write a contact sheet of the images.")] = False,
     output: Annotated[Path | None, typer.Option("-o", "--output", help="An image file or an existing folder.")] = None,
     format_: c.Format = None,
@@ -91,6 +94,8 @@ def run(
     given = {key: value for key, value in found_fields(params_from).items() if key in SPEC} | fields
     if prompt is not None:
         given["prompt"] = prompt
+    if recipe is not None:  # its prompt, strength and negative prompt where the user gave none
+        given = with_recipe(recipe, given)
     if "prompt" not in given:
         raise InvalidArgument("prompt", "given (or found in --params-from FILE)", None)
     given["prompt"] = c.with_loras(given["prompt"], lora)
@@ -284,6 +289,17 @@ def prepare(
     if request.keep_alpha and format_name == "jpeg":
         raise InvalidArgument("format", "png or webp with --keep-alpha (JPEG has no transparency)", format_name)
     return engine, request, format_name
+
+
+def with_recipe(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The fields with the recipe's where they are not given (``img2img.recipes.apply``); its problems first."""
+    from img2img.api import means_builtin
+    from img2img.models.paths import config_dir
+    from img2img.models.registry import ModelRegistry
+    from img2img.recipes import apply, find_recipe
+
+    recipe = find_recipe(name, config_dir())
+    return apply(recipe, given, means_builtin(given.get("model"), ModelRegistry()))
 
 
 def source_notes(engine: Engine, request: GenerationRequest) -> list[str]:

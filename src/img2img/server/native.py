@@ -17,8 +17,9 @@ from img2img.engine.image_prompt import MAX_BLEND, ImagePrompt
 from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
+from img2img.server.auth import Caller
 from img2img.server.deps import CallerDep, ServiceDep
-from img2img.server.service import ApiError, Service, decode_base64
+from img2img.server.service import BUILTIN, ApiError, Service, decode_base64
 
 router = APIRouter(prefix="/v1", tags=["native"])
 KEEPALIVE_S = 15.0
@@ -94,6 +95,9 @@ class JsonJob(JobFields):  # type: ignore[valid-type, misc]
                                     "InvokeAI, Fooocus, NovelAI) the job starts from, base64; given fields override")
     mask: str | None = Field(None, description="a mask picture, base64: white repaints, black keeps (the inpaint "
                              "field's options apply)")
+    recipe: str | None = Field(None, max_length=40, description="a recipe (GET /v1/recipes): its prompt template "
+                               "around the prompt, its strength (or retention target) and negative prompt where "
+                               "the job gives none; with the built-in engine its style")
 
 
 @router.post("/jobs", status_code=202, **JOB_LINKS)
@@ -101,6 +105,7 @@ def submit_json(body: JsonJob, who: CallerDep, svc: ServiceDep) -> dict[str, Any
     """Queue a job from JSON with the source image in base64."""
     params = decode_base64(body.params_from, "params_from", svc) if body.params_from else None
     fields, notes = _with_params(body, params, svc.settings.max_pixels)
+    fields = _with_recipe(body, fields, who, svc)
     if body.blend:
         return {**svc.view(svc.submit(who, *_blend(body, fields, svc))), "notes": notes}
     if not body.source:
@@ -218,13 +223,42 @@ def _with_params(body: JobFields, params: bytes | None, max_pixels: int) -> tupl
     """The job's fields over those found in the ``params_from`` picture (fields the request sets win)."""
     fields = body.model_dump(include=set(JobFields.model_fields))
     if params is None:
-        if "prompt" not in body.model_fields_set:
+        if "prompt" not in body.model_fields_set and not getattr(body, "recipe", None):
             raise ApiError(422, "invalid_request", "prompt: field required (or give params_from)", "prompt")
         return fields, []
     found = _found(params, "params_from", max_pixels)
     taken = {key: value for key, value in found.fields.items()
              if key in JobFields.model_fields and key not in body.model_fields_set}
     return {**fields, **taken}, list(found.warnings)
+
+
+def _with_recipe(body: JsonJob, fields: dict[str, Any], who: Caller, svc: Service) -> dict[str, Any]:
+    """The fields with the recipe's where the job gives none (``img2img.recipes.apply``)."""
+    if not body.recipe:
+        return fields
+    from img2img.errors import InvalidArgument
+    from img2img.models.paths import config_dir
+    from img2img.recipes import apply, find_recipe
+
+    defaults = {name: info.default for name, info in JobFields.model_fields.items()}
+    given = {key: value for key, value in fields.items() if key in body.model_fields_set or value != defaults[key]}
+    try:
+        recipe = find_recipe(body.recipe, config_dir())
+    except InvalidArgument as exc:
+        raise ApiError(422, "invalid_argument", str(exc), "recipe") from exc
+    return fields | apply(recipe, given, svc.model_name(who, fields.get("model")) in BUILTIN)
+
+
+@router.get("/recipes")
+def recipes(_who: CallerDep) -> dict[str, list[Any]]:
+    """The recipes (the built-in ones and the server's recipes.toml): each a prompt template, a strength or a
+    retention target, a negative prompt and the built-in engine's style; and the mistakes in the file, one line
+    each."""
+    from img2img.models.paths import config_dir
+    from img2img.recipes import load_recipes
+
+    found, problems = load_recipes(config_dir())
+    return {"recipes": [recipe.describe() for recipe in found.values()], "problems": problems}
 
 
 @router.get("/jobs")

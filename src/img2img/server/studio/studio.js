@@ -11,7 +11,7 @@ import { mountPictures } from "./references.js";
 const $ = (id) => document.getElementById(id);
 const MAX_SEED = 4294967295;
 const SMALL_SIDE = 384; // below this the model has little to work with
-const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null };
+const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null, recipes: {} };
 const compare = mountCompare($("compare"));
 const mask = mountMask($("mask-editor"));
 const control = mountControl($("control-panel"), previewMap);
@@ -551,9 +551,9 @@ async function init() {
     else showError(error);
     return;
   }
-  const [samplers, styles, spec, controlnets, preprocessors, adapters] = await Promise.all([getJson("/v1/samplers"),
-    getJson("/v1/styles"), getJson("/v1/fields"), getJson("/v1/controlnets"), getJson("/v1/preprocessors"),
-    getJson("/v1/ip-adapters")]);
+  const [samplers, styles, spec, controlnets, preprocessors, adapters, recipes] = await Promise.all([
+    getJson("/v1/samplers"), getJson("/v1/styles"), getJson("/v1/fields"), getJson("/v1/controlnets"),
+    getJson("/v1/preprocessors"), getJson("/v1/ip-adapters"), getJson("/v1/recipes")]);
   fill($("ip-adapter"), adapters.ip_adapters.map((entry) => ({
     value: entry.name, label: `${entry.name} · ${entry.variant} · ${entry.base}` })));
   $("no-ip-adapters").hidden = adapters.ip_adapters.length > 0;
@@ -567,6 +567,9 @@ async function init() {
   $("model").value = (models.find((model) => model.default) || models[0]).name;
   fill($("sampler"), samplers.samplers, [new Option("model default", "")]);
   fill($("style"), styles.styles);
+  state.recipes = Object.fromEntries(recipes.recipes.map((recipe) => [recipe.name, recipe]));
+  fill($("recipe"), recipes.recipes.map((recipe) => ({ value: recipe.name, label: `${recipe.name} · ${recipe.description}` })),
+    [new Option("(none)", "")]);
   showModelControls();
   loadHistory();
 }
@@ -578,6 +581,30 @@ $("strength").addEventListener("input", () => setStrength($("strength").value));
 for (const preset of document.querySelectorAll("[data-strength]")) {
   preset.addEventListener("click", () => setStrength(preset.dataset.strength));
 }
+// A recipe sets the controls (the prompt around what is written, the style with the built-in engine, the negative
+// prompt when empty, the strength or a keep target); everything stays editable before Generate.
+function applyRecipe() {
+  const recipe = state.recipes[$("recipe").value];
+  $("recipe-note").textContent = "";
+  if (!recipe) return;
+  if (isBuiltin()) {
+    if ([...$("style").options].some((option) => option.value === recipe.style)) $("style").value = recipe.style;
+  } else {
+    const written = $("prompt").value.trim();
+    $("prompt").value = recipe.prompt.split(",").map((part) => part.trim())
+      .map((part) => (part === "{prompt}" ? written : part)).filter(Boolean).join(", ");
+    if (!$("negative").value.trim()) $("negative").value = recipe.negative_prompt;
+  }
+  setStrength(recipe.strength);
+  const target = ["structure", "colour", "detail"].find((metric) => recipe[`keep_${metric}`] !== undefined);
+  $("keep-metric").value = target || "";
+  if (target) $("keep-value").value = String(recipe[`keep_${target}`]);
+  showKeep();
+  $("recipe-note").textContent = target ? `keeps about ${recipe[`keep_${target}`]} of the ${target}`
+    : `strength ${recipe.strength}`;
+}
+$("recipe").addEventListener("change", applyRecipe);
+
 // "Keep about this much": the slider picks the target; the strength slider stands aside while one is chosen.
 function showKeep() {
   const aiming = Boolean($("keep-metric").value);
