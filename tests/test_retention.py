@@ -70,13 +70,31 @@ def test_the_builtin_engine_records_scores_that_fall_with_strength(engine: Engin
     assert json.loads(records[2].to_json())["retention"] == records[2].retention
 
 
-def test_a_tiny_model_keeps_everything_at_strength_zero_and_less_above(engine: Engine, tiny_sd: Path) -> None:
-    source = photo("astronaut", (130, 97))
-    kept = [engine.generate(GenerationRequest(source=source, prompt="a painting", strength=strength, seed=1,
-                                              model=str(tiny_sd), steps=4)).record.retention
-            for strength in (0.0, 0.5)]
+@pytest.fixture(scope="module")
+def tiny_clear(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_sd_clear
+
+    return build_tiny_sd_clear(tmp_path_factory.mktemp("models") / "tiny-clear")
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+def test_a_tiny_model_keeps_less_as_the_strength_rises(engine: Engine, tiny_clear: Path, name: str) -> None:
+    source = photo(name, (130, 97))
+    kept = [engine.generate(GenerationRequest(source=source, prompt="a painting", strength=strength, seed=3,
+                                              model=str(tiny_clear), steps=20)).record.retention
+            for strength in (0.0, 0.1, 0.3, 0.6)]
     assert kept[0] == {"structure": 1.0, "colour": 1.0, "detail": 1.0}
-    assert all(0.0 <= value < 0.9 for value in kept[1].values()), kept[1]
+    for metric in ("structure", "detail"):
+        values = [scores[metric] for scores in kept]
+        assert values[0] > values[1] > values[2] > values[3], (metric, values)
+
+
+def test_the_finder_aims_a_tiny_model(engine: Engine, tiny_clear: Path) -> None:
+    result = engine.generate(GenerationRequest(source=photo("coffee", (130, 97)), prompt="a painting",
+                                               keep_structure=0.3, seed=3, model=str(tiny_clear), steps=20))
+    assert result.search is not None and result.search.reachable
+    assert all(round(strength * 20, 6).is_integer() for strength, _ in result.search.tries)  # whole steps only
+    assert abs(result.record.retention["structure"] - 0.3) <= 0.05, result.search.describe()
 
 
 # The finder on a known curve: the score a strength keeps, falling from 1 at strength 0.

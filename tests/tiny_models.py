@@ -211,3 +211,39 @@ def square_photo(folder: Path, name: str = "astronaut") -> Path:
     path = folder / f"{name}.png"
     Image.fromarray(getattr(data, name)()).resize((64, 64), Image.LANCZOS).save(path)
     return path
+
+
+def build_tiny_sd_clear(folder: Path) -> Path:
+    """``build_tiny_sd`` with a VAE whose weights pass the picture through (``clear_vae``) instead of random ones,
+    so that what a tiny model keeps of a photo falls with the strength as a real model's does (its UNet is still
+    random: the more noise it starts from, the less of the photo comes back)."""
+    from diffusers import AutoencoderKL
+
+    build_tiny_sd(folder)
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    clear_vae(vae)
+    vae.register_to_config(scaling_factor=1.0)  # its latents are the picture's own scale
+    vae.save_pretrained(folder / "vae")
+    return folder
+
+
+@torch.no_grad()
+def clear_vae(vae) -> None:  # type: ignore[no-untyped-def]
+    """Weights that make a diffusers AutoencoderKL nearly an identity: every convolution passes its first channels
+    through its centre tap, each resnet's and attention's own branch is zeroed (their skip connections remain), and
+    the posterior's log-variance is -30. The group norms before the output convolutions stay: the picture comes
+    back with each channel group normalized, its shapes and shading intact."""
+    for module in vae.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.weight.zero_()
+            module.bias.zero_()
+            centre = (module.kernel_size[0] // 2, module.kernel_size[1] // 2)
+            for channel in range(min(module.in_channels, module.out_channels)):
+                module.weight[channel, channel, centre[0], centre[1]] = 1.0
+    for name, module in vae.named_modules():
+        if name.endswith(".conv2") or name.endswith("to_out.0"):
+            module.weight.zero_()
+            module.bias.zero_()
+    latent = vae.config.latent_channels
+    vae.encoder.conv_out.weight[latent:] = 0.0
+    vae.encoder.conv_out.bias[latent:] = -30.0

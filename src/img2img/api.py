@@ -214,7 +214,9 @@ class Engine(ConditionerParts):
             preview = previewed(request, strength, source.rgb.size, family)
             return self._run([preview], source, None).records[0].retention[metric]
 
-        return find_strength(score_at, metric, target)
+        steps = request.steps or (family.default_steps if family is not None else None)
+        grid = steps if steps is not None and request.steps_mode == "diffusers" else None
+        return find_strength(score_at, metric, target, grid)
 
     def sweep(
         self, request: GenerationRequest, axes: Sequence[Axis], on_progress: ProgressCallback | None = None

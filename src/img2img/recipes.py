@@ -115,11 +115,11 @@ def load_recipes(config_dir: Path) -> tuple[dict[str, Recipe], list[str]]:
 def find_recipe(name: str, config_dir: Path) -> Recipe:
     """The recipe called ``name``; one line naming the choices (or its mistake in the user's file) otherwise."""
     recipes, problems = load_recipes(config_dir)
+    own = next((problem for problem in problems if f"recipe {name!r}:" in problem), None)
+    if own is not None:  # the user's, even when it would replace a built-in one
+        raise InvalidArgument("recipe", "a recipe without mistakes", own)
     if name in recipes:
         return recipes[name]
-    own = next((problem for problem in problems if f"recipe {name!r}:" in problem), None)
-    if own is not None:
-        raise InvalidArgument("recipe", "a recipe without mistakes", own)
     raise InvalidArgument("recipe", f"one of {', '.join(sorted(recipes))} (img2img recipes lists them)", name)
 
 
