@@ -166,6 +166,8 @@ class DiffusionSession:
     def text(self, job: DiffusionJob, guided: bool) -> TextConditioner:
         key = (job.prompt, job.negative_prompt, guided, job.prompt_syntax, job.clip_skip)
         if key not in self._texts:
+            if hasattr(self.pipeline.vae, "release_decoder_buffers"):  # the last request's, under the text encoder's
+                self.pipeline.vae.release_decoder_buffers()
             self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
                                            self.source.size[::-1], job.prompt_syntax, job.clip_skip)
             mapped_weights.release(self.pipeline)
@@ -343,8 +345,6 @@ def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
                              OVERLAP_PIXELS // scale, scale)
     else:
         pixels = vae.decode(latents, return_dict=False)[0]
-    if hasattr(vae, "release_decoder_buffers"):  # OpenVINO's
-        vae.release_decoder_buffers()
     return pipeline.image_processor.postprocess(pixels, output_type="np")
 
 
