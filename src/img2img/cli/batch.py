@@ -69,6 +69,7 @@ def batch(
     from img2img.engine.request import GenerationRequest
     from img2img.engine.seeds import resolve_seed
     from img2img.imageio.metadata import SUFFIXES
+    from img2img.imageio.retention import describe
 
     if not in_dir.is_dir():
         raise InvalidArgument("IN_DIR", "a folder of images", str(in_dir))
@@ -107,7 +108,9 @@ def batch(
                 c.print_notes(result.notes)
                 path = save(result.images[0], target, result.record, quality, overwrite)
                 done.append(source)
-                console.print(f"{path}  {result.image_seconds[0]:.1f} s", highlight=False)
+                aimed = f"  strength {result.record.strength:g}" if result.search is not None else ""
+                console.print(f"{path}  {result.image_seconds[0]:.1f} s{aimed}  {describe(result.record.retention)}",
+                              highlight=False)
             progress.advance(task)
     console.print(f"done {len(done)}, skipped {len(skipped)} (already there), failed {len(failed)}", highlight=False)
     for source, reason in failed:
