@@ -97,9 +97,9 @@ def test_the_users_recipes_load_and_each_mistake_is_one_line(config: Path) -> No
     for name, fragment in expected.items():
         line = next(problem for problem in problems if f"recipe {name!r}:" in problem)
         assert fragment in line and "\n" not in line, line
-    with pytest.raises(InvalidArgument, match="recipe should be a recipe without mistakes.*too-strong"):
+    with pytest.raises(InvalidArgument, match=r"recipe should be a recipe without mistakes.*too-strong"):
         find_recipe("too-strong", config)
-    with pytest.raises(InvalidArgument, match="recipe should be one of .*teal-orange"):
+    with pytest.raises(InvalidArgument, match=r"recipe should be one of .*teal-orange"):
         find_recipe("nope", config)
 
 
