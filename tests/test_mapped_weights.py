@@ -49,3 +49,20 @@ def test_a_written_mapping_is_never_given_back(tmp_path: Path) -> None:
     assert _written_kb(weights._address) > 0
     assert not weights.release()
     assert module.weight[0, 0].item() == 42.0
+
+
+def test_without_a_writable_cache_the_weights_stay_where_they_are(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from img2img.models.mapped_weights import PIPELINE_KEY, map_weights, release
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    encoder = torch.nn.Linear(8, 8)
+    before = encoder.weight.data_ptr()
+    pipeline = SimpleNamespace(text_encoder=encoder)
+    map_weights(pipeline, blocked / "tmp")  # cannot be made: no mapping, no error
+    assert pipeline.__dict__[PIPELINE_KEY] == [] and encoder.weight.data_ptr() == before
+    release(pipeline)  # nothing to give back
+    map_weights(pipeline, tmp_path / "tmp")
+    assert len(pipeline.__dict__[PIPELINE_KEY]) == 1 and encoder.weight.data_ptr() != before

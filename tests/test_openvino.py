@@ -117,3 +117,21 @@ def test_a_new_size_recompiles_and_gives_what_a_fresh_engine_gives(tiny_sd, phot
     assert engine.generate(small).images[0].tobytes() == first.tobytes()
     fresh = Engine(device="cpu", dtype="float32", backend="openvino").generate(wide).images[0]
     assert fresh.tobytes() == second.tobytes()
+
+
+def test_short_of_memory_the_unet_graph_is_freed_before_decoding(tiny_sd, photo, monkeypatch) -> None:
+    """With too little memory free to decode in (the machine's reading replaced: a test cannot exhaust it), the
+    compiled UNet goes first, the result is the same bytes, and the next image compiles it again."""
+    from img2img.engine import diffusion
+
+    engine = Engine(device="cpu", dtype="float32", backend="openvino")
+    plain = engine.generate(_request(photo, tiny_sd, num_images=2))
+    monkeypatch.setattr(diffusion, "available_memory", lambda: 200_000_000)
+    short = engine.generate(_request(photo, tiny_sd, num_images=2))
+    assert [image.tobytes() for image in short.images] == [image.tobytes() for image in plain.images]
+    assert sum("only 0.2 GB of memory was free to decode in" in note for note in short.notes) == 2, short.notes
+    unet = engine.load(str(tiny_sd)).pipeline.unet
+    assert unet._request._compiled is None  # freed before the last decode
+    monkeypatch.setattr(diffusion, "available_memory", lambda: None)  # unknown: nothing is freed
+    calm = engine.generate(_request(photo, tiny_sd))
+    assert not any("free to decode" in note for note in calm.notes) and unet._request._compiled is not None

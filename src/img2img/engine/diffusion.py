@@ -29,6 +29,7 @@ from img2img.engine.text import encode_text
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
 from img2img.engine.token_merge import merging_tokens
 from img2img.models import mapped_weights
+from img2img.models.memory import DIFFUSION_BYTES_PER_PIXEL, available_memory
 
 # on_step(image_index, step_done, steps_total): called after every model evaluation; may raise to stop the run.
 StepCallback = Callable[[int, int, int], None]
@@ -210,6 +211,9 @@ def posterior_sample(distribution: Any, generator: torch.Generator) -> torch.Ten
     return mean + distribution.std.float() * draw_noise(mean.shape, generator, mean.device)
 
 
+ROOM_MARGIN = 0.5e9  # bytes beyond the decoder's estimated buffers that should stay free while decoding
+
+
 def encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
     """The VAE's latent distribution of ``pixels``, in tiles when the picture is large; then the OpenVINO VAE's
     compiled encoder is freed (``OpenVinoVAE.release_encoder``), as nothing else encodes until the next source."""
@@ -336,6 +340,7 @@ def denoise(
 
 
 def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
+    make_room(pipeline, latents)
     vae = pipeline.vae
     mean, std = _latent_stats(vae, latents)
     latents = (latents * std / vae.config.scaling_factor + mean).to(vae.dtype)
@@ -346,6 +351,19 @@ def decode(pipeline: Any, latents: torch.Tensor) -> np.ndarray:
     else:
         pixels = vae.decode(latents, return_dict=False)[0]
     return pipeline.image_processor.postprocess(pixels, output_type="np")
+
+
+def make_room(pipeline: Any, latents: torch.Tensor) -> None:
+    """Before decoding: when the machine has less memory free than decoding needs (float32 buffers, plus
+    ROOM_MARGIN), free the OpenVINO UNet's compiled graphs first, with a note. The next image compiles them again
+    (SD 1.5: about 2 to 3 s) where the machine would otherwise swap or kill the process; the result is the same."""
+    release = getattr(pipeline.unet, "release_graphs", None)
+    free = available_memory() if release is not None else None
+    pixels = latents.shape[-2] * latents.shape[-1] * pipeline.vae_scale_factor**2
+    need = pixels * DIFFUSION_BYTES_PER_PIXEL * 2 + ROOM_MARGIN
+    if release is not None and free is not None and free < need:
+        release(f"only {free / 1e9:.1f} GB of memory was free to decode in (about {need / 1e9:.1f} GB wanted): the "
+                "UNet's compiled graph was freed first and compiles again for the next image")
 
 
 def _latent_stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:

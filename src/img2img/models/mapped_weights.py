@@ -75,9 +75,15 @@ def map_weights(pipeline: Any, folder: Path) -> None:
     """Map the tensors of ``pipeline``'s text encoders (on the CPU, on Linux); ``release`` gives them back."""
     if not sys.platform.startswith("linux"):
         return
-    encoders = [getattr(pipeline, part, None) for part in ("text_encoder", "text_encoder_2")]
-    pipeline.__dict__[PIPELINE_KEY] = [MappedWeights(encoder, folder) for encoder in encoders
-                                       if isinstance(encoder, torch.nn.Module)]
+    mapped = []
+    for part in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipeline, part, None)
+        if isinstance(encoder, torch.nn.Module):
+            try:
+                mapped.append(MappedWeights(encoder, folder))
+            except OSError:  # no room or no write access in the cache folder: the weights stay where they are
+                continue
+    pipeline.__dict__[PIPELINE_KEY] = mapped
 
 
 def release(pipeline: Any) -> None:

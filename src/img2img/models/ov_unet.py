@@ -53,6 +53,17 @@ class OpenVinoUNet:
             finally:
                 self.torch_only = False
 
+    def release_graphs(self, note: str) -> None:
+        """Free every compiled UNet graph (its repacked weights: SD 1.5 3.4 GB in float32) with a note on the
+        result; the next step compiles what it needs again."""
+        self._request.drop()
+        for graph in (self.control, self.prompts):
+            if graph is not None and graph.request is not None:
+                graph.request.drop()
+        if self.cached is not None:
+            self.cached.drop()
+        self.fallback.notes.append(note)
+
     def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
         """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
         self._patch = (key, patcher)
