@@ -215,7 +215,7 @@ class Engine(ConditionerParts):
             return self._run([preview], source, None).records[0].retention[metric]
 
         steps = request.steps or (family.default_steps if family is not None else None)
-        grid = steps if steps is not None and request.steps_mode == "diffusers" else None
+        grid = steps if family is not None and steps is not None and request.steps_mode == "diffusers" else None
         return find_strength(score_at, metric, target, grid)
 
     def sweep(
