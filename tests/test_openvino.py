@@ -119,6 +119,7 @@ def test_a_new_size_recompiles_and_gives_what_a_fresh_engine_gives(tiny_sd, phot
     assert fresh.tobytes() == second.tobytes()
 
 
+@pytest.mark.slow  # 17 s; CI runs it with -m slow
 def test_short_of_memory_the_unet_graph_is_freed_before_decoding(tiny_sd, photo, monkeypatch) -> None:
     """With too little memory free to decode in (the machine's reading replaced: a test cannot exhaust it), the
     compiled UNet goes first, the result is the same bytes, and the next image compiles it again."""

@@ -24,7 +24,7 @@ def test_no_request_from_the_openapi_schema_gives_a_server_error(tmp_path: Path)
     try:
         result = subprocess.run(
             [sys.executable, "-m", "schemathesis.cli", "--no-color", "run", f"{server.url}/openapi.json",
-             "--checks", "not_a_server_error", "--max-examples", "40", "--request-timeout", "60",
+             "--checks", "not_a_server_error", "--max-examples", "60", "--request-timeout", "60",
              "--phases", "examples,coverage,fuzzing,stateful",
              "--generation-deterministic", "--suppress-health-check", "all"],
             capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path, env=env)
