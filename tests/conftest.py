@@ -106,3 +106,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 
     with local_cluster(tmp_path_factory.mktemp("ray") / "ray.log") as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_edit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SD model with an 8-channel UNet, as InstructPix2Pix is."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-edit", edit=True)

@@ -73,13 +73,14 @@ def test_a_record_embeds_the_request_and_reads_its_fields_through() -> None:
 
 def test_records_written_before_keep_their_meaning() -> None:
     """Read and written again, an earlier record says what it meant: its prompt was plain text, no clip skip, the
-    model's own VAE, no image prompts, every step in full, no tokens merged, no retention target."""
+    model's own VAE, no image prompts, every step in full, no tokens merged, no retention target, no image
+    guidance (no edit model)."""
     again = json.loads(GenerationRecord.from_json(WRITTEN_BEFORE).to_json())
     assert again == json.loads(WRITTEN_BEFORE) | {"prompt_syntax": "plain", "clip_skip": 1, "vae": None,
                                                   "ip_adapter": None, "image_prompt_mode": "both",
                                                   "image_prompt_combine": "separate", "cache_steps": 1,
                                                   "merge_tokens": 0.0, "keep_structure": None,
-                                                  "keep_colour": None, "keep_detail": None}
+                                                  "keep_colour": None, "keep_detail": None, "image_cfg": None}
 
 
 def test_an_early_record_takes_the_defaults_of_later_fields(tiny_sd, photo) -> None:

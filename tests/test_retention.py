@@ -167,3 +167,22 @@ def test_the_cli_prints_scores_aims_and_shows_them_in_info_and_the_grid(tmp_path
 
     assert_one_line_error(img2img("run", str(source), "fauve", "--keep-colour", "1.5"), "--keep-colour",
                           "[0.0, 1.0]")
+
+
+def test_the_search_reports_its_previews_steps_and_stops_when_told(engine: Engine, tiny_clear: Path) -> None:
+    request = GenerationRequest(source=photo("coffee", (130, 97)), prompt="a painting", keep_structure=0.3, seed=3,
+                                model=str(tiny_clear), steps=20)
+    calls: list[tuple[int, int, int]] = []
+    result = engine.generate(request, on_progress=lambda *call: calls.append(call))
+    assert result.search is not None
+    assert calls[-1][1] == calls[-1][2]  # the render's last step
+    assert len(calls) > calls[-1][2], calls  # and the previews' steps before the render's
+
+    class Stop(Exception):
+        pass
+
+    def stop(*_call: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):  # the first preview's first step
+        engine.generate(request, on_progress=stop)

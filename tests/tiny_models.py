@@ -44,25 +44,33 @@ def _vae(scaling_factor: float, blocks: int = 2):
 
 
 def build_tiny_sd(folder: Path, scheduler_class: str = "PNDMScheduler", prediction: str = "epsilon",
-                  inpainting: bool = False, vae_blocks: int = 2, attention_first: bool = False) -> Path:
+                  inpainting: bool = False, vae_blocks: int = 2, attention_first: bool = False,
+                  edit: bool = False) -> Path:
     """Save a tiny SD 1.x-shaped pipeline as a diffusers folder at ``folder`` (``inpainting``: a 9-channel UNet,
-    saved as diffusers saves SD 1.5 inpainting; ``vae_blocks`` 4: latents an eighth of the size, as real ones;
-    ``attention_first``: the cross-attention block first, as in SD, where T2I-Adapter features fit)."""
+    saved as diffusers saves SD 1.5 inpainting; ``edit``: an 8-channel InstructPix2Pix one; ``vae_blocks`` 4:
+    latents an eighth of the size, as real ones; ``attention_first``: the cross-attention block first, as in SD,
+    where T2I-Adapter features fit)."""
     import diffusers
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        StableDiffusionInpaintPipeline,
+        StableDiffusionInstructPix2PixPipeline,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     down, up = ("DownBlock2D", "CrossAttnDownBlock2D"), ("CrossAttnUpBlock2D", "UpBlock2D")
     unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=2, sample_size=32,
-                                in_channels=9 if inpainting else 4,
+                                in_channels=9 if inpainting else 8 if edit else 4,
                                 out_channels=4, down_block_types=down[::-1] if attention_first else down,
                                 up_block_types=up[::-1] if attention_first else up, cross_attention_dim=32)
     vae = _vae(0.18215, vae_blocks)
     text_encoder = CLIPTextModel(_text_config())
     scheduler = getattr(diffusers, scheduler_class).from_config(
         {**SCHEDULER, "prediction_type": prediction, "skip_prk_steps": True})
-    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+    pipeline_class = StableDiffusionInpaintPipeline if inpainting else StableDiffusionInstructPix2PixPipeline \
+        if edit else StableDiffusionPipeline
     pipeline = pipeline_class(vae=vae, text_encoder=text_encoder, tokenizer=_tokenizer("<|endoftext|>"),
                               unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
                               requires_safety_checker=False)
@@ -213,13 +221,13 @@ def square_photo(folder: Path, name: str = "astronaut") -> Path:
     return path
 
 
-def build_tiny_sd_clear(folder: Path) -> Path:
+def build_tiny_sd_clear(folder: Path, edit: bool = False) -> Path:
     """``build_tiny_sd`` with a VAE whose weights pass the picture through (``clear_vae``) instead of random ones,
     so that what a tiny model keeps of a photo falls with the strength as a real model's does (its UNet is still
     random: the more noise it starts from, the less of the photo comes back)."""
     from diffusers import AutoencoderKL
 
-    build_tiny_sd(folder)
+    build_tiny_sd(folder, edit=edit)
     vae = AutoencoderKL.from_pretrained(folder / "vae")
     clear_vae(vae)
     vae.register_to_config(scaling_factor=1.0)  # its latents are the picture's own scale

@@ -198,21 +198,24 @@ class Engine(ConditionerParts):
         """Run ``request``: one image per seed (seed, seed+1, ...), each with the record that reproduces it."""
         request = request.validated(self.max_images)
         request, source = replace(request, seed=resolve_seed(request.seed)), self.read_source(request)
-        search = self._aim(request, source) if request.keep_target is not None else None
+        search = self._aim(request, source, on_progress) if request.keep_target is not None else None
         if search is not None:  # the strength that keeps that much, found on previews
             request = replace(request, strength=search.strength)
         assert request.seed is not None
         cells = [replace(request, seed=seed, num_images=1) for seed in batch_seeds(request.seed, request.num_images)]
         return replace(self._run(cells, source, on_progress, on_preview), search=search)
 
-    def _aim(self, request: GenerationRequest, source: SourceImage) -> Search:
-        """Search the strength for the request's retention target (``img2img.engine.strength_finder``)."""
+    def _aim(self, request: GenerationRequest, source: SourceImage, on_progress: ProgressCallback | None
+             ) -> Search:
+        """Search the strength for the request's retention target (``img2img.engine.strength_finder``). Each
+        preview reports its steps as the first image's, so a bar moves and a callback that raises stops the search
+        between two steps."""
         metric, target = request.keep_target or ("structure", 1.0)
         family = None if self.is_builtin(request.model) else self._files(request.model).family
 
         def score_at(strength: float) -> float:
             preview = previewed(request, strength, source.rgb.size, family)
-            return self._run([preview], source, None).records[0].retention[metric]
+            return self._run([preview], source, on_progress).records[0].retention[metric]
 
         steps = request.steps or (family.default_steps if family is not None else None)
         grid = steps if family is not None and steps is not None and request.steps_mode == "diffusers" else None

@@ -54,7 +54,7 @@ def models_add(
 
 @models_app.command("list")
 def models_list() -> None:
-    """List registered models, their families and paths."""
+    """List registered models, their families, the defaults each runs with, and paths."""
     from img2img.models import addons
     from img2img.models.detect import inspect_model
     from img2img.models.registry import ModelRegistry
@@ -69,8 +69,9 @@ def models_list() -> None:
         return
     for entry in entries:
         try:
-            label = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
-                                  prediction=entry.prediction).family.label
+            family = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
+                                   prediction=entry.prediction).family
+            label = f"{family.label} ({family.defaults_text})"
         except Img2ImgError as exc:
             label = f"unusable: {exc}"
         marker = "*" if entry.name == registry.default_name() else " "

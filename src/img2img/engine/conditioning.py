@@ -61,12 +61,17 @@ class Step:
     scheduler: Any
     next_timestep: torch.Tensor | None = None  # None at the last step
     sample: torch.Tensor | None = None  # the UNet's latents input after the sampler's scaling (two rows when guided)
+    rows: int = 1  # the batch the UNet sees: 1, 2 when guided, or a guiding conditioner's own (``guidance_rows``)
 
 
 class Conditioner:
     """One kind of conditioning. Subclasses override the hooks they need; the defaults change nothing."""
 
     kind = "conditioner"  # the name of the kind, in records and errors
+    # A conditioner that guides with more than the prompt (an edit model's image guidance) asks for this many
+    # rows when the run is guided, from the unconditional first to the fully conditional last, and combines their
+    # predictions (``guide``); 0: the prompt's classifier-free guidance, two rows. One per run at most.
+    guidance_rows = 0
     # The UNet keyword inputs that unet_inputs gives, declared so that a backend is checked before a run
     # (img2img.models.backends): one that does not take them hands the UNet to another, or refuses.
     inputs: tuple[str, ...] = ()
@@ -93,6 +98,10 @@ class Conditioner:
         """Keyword inputs for the UNet at ``step`` (batched as the step says: two rows when guided); only those
         declared in ``inputs``."""
         return {}
+
+    def guide(self, noise_pred: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+        """The guided prediction from the UNet's ``guidance_rows`` rows (only a conditioner that asks for rows)."""
+        raise NotImplementedError
 
     def adjust_prediction(self, step: Step, noise_pred: torch.Tensor) -> torch.Tensor:
         """The noise prediction after guidance, before the sampler's step."""
@@ -123,8 +132,20 @@ class TextConditioner(Conditioner):
     inputs = ("encoder_hidden_states", "timestep_cond", "added_cond_kwargs")
 
     def unet_inputs(self, step: Step) -> dict[str, Any]:
-        return {"encoder_hidden_states": self.embeddings, "timestep_cond": self.timestep_cond,
-                "added_cond_kwargs": self.added}
+        if step.rows <= 2:
+            return {"encoder_hidden_states": self.embeddings, "timestep_cond": self.timestep_cond,
+                    "added_cond_kwargs": self.added}
+        added = None if self.added is None else {name: _rows(value, step.rows) for name, value in self.added.items()}
+        return {"encoder_hidden_states": _rows(self.embeddings, step.rows), "timestep_cond": self.timestep_cond,
+                "added_cond_kwargs": added}
+
+
+def _rows(pair: torch.Tensor, rows: int) -> torch.Tensor:
+    """[negative, positive] as ``rows`` rows: the negative for every row but the last (they are conditioned on
+    something other than the prompt, or on nothing)."""
+    import torch
+
+    return torch.cat([pair[:1]] * (rows - 1) + [pair[1:]])
 
 
 # Inputs that several conditioners may give at once: their values add up (ControlNets' residuals, as diffusers'

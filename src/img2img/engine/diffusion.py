@@ -73,7 +73,6 @@ class DiffusionSession:
     def __init__(self, pipeline: Any, source: Image.Image) -> None:
         self.pipeline = pipeline
         self.source = source  # already at the working size, multiples of 8
-        self._latent_dist: Any = None
         self._encoded: dict[str, Any] = {}  # what conditioners had encoded, by name
         self._texts: dict[tuple[str, str, bool, str, int], TextConditioner] = {}
 
@@ -138,11 +137,8 @@ class DiffusionSession:
         return plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
 
     def latent_dist(self) -> Any:
-        if self._latent_dist is None:
-            vae = self.pipeline.vae
-            pixels = self.pipeline.image_processor.preprocess(self.source).to(vae.device, vae.dtype)
-            self._latent_dist = encode_pixels(vae, pixels, self.pipeline.vae_scale_factor)
-        return self._latent_dist
+        """The source's latent distribution (``encode``'s "source", which conditioners may ask for too)."""
+        return self.encode("source", self.pipeline.image_processor.preprocess(self.source))
 
     def begin(self, conditioners: tuple[Conditioner, ...], scheduler: Any, first_timestep: torch.Tensor,
               generator: torch.Generator, start: StartLatents) -> tuple[tuple[Conditioner, ...], StartLatents]:
@@ -313,12 +309,14 @@ def denoise(
     computed every that many steps and reused between (``img2img.engine.step_cache``)."""
     step_options = _step_options(scheduler, generator)
     cache = StepCache(pipeline.unet, cache_steps) if cache_steps > 1 else None
+    guide = next((conditioner for conditioner in conditioners if conditioner.guidance_rows), None)
+    rows = (guide.guidance_rows if guide is not None else 2) if guided else 1
     latents = start.noised
     for index, timestep in enumerate(timesteps):
         following = timesteps[index + 1] if index + 1 < len(timesteps) else None
-        model_input = torch.cat([latents] * 2) if guided else latents
+        model_input = torch.cat([latents] * rows) if rows > 1 else latents
         model_input = scheduler.scale_model_input(model_input, timestep)
-        step = Step(index, len(timesteps), timestep, guided, start, scheduler, following, model_input)
+        step = Step(index, len(timesteps), timestep, guided, start, scheduler, following, model_input, rows)
         for conditioner in conditioners:
             model_input = conditioner.extend_sample(step, model_input)
         if cache is not None:
@@ -327,7 +325,9 @@ def denoise(
         else:
             noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
                                        **unet_inputs(conditioners, step))[0].float()
-        if guided:
+        if guide is not None and guided:
+            noise_pred = guide.guide(noise_pred, guidance_scale)
+        elif guided:
             unconditional, conditional = noise_pred.chunk(2)
             noise_pred = unconditional + guidance_scale * (conditional - unconditional)
         for conditioner in conditioners:

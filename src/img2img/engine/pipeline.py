@@ -23,6 +23,7 @@ from PIL import Image
 
 from img2img.engine.conditioning import Conditioner
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
+from img2img.engine.edit import EDIT_CHANNELS, EditConditioner
 from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
 from img2img.engine.image_prompt import Reference
 from img2img.engine.inpaint import ALPHA
@@ -125,7 +126,11 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
     finally:
         if session is not None and prepared.loras:
             deactivate_loras(session.pipeline)
-    return GenerationResult(images, records, sum(seconds), seconds, [*prepared.source.notes, *_prompt_notes(cells)])
+    unused = [] if prepared.model.family.edit or all(cell.image_cfg is None for cell in cells) else [
+        f"image_cfg acts with edit models (InstructPix2Pix) only, and {prepared.model.name} is "
+        f"{prepared.model.family_label}; ignored"]
+    return GenerationResult(images, records, sum(seconds), seconds,
+                            [*prepared.source.notes, *_prompt_notes(cells), *unused])
 
 
 def prompt_loras(cells: list[GenerationRequest]) -> dict[str, tuple[LoraTag, ...]]:
@@ -156,6 +161,8 @@ def _loopback(
             if prepared.mask is not None else MaskConditioner(Image.new("L", session.source.size, 255), "original",
                                                               channels)
         job = replace(job, conditions=(*job.conditions, mask))
+    if channels == EDIT_CHANNELS:
+        job = replace(job, conditions=(*job.conditions, edit_conditioner(cell, prepared.model.family)))
     totals = [session.plan(replace(job, strength=strength)).steps_to_run for strength in strengths]
     reference, record, picture = session.source, None, session.source
     for loop, strength in enumerate(strengths):
@@ -174,6 +181,21 @@ def _loopback(
             session = DiffusionSession(session.pipeline, picture)
     assert record is not None
     return picture, record
+
+
+def edit_conditioner(cell: GenerationRequest, family: Family) -> EditConditioner:
+    """An edit model's conditioner: the source beside the sample, with the request's image guidance. A mask acts
+    on it as on any model; ControlNets and image prompts batch their inputs for the prompt's two guidance rows, not
+    an edit model's three, and are refused."""
+    from img2img.errors import InvalidArgument
+
+    arguments = {"controlnet": "control", "t2i-adapter": "control", IMAGE_PROMPT_KIND: "image_prompts"}
+    for conditioner in cell.conditions:
+        if conditioner.kind != "mask":
+            raise InvalidArgument(arguments.get(conditioner.kind, "conditions"), "left out with an edit model "
+                                  "(InstructPix2Pix takes the source as its condition; a mask works)",
+                                  conditioner.kind)
+    return EditConditioner(_default(cell.image_cfg, family.default_image_guidance or 0.0))
 
 
 def run_styles(cells: list[GenerationRequest], prepared: Prepared, engine: StyleEngine,
@@ -253,6 +275,8 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
     resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
                        negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
                        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name,
+                       image_cfg=_default(cell.image_cfg, model.family.default_image_guidance) if model.family.edit
+                       else None,
                        inpaint=inpaint, control=(), image_prompts=())  # units and pictures: as conditioners
     return GenerationRecord(
         request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),
@@ -315,7 +339,8 @@ def _ignored_by_styles(request: GenerationRequest) -> list[str]:
     """Name the options that the built-in style engine has no use for."""
     options = (("negative prompt", request.negative_prompt), ("guidance", request.guidance_scale),
                ("steps", request.steps), ("sampler", request.sampler),
-               ("step caching", request.cache_steps > 1), ("token merging", request.merge_tokens > 0))
+               ("step caching", request.cache_steps > 1), ("token merging", request.merge_tokens > 0),
+               ("image guidance", request.image_cfg is not None))
     given = [name for name, value in options if value]
     if not given:
         return []

@@ -73,6 +73,10 @@ class GenerationRequest:
     guidance_scale: float | None = scalar(float, None, "Classifier-free guidance; at 1 or below the unconditional "
                                           "pass is skipped.", 0.0, MAX_GUIDANCE, a1111="cfg_scale", flag="--cfg",
                                           unset="the model family's (7 for SD, 0 for turbo)")
+    image_cfg: float | None = scalar(float, None, "Edit models (InstructPix2Pix) only: image guidance, how closely "
+                                     "the result keeps the source while the prompt says what to change; higher "
+                                     "keeps more.", 0.0, MAX_GUIDANCE, a1111="image_cfg_scale", flag="--image-cfg",
+                                     unset="1.5 for edit models; other models ignore it")
     steps: int | None = scalar(int, None, "Denoising steps.", 1, MAX_STEPS, a1111="steps",
                                unset="the model family's (25 for SD, 2 for turbo, 4 for LCM)")
     sampler: str | None = scalar(str, None, "An A1111 sampler name such as 'DPM++ 2M Karras'.", high=64,

@@ -136,6 +136,8 @@ class GenerationRecord:
             "Model hash": self.model_hash[:10], "Model": self.model,
             "Denoising strength": _number(self.strength),
         }
+        if self.request.image_cfg is not None:  # edit models' image guidance, as A1111 names it
+            fields["Image CFG scale"] = _number(self.request.image_cfg)
         if self.clip_skip > 1:
             fields["Clip skip"] = self.clip_skip
         if self.request.cache_steps > 1:  # ours: A1111 has no step caching

@@ -15,7 +15,7 @@ from img2img.models.families import (
     Prediction,
     base_from_cross_attention_dim,
     distillation_from_name,
-    inpainting_from_channels,
+    kind_from_channels,
 )
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -96,7 +96,7 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
         base=base,  # type: ignore[arg-type]
         prediction=prediction or scheduler.get("prediction_type", "epsilon"),
         distillation=distillation,
-        inpainting=inpainting_from_channels(int(unet.get("in_channels", 4)), str(path)),
+        **kind_from_channels(int(unet.get("in_channels", 4)), base, str(path)),  # type: ignore[arg-type]
     )
     weights = list((path / "unet").glob("*.safetensors"))
     pickled = not weights
@@ -157,7 +157,7 @@ def _family_from_keys(
     title = " ".join(metadata.get(k, "") for k in ("modelspec.title", "modelspec.architecture"))
     channels = shapes.get(UNET_INPUT_KEY, [0, 4])[1]
     return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title),  # type: ignore[arg-type]
-                  inpainting=inpainting_from_channels(channels, path.name))
+                  **kind_from_channels(channels, base, path.name))  # type: ignore[arg-type]
 
 
 def _safetensors_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:

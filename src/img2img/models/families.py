@@ -19,10 +19,11 @@ class Family:
     prediction: Prediction = "epsilon"
     distillation: Distillation = None
     inpainting: bool = False  # a 9-channel UNet, trained to take the mask and the masked source beside its latents
+    edit: bool = False  # an 8-channel UNet that takes the source's latents beside its own: InstructPix2Pix
 
     @property
     def label(self) -> str:
-        """A short human name, e.g. "SD 2.x (v-prediction)", "SDXL turbo" or "SD 1.x inpainting"."""
+        """A short human name, e.g. "SD 2.x (v-prediction)", "SDXL turbo", "SD 1.x inpainting" or "SD 1.x edit"."""
         name = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.base]
         if self.prediction == "v_prediction":
             name += " (v-prediction)"
@@ -30,6 +31,8 @@ class Family:
             name += f" {self.distillation}"
         if self.inpainting:
             name += " inpainting"
+        if self.edit:
+            name += " edit"
         return name
 
     @property
@@ -55,9 +58,26 @@ class Family:
         return {"turbo": "Euler a", "lcm": "LCM", None: DEFAULT_SAMPLER}[self.distillation]
 
     @property
+    def default_image_guidance(self) -> float | None:
+        """An edit model's image guidance (how closely it keeps the source; InstructPix2Pix's own default), else
+        None: other models take the source only as their start."""
+        return 1.5 if self.edit else None
+
+    @property
+    def defaults_text(self) -> str:
+        """What a request that sets nothing runs with, e.g. "25 steps, CFG 7, DPM++ 2M Karras"."""
+        text = f"{self.default_steps} steps, CFG {self.default_guidance:g}, {self.default_sampler}"
+        image = self.default_image_guidance
+        return text if image is None else f"{text}, image CFG {image:g}"
+
+    @property
+    def unet_channels(self) -> int:
+        return 9 if self.inpainting else 8 if self.edit else 4
+
+    @property
     def config_name(self) -> str:
-        """The name of the shipped architecture config that single-file loading uses (an inpainting model's is
-        its base's with 9 UNet input channels: ``img2img.models.loading.prepared_config_dir``)."""
+        """The name of the shipped architecture config that single-file loading uses (an inpainting or edit
+        model's is its base's with 9 or 8 UNet input channels: ``img2img.models.loading.prepared_config_dir``)."""
         if self.base == "sd2":
             return "sd2-v" if self.prediction == "v_prediction" else "sd2"
         return self.base
@@ -78,16 +98,20 @@ def base_from_cross_attention_dim(dim: int) -> Base | None:
     return {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(dim)
 
 
-UNET_CHANNELS = {4: False, 9: True}  # input channels -> inpainting
+# A UNet's input channels -> its kind: latents 4; inpainting 4 + mask 1 + masked source 4; edit 4 + source 4.
+UNET_KINDS: dict[int, dict[str, bool]] = {4: {}, 9: {"inpainting": True}, 8: {"edit": True}}
 
 
-def inpainting_from_channels(channels: int, where: str) -> bool:
-    """Whether a UNet of ``channels`` input channels is an inpainting one; other kinds are refused by name."""
+def kind_from_channels(channels: int, base: Base, where: str) -> dict[str, bool]:
+    """The Family keywords for a UNet of ``channels`` input channels (``inpainting`` or ``edit``); other kinds,
+    and SDXL edit models, are refused by name."""
     from img2img.errors import UnknownModelFormat
 
-    if channels not in UNET_CHANNELS:
-        kind = " (an InstructPix2Pix-style edit model)" if channels == 8 else ""
-        raise UnknownModelFormat(f"model's UNet should take 4 input channels (or 9 for inpainting), but {where} "
-                                 f"takes {channels}{kind}")
-    return UNET_CHANNELS[channels]
+    if channels not in UNET_KINDS:
+        raise UnknownModelFormat(f"model's UNet should take 4 input channels (9 for inpainting, 8 for an "
+                                 f"InstructPix2Pix edit model), but {where} takes {channels}")
+    if channels == 8 and base == "sdxl":
+        raise UnknownModelFormat(f"model should be an SD 1.x or 2.x edit model (InstructPix2Pix), but {where} is an "
+                                 "SDXL one, which is not supported yet")
+    return UNET_KINDS[channels]
 

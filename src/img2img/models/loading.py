@@ -141,7 +141,7 @@ def _pipeline_class(family: Family) -> Any:
 
 def prepared_config_dir(family: Family) -> Path:
     """The shipped configs of ``family`` plus generated tokenizer files, prepared once in the user cache."""
-    variant = "-inpainting" if family.inpainting else ""
+    variant = "-inpainting" if family.inpainting else "-edit" if family.edit else ""
     target = cache_dir() / "configs" / f"{family.config_name}{variant}-v{CONFIG_SET_VERSION}"
     if (target / "model_index.json").is_file():
         return target
@@ -153,9 +153,10 @@ def prepared_config_dir(family: Family) -> Path:
             shutil.copytree(source, staging, dirs_exist_ok=True)
         for tokenizer in staging.glob("tokenizer*"):
             write_tokenizer_files(tokenizer)
-        if family.inpainting:  # the same architecture with the mask and the masked source's latents as input
-            unet_config = staging / "unet" / "config.json"
-            unet_config.write_text(json.dumps(json.loads(unet_config.read_text()) | {"in_channels": 9}, indent=2))
+        if family.unet_channels != 4:  # the same architecture with the mask and the masked source's latents, or
+            unet_config = staging / "unet" / "config.json"  # the source's latents, as input beside its own
+            config = json.loads(unet_config.read_text()) | {"in_channels": family.unet_channels}
+            unet_config.write_text(json.dumps(config, indent=2))
         staging.rename(target)  # atomic: a reader sees a complete folder or none
     except FileExistsError:
         pass  # another process prepared it first
