@@ -18,6 +18,7 @@ from img2img.engine.diffusion import DiffusionJob, run_diffusion
 from img2img.engine.edit import EditConditioner
 from img2img.engine.samplers import build_scheduler
 from img2img.errors import InvalidArgument, UnknownModelFormat
+from img2img.imageio.metadata import read_metadata
 from img2img.models.detect import inspect_model
 
 PROMPT, NEGATIVE = "make it winter", "blurry"
@@ -134,12 +135,12 @@ def test_image_cfg_elsewhere_is_noted_and_conditions_are_refused(engine: Engine,
 
 def test_a_single_file_edit_checkpoint_is_recognised_and_loads(tiny_sd_edit: Path, photo: Path, tmp_path: Path
                                                               ) -> None:
-    from ldm_layout import sd1_state_dict
     from safetensors.torch import save_file
 
     from img2img import ModelEntry, ModelRegistry
     from img2img.models.families import Family
     from img2img.models.loading import prepared_config_dir
+    from ldm_layout import sd1_state_dict
 
     path = tmp_path / "tiny-edit.safetensors"
     save_file(sd1_state_dict(_pipeline(tiny_sd_edit, "Euler")), str(path))
@@ -168,3 +169,24 @@ def test_openvino_runs_an_edit_model_with_three_guidance_rows(tiny_sd_edit: Path
     result = engine.generate(request)
     assert not any("PyTorch" in note for note in result.notes), result.notes  # no fallback
     assert np.abs(np.asarray(result.images[0], float) - np.asarray(reference, float)).max() <= 2
+
+
+def test_the_cli_takes_image_cfg_and_lists_the_family(tiny_sd_edit: Path, photo: Path, tmp_path: Path) -> None:
+    from test_cli import assert_one_line_error, img2img
+
+    out = tmp_path / "winter.png"
+    ran = img2img("run", str(photo), PROMPT, "--model", str(tiny_sd_edit), "--strength", "1", "--steps", "2",
+                  "--image-cfg", "2.5", "--seed", "4", "-o", str(out))
+    assert ran.returncode == 0, ran.stderr
+    info = img2img("info", str(out))
+    assert info.returncode == 0 and "Image CFG scale: 2.5" in info.stdout, info.stdout
+    assert img2img("models", "add", "pix", str(tiny_sd_edit)).returncode == 0
+    listed = img2img("models", "list")
+    assert "SD 1.x edit (25 steps, CFG 7, DPM++ 2M Karras, image CFG 1.5)" in listed.stdout, listed.stdout
+    assert_one_line_error(img2img("run", str(photo), PROMPT, "--model", "pix", "--image-cfg", "-1"), "--image-cfg",
+                          "[0.0, 30.0]")
+    swept = img2img("sweep", str(photo), PROMPT, "--model", "pix", "--strength", "1", "--steps", "2",
+                    "--image-cfg", "1,2", "--seeds", "4", "-o", str(tmp_path / "sweep"))
+    assert swept.returncode == 0, swept.stderr
+    records = [read_metadata(tmp_path / "sweep" / f"0000{n}-4.png").record or "{}" for n in (1, 2)]
+    assert [json.loads(record)["image_cfg"] for record in records] == [1.0, 2.0]

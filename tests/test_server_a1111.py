@@ -100,3 +100,19 @@ def test_img2img_bad_input(server: ServerProcess) -> None:
     assert response.status_code == 422 and response.json()["error"]["field"] == "source"
     response = _img2img(server, prompt="x", init_images=["aGVsbG8="], denoising_strength=3)
     assert response.status_code == 422 and response.json()["error"]["field"] == "denoising_strength"
+
+
+def test_an_edit_model_takes_image_cfg_scale(server: ServerProcess, photo: Path, tiny_sd_edit: Path) -> None:
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+    ModelRegistry(server.config_dir).add(ModelEntry("pix", str(tiny_sd_edit)))
+    response = _img2img(server, init_images=[b64(photo.read_bytes())], prompt="make it winter", steps=2,
+                        denoising_strength=1.0, image_cfg_scale=2.5, seed=3,
+                        override_settings={"sd_model_checkpoint": "pix"})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert "Image CFG scale: 2.5" in info["infotexts"][0] and "image_cfg_scale" not in " ".join(info["warnings"])
+    with server.client() as client:
+        listed = {entry["name"]: entry for entry in client.get("/v1/models").json()["models"]}
+    assert listed["pix"]["edit"] and listed["pix"]["defaults"]["image_cfg"] == 1.5
+    assert listed["tiny"]["family"] == "SD 1.x" and not listed["tiny"]["edit"]

@@ -507,3 +507,25 @@ def test_image_prompts_and_a_blend(page: Any, server: ServerProcess, big_photo: 
     job, _image = _job_images(server)
     assert job["request"]["image_prompt_combine"] == "average" and job["request"]["strength"] == 1
     assert [entry["weight"] for entry in job["request"]["image_prompts"]] == [1.0, 0.5]
+
+
+def test_an_edit_model_shows_image_guidance(page: Any, server: ServerProcess, big_photo: Path,
+                                            tiny_sd_edit: Path) -> None:
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+    ModelRegistry(server.config_dir).add(ModelEntry("pix2pix", str(tiny_sd_edit)))
+    page.reload()
+    page.wait_for_function("[...document.querySelector('#model').options].some(o => o.value === 'pix2pix')")
+    assert "SD 1.x edit" in page.locator("#model option[value=pix2pix]").text_content()
+    page.select_option("#model", "tiny")
+    assert page.is_hidden("#image-cfg-panel")
+    page.select_option("#model", "pix2pix")
+    assert page.is_visible("#image-cfg-panel") and page.input_value("#image-cfg") == "1.5"
+    _upload(page, big_photo)
+    page.fill("#prompt", "make it winter")
+    page.locator("#image-cfg").fill("2.5")
+    assert page.text_content("#image-cfg-value") == "2.5"
+    page.click("#generate")
+    _wait_result(page)
+    job, _image = _job_images(server)
+    assert job["request"]["image_cfg"] == 2.5 and "Image CFG scale: 2.5" in job["images"][0]["parameters"]

@@ -21,7 +21,7 @@ MAX_SWEEP_CELLS = 100
 AXES: dict[str, str] = {
     "strength": "strength", "cfg": "guidance_scale", "seed": "seed", "steps": "steps", "sampler": "sampler",
     "prompt": "prompt", "negative": "negative_prompt", "control_weight": "control",  # the first unit's weight
-    "cache_steps": "cache_steps",
+    "cache_steps": "cache_steps", "image_cfg": "image_cfg",
 }
 
 
@@ -37,6 +37,8 @@ class Axis:
             return str(value)
         if self.name == "steps":
             return f"{value} steps"
+        if self.name == "image_cfg":
+            return f"image CFG {value:g}"
         if self.name == "cache_steps":
             return "no step cache" if value == 1 else f"cache every {value}"
         return f"{self.name} {value:g}" if isinstance(value, float) else f"{self.name} {value}"

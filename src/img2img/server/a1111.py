@@ -36,7 +36,7 @@ RESIZE_MODES = {0: "just", 1: "crop", 2: "fill"}
 SUPPORTED = {"prompt", "negative_prompt", "init_images", "denoising_strength", "cfg_scale", "steps", "sampler_name",
              "sampler_index", "scheduler", "seed", "batch_size", "n_iter", "width", "height", "resize_mode",
              "override_settings", "send_images", "save_images", "do_not_save_samples", "do_not_save_grid",
-             "alwayson_scripts"}
+             "alwayson_scripts", "image_cfg_scale"}
 INPAINT = {"mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpainting_fill", "inpaint_full_res",
            "inpaint_full_res_padding", "inpainting_mask_invert"}
 FILLS = ("fill", "original", "noise", "nothing")  # A1111's inpainting_fill 0..3 ("Masked content")
@@ -408,7 +408,8 @@ def _fields(body: ProcessingRequest) -> tuple[dict[str, Any], list[str]]:
     model = overrides.get("sd_model_checkpoint")
     warnings += [f"override_settings.{key} is not supported and was ignored" for key in overrides
                  if key not in OVERRIDES]
-    fields = {spec.name: getattr(body, spec.a1111) for spec in FIELDS if spec.a1111}  # the one-to-one fields
+    fields = {spec.name: getattr(body, spec.a1111) for spec in FIELDS  # the one-to-one fields
+              if spec.a1111 in type(body).model_fields}
     fields |= {
         "sampler": sampler, "num_images": body.batch_size * body.n_iter, "size": (width, height),
         "model": str(model).split(" [", 1)[0] if model else None,

@@ -17,6 +17,7 @@ from img2img.engine.image_prompt import MAX_BLEND, ImagePrompt
 from img2img.engine.inpaint import INPAINT_FIELDS, MAX_OUTPAINT
 from img2img.engine.request import FIELDS
 from img2img.engine.sizing import MAX_SIDE, MIN_SIDE
+from img2img.errors import Img2ImgError
 from img2img.server.auth import Caller
 from img2img.server.deps import CallerDep, ServiceDep
 from img2img.server.service import BUILTIN, ApiError, Service, decode_base64
@@ -337,14 +338,32 @@ async def job_events(job_id: str, request: Request, who: CallerDep, svc: Service
 
 @router.get("/models")
 def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
-    """Registered models (names usable as ``model``) and the built-in style engine."""
+    """Registered models (names usable as ``model``), each with its family and the defaults it runs with (or why
+    it cannot run), and the built-in style engine."""
     from img2img.models.registry import ModelRegistry
 
     registry = ModelRegistry()
     default = svc.settings.model or registry.default_name() or "builtin"
-    entries = [{"name": entry.name, "default": entry.name == default} for entry in registry.entries()]
+    entries = [{"name": entry.name, "default": entry.name == default, **_family_of(entry)}
+               for entry in registry.entries()]
     return {"models": [*entries, {"name": "builtin", "default": default == "builtin",
                                   "description": "built-in style transfer: restyles, adds no new content"}]}
+
+
+def _family_of(entry: Any) -> dict[str, Any]:
+    """A registered model's family, as the studio shows it (an edit model's image guidance control among them)."""
+    from pathlib import Path
+
+    from img2img.models.detect import inspect_model
+
+    try:
+        family = inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
+                               prediction=entry.prediction).family
+    except Img2ImgError as exc:
+        return {"family": None, "unusable": str(exc)}
+    return {"family": family.label, "edit": family.edit, "defaults": {
+        "steps": family.default_steps, "guidance_scale": family.default_guidance, "sampler": family.default_sampler,
+        "image_cfg": family.default_image_guidance}}
 
 
 @router.get("/fields")

@@ -11,7 +11,8 @@ import { mountPictures } from "./references.js";
 const $ = (id) => document.getElementById(id);
 const MAX_SEED = 4294967295;
 const SMALL_SIDE = 384; // below this the model has little to work with
-const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null, recipes: {} };
+const state = { source: null, sourceUrl: null, style: null, job: null, result: null, found: null, recipes: {},
+  models: [] };
 const compare = mountCompare($("compare"));
 const mask = mountMask($("mask-editor"));
 const control = mountControl($("control-panel"), previewMap);
@@ -160,6 +161,22 @@ function showModelControls() {
   $("advanced").hidden = builtin;
   $("control-panel").hidden = builtin;
   $("image-prompt-model").hidden = builtin;
+  const edit = isEdit();
+  if (edit && $("image-cfg-panel").hidden) setImageCfg(selectedModel().defaults.image_cfg);
+  $("image-cfg-panel").hidden = !edit;
+}
+
+function selectedModel() {
+  return (state.models || []).find((model) => model.name === $("model").value) || {};
+}
+
+function isEdit() {
+  return Boolean(selectedModel().edit);
+}
+
+function setImageCfg(value) {
+  $("image-cfg").value = String(value);
+  $("image-cfg-value").textContent = Number(value).toFixed(1);
 }
 
 function newSeed() {
@@ -193,6 +210,7 @@ function fields(overrides = {}) {
     if ($("sampler").value) request.sampler = $("sampler").value;
     if ($("cache-steps").value) request.cache_steps = Number($("cache-steps").value);
     if ($("merge-tokens").value) request.merge_tokens = Number($("merge-tokens").value);
+    if (isEdit()) request.image_cfg = Number($("image-cfg").value);
     const units = control.request();
     if (units.length) request.control = units;
     if (references.count()) {
@@ -237,6 +255,7 @@ function reuse(request) {
     $("steps").value = request.steps ?? "";
     $("guidance").value = request.guidance_scale ?? "";
     $("sampler").value = request.sampler ?? "";
+    if (request.image_cfg != null) setImageCfg(request.image_cfg);
   }
   setStrength(request.strength);
   if (request.inpaint) {
@@ -562,8 +581,11 @@ async function init() {
   applyFields(spec.fields);
   applyInpaintFields(spec.inpaint || []);
   control.load(controlnets.controlnets, preprocessors.preprocessors, spec.control || []);
+  state.models = models;
   fill($("model"), models.map((model) => ({
-    value: model.name, label: model.name === "builtin" ? "Built-in styles (no model)" : model.name })));
+    value: model.name,
+    label: model.name === "builtin" ? "Built-in styles (no model)" : [model.name, model.family].filter(Boolean).join(" · "),
+  })));
   $("model").value = (models.find((model) => model.default) || models[0]).name;
   fill($("sampler"), samplers.samplers, [new Option("model default", "")]);
   fill($("style"), styles.styles);
@@ -578,6 +600,7 @@ $("model").addEventListener("change", showModelControls);
 $("describe").addEventListener("click", () => describeSource().catch(showError));
 $("params-use").addEventListener("click", useParameters);
 $("strength").addEventListener("input", () => setStrength($("strength").value));
+$("image-cfg").addEventListener("input", () => setImageCfg($("image-cfg").value));
 for (const preset of document.querySelectorAll("[data-strength]")) {
   preset.addEventListener("click", () => setStrength(preset.dataset.strength));
 }
