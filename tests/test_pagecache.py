@@ -52,3 +52,36 @@ def test_releasing_keeps_releasing_while_the_block_runs(tmp_path: Path) -> None:
         with pagecache.releasing([weights], interval_s=0.01):
             assert sum(mapped[::4096]) == 0
         assert resident_kb(weights) < 1024
+
+
+def test_private_mappings_are_released_only_when_asked(tmp_path: Path) -> None:
+    """safetensors maps its files private and writable: left alone unless the caller knows nothing wrote there."""
+    weights = tmp_path / "weights.safetensors"
+    payload = bytes(range(256)) * (16 * 4096)
+    weights.write_bytes(payload)
+    with weights.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+        assert mapped[:] == payload
+        assert pagecache.release([weights]) == 0 and resident_kb(weights) >= 15 * 1024
+        assert pagecache.release([weights], unwritten=True) == 1 and resident_kb(weights) < 1024
+        assert mapped[:] == payload
+
+
+def test_narrow_weights_load_widened_to_the_same_float32_values(tiny_sd: Path, tmp_path: Path) -> None:
+    """fp16 files for a float32 placement are read as fp16 and widened with their pages given back: the same
+    weights as diffusers' own float32 load."""
+    import diffusers
+    import torch
+
+    from img2img.models.detect import inspect_model
+    from img2img.models.device import Placement
+    from img2img.models.loading import _stored_dtype, load_model
+
+    half = tmp_path / "half"
+    diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, torch_dtype=torch.float16).save_pretrained(half)
+    files = inspect_model(half)
+    assert _stored_dtype(files) == torch.float16 and _stored_dtype(inspect_model(tiny_sd)) == torch.float32
+    loaded = load_model(files, Placement("cpu", torch.float32, "torch"))
+    direct = diffusers.StableDiffusionPipeline.from_pretrained(half, torch_dtype=torch.float32)
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(loaded.pipeline, name).state_dict(), getattr(direct, name).state_dict()
+        assert all(ours[key].dtype == torch.float32 and torch.equal(ours[key], theirs[key]) for key in theirs), name

@@ -21,12 +21,15 @@ from pathlib import Path
 MADV_DONTNEED = 4
 
 
-def release(paths: Iterable[Path]) -> int:
-    """Drop this process's resident pages of read-only mappings of ``paths``; return how many ranges were released."""
+def release(paths: Iterable[Path], unwritten: bool = False) -> int:
+    """Drop this process's resident pages of read-only mappings of ``paths``; return how many ranges were released.
+
+    ``unwritten``: private copy-on-write mappings too (safetensors maps its files so), which only a caller that
+    knows nothing wrote to them may ask for: a written page of such a mapping would revert to the file's."""
     if not sys.platform.startswith("linux"):
         return 0
     wanted = {str(Path(path).resolve()) for path in paths}
-    return sum(advise_dont_need(start, end - start) for start, end in _mappings(wanted))
+    return sum(advise_dont_need(start, end - start) for start, end in _mappings(wanted, unwritten))
 
 
 def advise_dont_need(address: int, length: int) -> bool:
@@ -46,7 +49,7 @@ def trim_heap() -> None:
 
 
 @contextmanager
-def releasing(paths: Iterable[Path], interval_s: float = 0.02) -> Iterator[None]:
+def releasing(paths: Iterable[Path], interval_s: float = 0.02, unwritten: bool = False) -> Iterator[None]:
     """Keep releasing the mapped pages of ``paths`` every ``interval_s`` while the block runs, and once after.
 
     Used around OpenVINO's first inference, which reads every weight once to repack it: without this, the mapped
@@ -57,7 +60,7 @@ def releasing(paths: Iterable[Path], interval_s: float = 0.02) -> Iterator[None]
 
     def loop() -> None:
         while not stop.wait(interval_s):
-            release(paths)
+            release(paths, unwritten)
 
     worker = threading.Thread(target=loop, name="img2img-release-pages", daemon=True)
     worker.start()
@@ -66,17 +69,18 @@ def releasing(paths: Iterable[Path], interval_s: float = 0.02) -> Iterator[None]
     finally:
         stop.set()
         worker.join()
-        release(paths)
+        release(paths, unwritten)
 
 
-def _mappings(paths: set[str]) -> Iterator[tuple[int, int]]:
-    """Address ranges of read-only mappings of any of ``paths`` (never writable ones: dropping those loses data)."""
+def _mappings(paths: set[str], unwritten: bool = False) -> Iterator[tuple[int, int]]:
+    """Address ranges of read-only mappings of any of ``paths`` (never writable ones: dropping those loses data),
+    and with ``unwritten`` of private writable ones (see ``release``)."""
     try:
         lines = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return
     for line in lines:
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5] in paths and "w" not in fields[1]:
+        if len(fields) == 6 and fields[5] in paths and ("w" not in fields[1] or (unwritten and fields[1][3] == "p")):
             start, end = (int(value, 16) for value in fields[0].split("-"))
             yield start, end
