@@ -190,3 +190,14 @@ def test_the_cli_takes_image_cfg_and_lists_the_family(tiny_sd_edit: Path, photo:
     assert swept.returncode == 0, swept.stderr
     records = [read_metadata(tmp_path / "sweep" / f"0000{n}-4.png").record or "{}" for n in (1, 2)]
     assert [json.loads(record)["image_cfg"] for record in records] == [1.0, 2.0]
+
+
+def test_fast_modes_run_with_an_edit_model(tiny_sd_edit: Path, photo: Path) -> None:
+    """Step caching and token merging take the edit UNet's eight channels and three guidance rows."""
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    common = {"source": photo, "prompt": PROMPT, "strength": 1.0, "steps": 4, "seed": 6, "model": str(tiny_sd_edit)}
+    plain = engine.generate(GenerationRequest(**common)).images[0]
+    for mode in ({"cache_steps": 2}, {"merge_tokens": 0.5}):
+        fast = engine.generate(GenerationRequest(**common, **mode)).images[0]
+        difference = np.abs(np.asarray(fast, float) - np.asarray(plain, float))
+        assert fast.size == plain.size and difference.mean() < 40, mode

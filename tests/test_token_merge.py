@@ -88,3 +88,18 @@ def test_sdxl_merges_at_its_first_level_with_attention(tiny_sdxl, tiny_sd_attend
     plain = engine.generate(_request(photo, tiny_sdxl))
     merged = engine.generate(_request(photo, tiny_sdxl, merge_tokens=0.5))
     assert merged.images[0].tobytes() != plain.images[0].tobytes()
+
+
+def test_a_sweep_compares_token_merging_side_by_side(tiny_sd_attending, photo, tmp_path) -> None:
+    from PIL import Image
+
+    from test_cli import img2img
+
+    done = img2img("sweep", str(photo), "a red fox", "--model", str(tiny_sd_attending), "--steps", "4", "--seeds",
+                   "3", "--merge-tokens", "0,0.5", "--device", "cpu", "-o", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "no merging" in done.stdout and "merge 0.5" in done.stdout
+    cells = sorted(path for path in tmp_path.glob("*.png") if "sweep" not in path.name)
+    texts = [Image.open(path).info["parameters"] for path in cells]
+    assert len(cells) == 2 and ["Token merging ratio: 0.5" in text for text in texts] == [False, True]
+    assert Image.open(cells[0]).tobytes() != Image.open(cells[1]).tobytes()

@@ -21,7 +21,7 @@ MAX_SWEEP_CELLS = 100
 AXES: dict[str, str] = {
     "strength": "strength", "cfg": "guidance_scale", "seed": "seed", "steps": "steps", "sampler": "sampler",
     "prompt": "prompt", "negative": "negative_prompt", "control_weight": "control",  # the first unit's weight
-    "cache_steps": "cache_steps", "image_cfg": "image_cfg",
+    "cache_steps": "cache_steps", "merge_tokens": "merge_tokens", "image_cfg": "image_cfg",
 }
 
 
@@ -37,6 +37,8 @@ class Axis:
             return str(value)
         if self.name == "steps":
             return f"{value} steps"
+        if self.name == "merge_tokens":
+            return "no merging" if value == 0 else f"merge {value:g}"
         if self.name == "image_cfg":
             return f"image CFG {value:g}"
         if self.name == "cache_steps":

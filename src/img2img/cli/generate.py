@@ -55,7 +55,7 @@ SWEEP_HELP = """Run PROMPT on SOURCE over every combination of the listed values
   img2img sweep photo.jpg "oil painting" --prompt "charcoal drawing" --prompt "pop art" --strength 0.5,0.7
 
 Axes: --strength, --cfg, --steps, --sampler, --seeds, --prompt (repeat it; PROMPT comes first), \
---control-weights, --cache-steps and --image-cfg (edit models). \
+--control-weights, --cache-steps, --merge-tokens and --image-cfg (edit models). \
 The first axis given in that order runs along the columns, the others along the rows; the source is shown first \
 in each row. Each image is saved with its own parameters, then the grid. The source and each prompt are encoded \
 once for the whole sweep. With --ray the cells run in parallel on a Ray cluster's workers; the grid is the same.
@@ -135,7 +135,8 @@ def run(
 
 
 @app.command(help=SWEEP_HELP)
-@request_options(leave_out=("strength", "guidance_scale", "steps", "sampler", "cache_steps", "image_cfg"))
+@request_options(leave_out=("strength", "guidance_scale", "steps", "sampler", "cache_steps", "merge_tokens",
+                            "image_cfg"))
 def sweep(
     source: Annotated[Path, typer.Argument(help="The source image.")],
     prompt: Annotated[str, typer.Argument(help="The (first) prompt.")],
@@ -148,6 +149,8 @@ def sweep(
         help="Weights of the first --control unit, comma-separated.")] = None,
     cache_steps: Annotated[str | None, typer.Option(
         help="Step caching intervals, comma-separated (1: every step in full), to compare what each costs.")] = None,
+    merge_tokens: Annotated[str | None, typer.Option(
+        help="Token merging ratios, comma-separated (0: none), to compare what each costs.")] = None,
     image_cfg: Annotated[str | None, typer.Option(
         "--image-cfg", help="An edit model's image guidance scales, comma-separated.")] = None,
     prompts: Annotated[list[str] | None, typer.Option("--prompt", help="Another prompt (repeatable).")] = None,
@@ -189,6 +192,7 @@ def sweep(
              ("control_weight", c.parse_list("control_weights", control_weights, float)
               if control_weights is not None else None),
              ("cache_steps", c.parse_list("cache_steps", cache_steps, int) if cache_steps is not None else None),
+             ("merge_tokens", c.parse_list("merge_tokens", merge_tokens, float) if merge_tokens is not None else None),
              ("image_cfg", c.parse_list("image_cfg", image_cfg, float) if image_cfg is not None else None)]
     axes = [make_axis(name, values) for name, values in given if values is not None and len(values) > 1]
     fixed = {name: values[0] for name, values in given if values is not None and len(values) == 1}
@@ -196,7 +200,7 @@ def sweep(
         axes = [make_axis("strength", given[0][1])]  # type: ignore[arg-type]
     fixed_fields = {"strength": fixed.get("strength"), "guidance_scale": fixed.get("cfg"), "steps": fixed.get("steps"),
                     "sampler": fixed.get("sampler"), "seed": fixed.get("seed"), "cache_steps": fixed.get("cache_steps"),
-                    "image_cfg": fixed.get("image_cfg")}
+                    "merge_tokens": fixed.get("merge_tokens"), "image_cfg": fixed.get("image_cfg")}
     if "control_weight" in fixed and fields.get("control"):
         from dataclasses import replace
 
