@@ -158,6 +158,7 @@ def test_a_single_file_edit_checkpoint_is_recognised_and_loads(tiny_sd_edit: Pat
     assert np.abs(np.asarray(from_file, dtype=int) - np.asarray(from_folder, dtype=int)).max() <= 1
 
 
+@pytest.mark.slow  # 8 s (the tiny model converted); CI runs it with -m slow
 def test_openvino_runs_an_edit_model_with_three_guidance_rows(tiny_sd_edit: Path, photo: Path) -> None:
     pytest.importorskip("openvino")
     from img2img.models.ov_unet import OpenVinoUNet
