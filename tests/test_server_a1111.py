@@ -107,7 +107,7 @@ def test_an_edit_model_takes_image_cfg_scale(server: ServerProcess, photo: Path,
 
     ModelRegistry(server.config_dir).add(ModelEntry("pix", str(tiny_sd_edit)))
     response = _img2img(server, init_images=[b64(photo.read_bytes())], prompt="make it winter", steps=2,
-                        denoising_strength=1.0, image_cfg_scale=2.5, seed=3,
+                        denoising_strength=1.0, image_cfg_scale=2.5, seed=3, width=64, height=64,
                         override_settings={"sd_model_checkpoint": "pix"})
     assert response.status_code == 200, response.text
     info = json.loads(response.json()["info"])
