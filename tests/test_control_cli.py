@@ -21,6 +21,7 @@ def edges(photo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow  # 21 s; CI runs it with -m slow
 def test_two_units_are_recorded_like_a1111_and_reproduce(tiny_sd, tiny_controlnet, photo, edges, tmp_path) -> None:
     out = tmp_path / "controlled.png"
     ran = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "4", "--seed", "7", "-o", str(out),

@@ -172,6 +172,7 @@ def test_openvino_runs_an_edit_model_with_three_guidance_rows(tiny_sd_edit: Path
     assert np.abs(np.asarray(result.images[0], float) - np.asarray(reference, float)).max() <= 2
 
 
+@pytest.mark.slow  # 17 s; CI runs it with -m slow
 def test_the_cli_takes_image_cfg_and_lists_the_family(tiny_sd_edit: Path, photo: Path, tmp_path: Path) -> None:
     from test_cli import assert_one_line_error, img2img
 

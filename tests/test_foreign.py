@@ -93,6 +93,7 @@ def test_broken_metadata_is_one_line_and_exit_2(made, photo) -> None:
                           "FILE should hold a readable img2img record")
 
 
+@pytest.mark.slow  # 13 s; CI runs it with -m slow
 def test_run_params_from_takes_the_settings_and_options_override(made, tiny_sd, photo, tmp_path) -> None:
     out = tmp_path / "from-comfy.png"
     result = img2img("run", str(photo), "--params-from", str(made / "comfyui.png"), "--model", str(tiny_sd),

@@ -14,6 +14,7 @@ from img2img.imageio.metadata import read_metadata
 from test_cli import assert_one_line_error, img2img
 
 
+@pytest.mark.slow  # 12 s; CI runs it with -m slow
 def test_image_prompts_are_recorded_and_reproduce(tiny_sd, tiny_ip_adapter, photo, other_photo, tmp_path) -> None:
     out = tmp_path / "prompted.png"
     ran = img2img("run", str(photo), "a fox", "--model", str(tiny_sd), "--steps", "4", "--seed", "7", "-o", str(out),
@@ -75,6 +76,7 @@ def test_bad_image_prompts_get_one_line(tiny_sd, tiny_ip_adapter, photo, other_p
     assert not Path(tmp_path / "x.png").exists()
 
 
+@pytest.mark.slow  # 12 s; CI runs it with -m slow
 def test_blend_with_the_builtin_engine_and_a_diffusion_model(tiny_sd, tiny_ip_adapter, photo, other_photo,
                                                              tmp_path) -> None:
     ran = img2img("blend", str(other_photo), str(photo), "--weights", "3,1", "--grid", "--seed", "4", "--model",

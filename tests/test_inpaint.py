@@ -251,6 +251,7 @@ def test_bad_masks_are_refused_with_one_line(engine, tiny_sd, photo, tmp_path) -
         engine.generate(replace(request, inpaint=Inpaint()))
 
 
+@pytest.mark.slow  # 41 s; CI runs it with -m slow
 @pytest.mark.parametrize("model_fixture", ["tiny_sd", "tiny_sd_inpainting"])
 def test_openvino_runs_the_masked_loop_as_pytorch_does(model_fixture, photo, request) -> None:
     pytest.importorskip("openvino")

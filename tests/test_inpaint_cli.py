@@ -21,6 +21,7 @@ def mask_file(tmp_path):
     return path
 
 
+@pytest.mark.slow  # 14 s; CI runs it with -m slow
 def test_run_with_a_mask_keeps_the_rest_and_reproduces(tiny_sd, photo, mask_file, tmp_path) -> None:
     out = tmp_path / "fixed.png"
     result = img2img("run", str(photo), "a red door", "--model", str(tiny_sd), "--seed", "3", "--steps", "4",

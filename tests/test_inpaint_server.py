@@ -35,6 +35,7 @@ def _kept_exactly(png: bytes, source: Path, mask_png: bytes, blur: int) -> bool:
     return bool(np.array_equal(out[weights == 0], np.asarray(Image.open(source).convert("RGB"))[weights == 0]))
 
 
+@pytest.mark.slow  # 13 s; CI runs it with -m slow
 def test_native_json_and_form_jobs_with_a_mask(server: ServerProcess, photo: Path, mask_png: bytes) -> None:
     with server.client() as client:
         job = submit(client, photo.read_bytes(), prompt="a red door", model="tiny", steps=4, seed=2,

@@ -143,6 +143,7 @@ def test_openvino_adds_the_same_deltas_as_peft(tiny_sd, tiny_sdxl, loras) -> Non
             assert torch.allclose(factors[name].delta(tuple(delta.shape)), delta, atol=1e-6), (file, name)
 
 
+@pytest.mark.slow  # 15 s; CI runs it with -m slow
 def test_a_lora_on_openvino_matches_pytorch_and_comes_off_again(tiny_sd, photo, loras) -> None:
     pytest.importorskip("openvino")
     openvino = Engine(device="cpu", dtype="float32", backend="openvino")
@@ -222,6 +223,7 @@ def test_the_base_of_a_lora_or_embedding_is_read_from_its_shapes(tmp_path, monke
         resolve((LoraTag("sd21", 1.0),), {}, 2048, True)
 
 
+@pytest.mark.slow  # 23 s; CI runs it with -m slow
 def test_everything_at_a_photos_size_on_the_default_backend(tiny_sd, loras, tmp_path, monkeypatch) -> None:
     """A LoRA, an embedding, a VAE of one's own and a long weighted prompt on a 130x97 photo, through OpenVINO
     (the default CPU backend), as PyTorch paints it."""

@@ -77,7 +77,7 @@ def tiny_clear(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd_clear(tmp_path_factory.mktemp("models") / "tiny-clear")
 
 
-@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+@pytest.mark.parametrize("name", [pytest.param("astronaut", marks=pytest.mark.slow), "coffee"])  # astronaut: 19 s
 def test_a_tiny_model_keeps_less_as_the_strength_rises(engine: Engine, tiny_clear: Path, name: str) -> None:
     source = photo(name, (130, 97))
     kept = [engine.generate(GenerationRequest(source=source, prompt="a painting", strength=strength, seed=3,
@@ -145,6 +145,7 @@ def test_one_target_at_a_time_and_none_in_a_sweep(engine: Engine) -> None:
                      [make_axis("strength", [0.2, 0.4])])
 
 
+@pytest.mark.slow  # 12 s; CI runs it with -m slow
 def test_the_cli_prints_scores_aims_and_shows_them_in_info_and_the_grid(tmp_path: Path) -> None:
     source = tmp_path / "coffee.png"
     photo("coffee", (451, 300)).save(source)
@@ -169,6 +170,7 @@ def test_the_cli_prints_scores_aims_and_shows_them_in_info_and_the_grid(tmp_path
                           "[0.0, 1.0]")
 
 
+@pytest.mark.slow  # 32 s; CI runs it with -m slow
 def test_the_search_reports_its_previews_steps_and_stops_when_told(engine: Engine, tiny_clear: Path) -> None:
     request = GenerationRequest(source=photo("coffee", (130, 97)), prompt="a painting", keep_structure=0.3, seed=3,
                                 model=str(tiny_clear), steps=20)

@@ -113,6 +113,7 @@ def _parameters_in(data: bytes, path: Path) -> str:
     return read_metadata(path).parameters or ""
 
 
+@pytest.mark.slow  # 20 s; CI runs it with -m slow
 def test_diffusion_job_streams_steps_with_previews(server: ServerProcess, source: bytes) -> None:
     with server.client() as client:
         job = submit(client, source, model="tiny", prompt="a red boat", strength=1.0, steps=12, seed=3,

@@ -41,6 +41,7 @@ def _wait_denoising(client: httpx.Client, job_id: str, attempt: int = 1) -> dict
     raise AssertionError(f"job {job_id} never reached a step of attempt {attempt}")
 
 
+@pytest.mark.slow  # 14 s; CI runs it with -m slow
 def test_a_killed_worker_is_replaced_and_its_job_retried_then_failed(tmp_path: Path, tiny_sd: Path,
                                                                      photo: Path) -> None:
     server = _server(tmp_path, tiny_sd, max_attempts=2).start()

@@ -73,6 +73,7 @@ def _psnr(a: Image.Image, b: Image.Image) -> float:
     return float(10 * np.log10(255**2 / max(mse, 1e-12)))
 
 
+@pytest.mark.slow  # 30 s; CI runs it with -m slow
 def test_every_photo_size_runs_on_both_backends_and_dtypes(deep_model) -> None:  # type: ignore[no-untyped-def]
     stock, native_side = _stock(deep_model)
     engines = {(backend, dtype): Engine(device="cpu", dtype=dtype, backend=backend)

@@ -49,7 +49,7 @@ def test_the_shallow_branch_on_fresh_features_is_the_whole_unet(model_fixture, r
     assert calls == [1, 1, 1, 2, 2, 2, 3]  # whole at steps 0, 3 and 6
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])  # openvino: 19 s
 def test_cached_steps_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd, photo) -> None:
     engine = Engine(device="cpu", dtype="float32", backend=backend)
     plain = engine.generate(_request(photo, tiny_sd))
@@ -81,6 +81,7 @@ def test_step_caching_is_refused_where_its_skipped_blocks_matter(photo, tiny_sd)
         _request(photo, tiny_sd, cache_steps=11).validated()
 
 
+@pytest.mark.slow  # 12 s; CI runs it with -m slow
 def test_the_command_line_takes_cache_steps_and_refuses_bad_ones(photo, tiny_sd, tmp_path) -> None:
     from PIL import Image
 

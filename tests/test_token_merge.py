@@ -40,7 +40,7 @@ def test_merging_averages_similar_tokens_and_spreads_the_result_back() -> None:
     assert merge(noise).shape == (1, 35 - 17, 16) and unmerge(merge(noise)).shape == noise.shape
 
 
-@pytest.mark.parametrize("backend", ["torch", "openvino"])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])  # openvino: 17 s
 def test_merged_tokens_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd_attending, photo) -> None:
     engine = Engine(device="cpu", dtype="float32", backend=backend)
     plain = engine.generate(_request(photo, tiny_sd_attending))
@@ -59,6 +59,7 @@ def test_merged_tokens_run_on_both_backends_reproduce_and_are_recorded(backend, 
     assert difference.mean() < 40
 
 
+@pytest.mark.slow  # 13 s; CI runs it with -m slow
 def test_token_merging_is_refused_out_of_range_and_with_loras_on_openvino(tiny_sd_attending, photo,
                                                                           tmp_path, monkeypatch) -> None:
     from tiny_models import build_tiny_lora
