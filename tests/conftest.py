@@ -10,7 +10,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import build_tiny_sd, build_tiny_sdxl
+from tiny_models import build_tiny_sd, build_tiny_sd3, build_tiny_sdxl
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -112,3 +112,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-un
 def tiny_sd_edit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SD model with an 8-channel UNet, as InstructPix2Pix is."""
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd-edit", edit=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Stable Diffusion 3-shaped model (MMDiT, three text encoders with T5, flow matching)."""
+    return build_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")

@@ -51,7 +51,7 @@ def test_another_tool_reads_our_a1111_parameters_field_for_field(results: Path, 
     assert sampler.model.name == "tiny-sd" and len(sampler.model.hash) == 10
     assert [p.value for p in sampler.prompts] == ["a café at night, oil painting"]
     assert [p.value for p in sampler.negative_prompts] == ["blurry"]
-    assert info.metadata == {"Size": "64x64", "Denoising strength": "0.6"}
+    assert info.metadata == {"Size": "64x64", "Denoising strength": "0.6", "Model family": "SD 1.x"}
 
 
 def test_info_prints_parameters_and_the_json_record(results: Path, photo: Path) -> None:
@@ -71,6 +71,7 @@ def test_convert_keeps_the_metadata(results: Path, tmp_path: Path) -> None:
                           "--output should be a file name ending in .png")
 
 
+@pytest.mark.slow  # 16 s; CI runs it with -m slow
 def test_reproduce_writes_identical_bytes(results: Path, photo: Path, other_photo: Path, tiny_sd: Path,
                                           tmp_path: Path) -> None:
     for name in ("00002-43.png", "result.jpg"):
@@ -84,6 +85,7 @@ def test_reproduce_writes_identical_bytes(results: Path, photo: Path, other_phot
                                   "--model", str(tiny_sd)), "--source should be the image result.jpg was made from")
 
 
+@pytest.mark.slow  # 16 s; CI runs it with -m slow
 def test_alpha_and_exif_rotation_end_to_end(tiny_sd: Path, photo: Path, tmp_path: Path) -> None:
     cutout = Image.open(photo).convert("RGBA").resize((64, 96))
     cutout.paste((0, 0, 0, 0), (0, 0, 64, 30))
@@ -130,6 +132,7 @@ def test_bad_sweeps_end_in_one_line(args: list[str], fragments: list[str], tiny_
     assert_one_line_error(img2img("sweep", str(photo), "x", "--model", str(tiny_sd), *args), *fragments)
 
 
+@pytest.mark.slow  # 13 s; CI runs it with -m slow
 def test_batch_carries_on_past_a_bad_file_and_resumes(tiny_sd: Path, photo: Path, tmp_path: Path) -> None:
     sources, out = tmp_path / "in", tmp_path / "out"
     sources.mkdir()

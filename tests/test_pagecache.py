@@ -66,9 +66,11 @@ def test_private_mappings_are_released_only_when_asked(tmp_path: Path) -> None:
         assert mapped[:] == payload
 
 
-def test_narrow_weights_load_widened_to_the_same_float32_values(tiny_sd: Path, tmp_path: Path) -> None:
-    """fp16 files for a float32 placement are read as fp16 and widened with their pages given back: the same
-    weights as diffusers' own float32 load."""
+@pytest.mark.parametrize(("family", "placement_dtype"), [("sd", "float32"), ("sd", "bfloat16"), ("sd3", "bfloat16")])
+def test_weights_of_another_dtype_load_converted_to_the_same_values(tiny_sd: Path, tiny_sd3: Path, tmp_path: Path,
+                                                                    family: str, placement_dtype: str) -> None:
+    """fp16 files for a float32 or bf16 placement are read as fp16 and converted with their pages given back: the
+    same weights as diffusers' own load in that dtype (SD 3's T5 among them)."""
     import diffusers
     import torch
 
@@ -76,12 +78,16 @@ def test_narrow_weights_load_widened_to_the_same_float32_values(tiny_sd: Path, t
     from img2img.models.device import Placement
     from img2img.models.loading import _stored_dtype, load_model
 
+    pipeline_class = diffusers.StableDiffusion3Pipeline if family == "sd3" else diffusers.StableDiffusionPipeline
+    model, dtype = (tiny_sd3 if family == "sd3" else tiny_sd), getattr(torch, placement_dtype)
     half = tmp_path / "half"
-    diffusers.StableDiffusionPipeline.from_pretrained(tiny_sd, torch_dtype=torch.float16).save_pretrained(half)
+    pipeline_class.from_pretrained(model).to(torch.float16).save_pretrained(half)  # every weight in fp16
     files = inspect_model(half)
-    assert _stored_dtype(files) == torch.float16 and _stored_dtype(inspect_model(tiny_sd)) == torch.float32
-    loaded = load_model(files, Placement("cpu", torch.float32, "torch"))
-    direct = diffusers.StableDiffusionPipeline.from_pretrained(half, torch_dtype=torch.float32)
-    for name in ("unet", "vae", "text_encoder"):
+    assert _stored_dtype(files) == torch.float16 and _stored_dtype(inspect_model(model)) == torch.float32
+    loaded = load_model(files, Placement("cpu", dtype, "torch"))
+    direct = pipeline_class.from_pretrained(half, torch_dtype=dtype)
+    names = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3") if family == "sd3" else (
+        "unet", "vae", "text_encoder")
+    for name in names:
         ours, theirs = getattr(loaded.pipeline, name).state_dict(), getattr(direct, name).state_dict()
-        assert all(ours[key].dtype == torch.float32 and torch.equal(ours[key], theirs[key]) for key in theirs), name
+        assert all(ours[key].dtype == dtype and torch.equal(ours[key], theirs[key]) for key in theirs), name

@@ -419,6 +419,7 @@ def test_the_brush_follows_touch_on_a_phone(browser: Any, server: ServerProcess,
     context.close()
 
 
+@pytest.mark.slow  # 16 s; CI runs it with -m slow
 def test_control_units_with_map_previews(page: Any, server: ServerProcess, big_photo: Path, tiny_controlnet: Path,
                                          tmp_path: Path) -> None:
     from img2img.engine.preprocessors import preprocess
@@ -529,3 +530,27 @@ def test_an_edit_model_shows_image_guidance(page: Any, server: ServerProcess, bi
     _wait_result(page)
     job, _image = _job_images(server)
     assert job["request"]["image_cfg"] == 2.5 and "Image CFG scale: 2.5" in job["images"][0]["parameters"]
+
+
+def test_an_sd3_model_offers_its_own_samplers_and_no_control_units(page: Any, server: ServerProcess, big_photo: Path,
+                                                                   tiny_sd3: Path) -> None:
+    from img2img.models.registry import ModelEntry, ModelRegistry
+
+    ModelRegistry(server.config_dir).add(ModelEntry("sd3", str(tiny_sd3)))
+    page.reload()
+    page.wait_for_function("[...document.querySelector('#model').options].some(o => o.value === 'sd3')")
+    page.select_option("#model", "tiny")
+    page.click("#advanced summary")
+    page.select_option("#sampler", "LMS")
+    assert page.is_visible("#control-panel")
+    page.select_option("#model", "sd3")
+    assert "SD 3.x" in page.locator("#model option[value=sd3]").text_content()
+    assert page.is_hidden("#control-panel") and page.input_value("#sampler") == ""  # LMS is not one of its own
+    assert page.is_disabled("#sampler option[value=LMS]") and page.is_enabled("#sampler option[value=Heun]")
+    _upload(page, big_photo)
+    page.fill("#prompt", "an oil painting")
+    page.select_option("#sampler", "Heun")
+    page.click("#generate")
+    _wait_result(page)
+    job, _image = _job_images(server)
+    assert job["request"]["sampler"] == "Heun" and "Model family: SD 3.x" in job["images"][0]["parameters"]

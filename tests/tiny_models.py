@@ -255,3 +255,52 @@ def clear_vae(vae) -> None:  # type: ignore[no-untyped-def]
     latent = vae.config.latent_channels
     vae.encoder.conv_out.weight[latent:] = 0.0
     vae.encoder.conv_out.bias[latent:] = -30.0
+
+
+def _t5_tokenizer():
+    """A T5 tokenizer made in code: a unigram vocabulary of the special tokens, single characters and a few
+    words, each with and without the word-start mark (no download; real T5's has 32,000 pieces)."""
+    from transformers import T5TokenizerFast
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("0123456789.,!?-'")
+    words = ["a", "the", "of", "photo", "cat", "painting", "winter", "make", "it", "red", "astronaut", "in"]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(f"\u2581{word}", -2.0) for word in words] + [("\u2581", -3.0)]
+    pieces += [(letter, -5.0) for letter in letters] + [(f"\u2581{letter}", -4.0) for letter in letters]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0)
+
+
+def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
+    """Save a tiny Stable Diffusion 3-shaped pipeline as a diffusers folder at ``folder``: an MMDiT transformer with
+    2x2 patches, CLIP-L and CLIP-G shaped encoders with projections, a T5 encoder unless ``t5`` is False, a
+    16-channel VAE that divides the size by 8 with SD3's scaling and shift, and the flow-matching Euler scheduler
+    with SD3's shift of 3."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96,
+                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=96)
+    vae = AutoencoderKL(block_out_channels=[16, 16, 32, 32], in_channels=3, out_channels=3, latent_channels=16,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        sample_size=64, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
+                        use_post_quant_conv=False, norm_num_groups=8)
+    tokenizer_3 = text_encoder_3 = None
+    if t5:
+        tokenizer_3 = _t5_tokenizer()
+        text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=96, d_kv=8, d_ff=37,
+                                                 num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        text_encoder=CLIPTextModelWithProjection(_text_config()), tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config()), tokenizer_2=_tokenizer("!"),
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+    pipeline.save_pretrained(folder)
+    return folder

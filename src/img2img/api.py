@@ -37,7 +37,7 @@ from img2img.models import embeddings, ip_adapters, ov_runtime
 from img2img.models.addons import find as find_addon
 from img2img.models.backends import BACKENDS
 from img2img.models.cache import ModelCache, resolve_reference
-from img2img.models.detect import ModelFiles, inspect_model
+from img2img.models.detect import ModelFiles, inspect_model, max_working_side
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
 from img2img.models.loading import LoadedModel, weights_sha256
@@ -174,6 +174,11 @@ class Engine(ConditionerParts):
             return output, working, None
         files = self._files(request.model)
         output, working = self._sizes(request, source, files.family.native_side, masking)
+        longest = max_working_side(files)
+        if longest is not None and max(working) > longest:
+            field = "size" if request.size else "max_side" if request.max_side else "source"
+            raise InvalidArgument(field, f"a working size of at most {longest} px a side with {files.name} "
+                                  f"({files.family.label})", f"{working[0]}x{working[1]}")
         if runs:
             weights = weight_files_bytes(files.path) + sum(weight_files_bytes(found.path) for found in maps)
             weights += ip_adapters.weights_bytes(adapter) if adapter is not None else 0
@@ -261,7 +266,11 @@ class Engine(ConditionerParts):
                 raise InvalidArgument("style_image", "used with the built-in style engine only (model builtin)",
                                       str(first.style_image))
             runs = any(cell.strength > 0 for cell in cells) and not (masking is not None and masking.empty)
-            backend_notes = BACKENDS[self.placement.backend].check_conditions(first.conditions)  # before loading
+            family = self._files(first.model).family
+            if family.flow:
+                check_flow_request(cells, self.placement, family)
+            backend_notes = [] if family.flow else BACKENDS[self.placement.backend].check_conditions(
+                first.conditions)  # before loading (a flow model runs with PyTorch: load_model)
             maps = self.control_maps(first, source) if runs else []  # bad units are refused before any load
             references = self.references(first) if runs else []
             adapter = self.adapter(first) if references else None
@@ -289,6 +298,8 @@ class Engine(ConditionerParts):
             with using_vae(loaded.pipeline if loaded else None, vae):
                 result = run_diffusion(cells, prepared, loaded.pipeline if loaded else None, on_progress, on_preview)
             result.notes += backend_notes if runs else []
+            if loaded is not None and family.flow:
+                result.notes += flow_notes(loaded, self.placement)
             result.notes += ov_runtime.take_notes(loaded.pipeline) if loaded else []
             result.notes += [note for cell in cells[:1] for c in cell.conditions for note in _notes_of(c)]
         result.seconds = time.perf_counter() - started  # model loading included
@@ -314,6 +325,9 @@ class Engine(ConditionerParts):
         texts = [extract_loras(text)[0] for cell in cells if cell.prompt_syntax == "a1111" and cell.strength > 0
                  for text in (cell.prompt, cell.negative_prompt)]
         named = embeddings.named_in(texts, self.registry.addons("embedding")) if texts else {}
+        if named and loaded.family.flow:
+            raise InvalidArgument("prompt", f"no embeddings with {loaded.family.label} models (they are made for SD "
+                                  "1.x, 2.x and SDXL text encoders)", ", ".join(sorted(named)))
         if tags or named:
             width = pipeline.text_encoder.config.hidden_size if pipeline.text_encoder is not None else 0
             used = embeddings.resolve(named, width, xl)
@@ -347,6 +361,43 @@ class Engine(ConditionerParts):
         entry = resolve_reference(reference, self.registry, self.allow_pickle)
         return inspect_model(Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle,
                              prediction=entry.prediction)
+
+
+def flow_notes(loaded: LoadedModel, placement: Placement) -> list[str]:
+    """What runs otherwise than the engine's placement says, for a flow-matching model."""
+    notes = []
+    if placement.backend == "openvino":
+        notes.append(f"{loaded.family.label} models run with PyTorch (OpenVINO's graphs are traced from UNets); "
+                     "this one did")
+    if placement.quantize == "int8":
+        t5 = getattr(loaded.pipeline, "text_encoder_3", None)
+        notes.append("quantize int8 with SD 3.x: the T5 encoder's weights are 8-bit, the transformer computes in "
+                     f"{placement.dtype_name}" if t5 is not None else "quantize int8 with SD 3.x acts on its T5 "
+                     "encoder, and this model runs without one: nothing was quantized")
+    return notes
+
+
+def check_flow_request(cells: list[GenerationRequest], placement: Placement, family: Family) -> None:
+    """Refuse, in one line, what a flow-matching model (SD 3.x) cannot take: parts made for UNets (ControlNets,
+    IP-Adapters, SD LoRAs, embeddings and VAEs) and the UNet-only fast modes."""
+    first, what = cells[0], f"left out with {family.label} models"
+    refused: list[tuple[str, object, str]] = [
+        ("control", f"{len(first.control)} units" if first.control else None,
+         f"{what} (ControlNets and T2I-Adapters are made for SD 1.x, 2.x and SDXL UNets)"),
+        ("image_prompts", f"{len(first.image_prompts)} pictures" if first.image_prompts else None,
+         f"{what} (IP-Adapters are made for SD 1.x, 2.x and SDXL UNets)"),
+        ("vae", first.vae, f"{what} (their 16-channel VAE is the model's own)"),
+        ("cache_steps", next((c.cache_steps for c in cells if c.cache_steps > 1), None),
+         f"1 with {family.label} models (step caching skips a UNet's deep blocks)"),
+        ("merge_tokens", next((c.merge_tokens for c in cells if c.merge_tokens > 0), None),
+         f"0 with {family.label} models (token merging patches a UNet's attention)"),
+    ]
+    tags = [tag.name for found in prompt_loras(cells).values() for tag in found]
+    refused.append(("prompt", ", ".join(f"<lora:{name}>" for name in tags) or None, f"no LoRA tags with "
+                    f"{family.label} models (LoRAs for SD 1.x, 2.x and SDXL UNets)"))
+    for name, value, expected in refused:
+        if value is not None:
+            raise InvalidArgument(name, expected, value)
 
 
 def _notes_of(conditioner: Any) -> list[str]:

@@ -21,11 +21,13 @@ import torch
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner, unet_inputs
-from img2img.engine.samplers import build_scheduler
+from img2img.engine.denoiser import denoiser, is_transformer
+from img2img.engine.samplers import add_noise, build_scheduler, is_flow_config
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.step_cache import StepCache
 from img2img.engine.strength import StepPlan, plan_steps
 from img2img.engine.text import encode_text
+from img2img.engine.text_sd3 import encode_text_sd3
 from img2img.engine.tiling import OVERLAP_PIXELS, TILE_PIXELS, needs_tiles, tiled_apply
 from img2img.engine.token_merge import merging_tokens
 from img2img.models import mapped_weights
@@ -82,11 +84,11 @@ class DiffusionSession:
         """Run ``job``: one image per seed, each from its own CPU generator."""
         started = time.perf_counter()
         pipeline = self.pipeline
-        device = pipeline.unet.device
+        device = denoiser(pipeline).device
         width, height = self.source.size
 
         # 1. Guidance and prompt.
-        guided = job.guidance_scale > 1 and pipeline.unet.config.time_cond_proj_dim is None
+        guided = job.guidance_scale > 1 and denoiser(pipeline).config.time_cond_proj_dim is None
         text = self.text(job, guided)
 
         # 2. Steps: where strength becomes timesteps.
@@ -134,7 +136,8 @@ class DiffusionSession:
     def plan(self, job: DiffusionJob) -> StepPlan:
         """Where ``job``'s strength becomes steps on this pipeline's schedule (``img2img.engine.strength``)."""
         train_steps = int(self.pipeline.scheduler.config.get("num_train_timesteps", 1000))
-        return plan_steps(job.steps, job.strength, job.steps_mode, train_steps)  # type: ignore[arg-type]
+        flow = is_flow_config(dict(self.pipeline.scheduler.config))
+        return plan_steps(job.steps, job.strength, job.steps_mode, train_steps, flow)  # type: ignore[arg-type]
 
     def latent_dist(self) -> Any:
         """The source's latent distribution (``encode``'s "source", which conditioners may ask for too)."""
@@ -147,7 +150,7 @@ class DiffusionSession:
         for conditioner in conditioners:
             text = next((c for c in bound if isinstance(c, TextConditioner)), None)
             begin = Begin(self.pipeline, self.source, self.encode,
-                          lambda clean, noise: scheduler.add_noise(clean, noise, first_timestep.reshape(1)),
+                          lambda clean, noise: add_noise(scheduler, clean, noise, first_timestep),
                           generator, start, text)
             conditioner, start = conditioner.begin(begin)
             bound.append(conditioner)
@@ -165,8 +168,12 @@ class DiffusionSession:
         if key not in self._texts:
             if hasattr(self.pipeline.vae, "release_decoder_buffers"):  # the last request's, under the text encoder's
                 self.pipeline.vae.release_decoder_buffers()
-            self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
-                                           self.source.size[::-1], job.prompt_syntax, job.clip_skip)
+            if is_transformer(self.pipeline):
+                self._texts[key] = encode_text_sd3(self.pipeline, job.prompt, job.negative_prompt, guided,
+                                                   job.prompt_syntax, job.clip_skip)
+            else:
+                self._texts[key] = encode_text(self.pipeline, job.prompt, job.negative_prompt, guided,
+                                               self.source.size[::-1], job.prompt_syntax, job.clip_skip)
             mapped_weights.release(self.pipeline)
         return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, job.guidance_scale))
 
@@ -238,12 +245,13 @@ def _encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
 
 def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:
     """LCM's guidance-scale embedding for UNets distilled with one (``time_cond_proj_dim``), else None."""
-    dimension = pipeline.unet.config.time_cond_proj_dim
+    network = denoiser(pipeline)
+    dimension = network.config.time_cond_proj_dim
     if dimension is None:
         return None
     scale = torch.tensor([guidance_scale - 1.0])
     embedding = pipeline.get_guidance_scale_embedding(scale, embedding_dim=dimension)
-    return embedding.to(device=pipeline.unet.device, dtype=pipeline.unet.dtype)
+    return embedding.to(device=network.device, dtype=network.dtype)
 
 
 def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device) -> torch.Tensor:
@@ -256,7 +264,8 @@ def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device) -> torch
 
 
 def sigma_at(scheduler: Any, index: int, timestep: torch.Tensor) -> float:
-    """The noise level (sigma, in the variance-exploding convention) where the run starts."""
+    """The noise level where the run starts: sigma in the variance-exploding convention, or a flow-matching
+    model's own sigma (the share of noise, from 0 to 1)."""
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) > index:
         return float(sigmas[index])
@@ -278,18 +287,23 @@ def prepare_latents(
     would make a seed mean another picture on another dtype. In float32 this is exactly diffusers' draw order.
     """
     vae = pipeline.vae
-    device = pipeline.unet.device
+    device = denoiser(pipeline).device
     if latent_dist is None:  # the VAE's channels: an inpainting UNet takes more than it returns
         scale = pipeline.vae_scale_factor
         noise = draw_noise((1, vae.config.latent_channels, size[0] // scale, size[1] // scale), generator, device)
-        return StartLatents(None, noise, noise * scheduler.init_noise_sigma, pure=True)
+        return StartLatents(None, noise, noise * _start_sigma(scheduler), pure=True)
     latents = posterior_sample(latent_dist, generator)  # the posterior sample, then the noise: diffusers' order
     shift, std = _latent_stats(vae, latents)
     clean = (latents - shift) * vae.config.scaling_factor / std
     noise = draw_noise(clean.shape, generator, device)
     if pure:
-        return StartLatents(clean, noise, noise * scheduler.init_noise_sigma, pure=True)
-    return StartLatents(clean, noise, scheduler.add_noise(clean, noise, first_timestep.reshape(1)))
+        return StartLatents(clean, noise, noise * _start_sigma(scheduler), pure=True)
+    return StartLatents(clean, noise, add_noise(scheduler, clean, noise, first_timestep))
+
+
+def _start_sigma(scheduler: Any) -> float:
+    """The scale of pure noise at the schedule's start (flow-matching samplers start at sigma 1)."""
+    return getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def draw_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -308,23 +322,25 @@ def denoise(
     prediction, steps, and lets them act on the latents. ``cache_steps`` above 1: the UNet's deep features are
     computed every that many steps and reused between (``img2img.engine.step_cache``)."""
     step_options = _step_options(scheduler, generator)
-    cache = StepCache(pipeline.unet, cache_steps) if cache_steps > 1 else None
+    network = denoiser(pipeline)
+    cache = StepCache(network, cache_steps) if cache_steps > 1 else None
     guide = next((conditioner for conditioner in conditioners if conditioner.guidance_rows), None)
     rows = (guide.guidance_rows if guide is not None else 2) if guided else 1
     latents = start.noised
     for index, timestep in enumerate(timesteps):
         following = timesteps[index + 1] if index + 1 < len(timesteps) else None
         model_input = torch.cat([latents] * rows) if rows > 1 else latents
-        model_input = scheduler.scale_model_input(model_input, timestep)
+        if hasattr(scheduler, "scale_model_input"):  # flow-matching samplers take the latents as they are
+            model_input = scheduler.scale_model_input(model_input, timestep)
         step = Step(index, len(timesteps), timestep, guided, start, scheduler, following, model_input, rows)
         for conditioner in conditioners:
             model_input = conditioner.extend_sample(step, model_input)
         if cache is not None:
-            noise_pred = cache(index, model_input.to(pipeline.unet.dtype), timestep,
+            noise_pred = cache(index, model_input.to(network.dtype), timestep,
                                **unet_inputs(conditioners, step)).float()
         else:
-            noise_pred = pipeline.unet(model_input.to(pipeline.unet.dtype), timestep, return_dict=False,
-                                       **unet_inputs(conditioners, step))[0].float()
+            noise_pred = network(model_input.to(network.dtype), timestep, return_dict=False,
+                                 **unet_inputs(conditioners, step))[0].float()
         if guide is not None and guided:
             noise_pred = guide.guide(noise_pred, guidance_scale)
         elif guided:
@@ -357,7 +373,7 @@ def make_room(pipeline: Any, latents: torch.Tensor) -> None:
     """Before decoding: when the machine has less memory free than decoding needs (float32 buffers, plus
     ROOM_MARGIN), free the OpenVINO UNet's compiled graphs first, with a note. The next image compiles them again
     (SD 1.5: about 2 to 3 s) where the machine would otherwise swap or kill the process; the result is the same."""
-    release = getattr(pipeline.unet, "release_graphs", None)
+    release = getattr(denoiser(pipeline), "release_graphs", None)
     free = available_memory() if release is not None else None
     pixels = latents.shape[-2] * latents.shape[-1] * pipeline.vae_scale_factor**2
     need = pixels * DIFFUSION_BYTES_PER_PIXEL * 2 + ROOM_MARGIN
@@ -367,10 +383,12 @@ def make_room(pipeline: Any, latents: torch.Tensor) -> None:
 
 
 def _latent_stats(vae: Any, like: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
-    """Per-channel latent mean and std for VAEs that declare them, else the identity (0, 1)."""
+    """Per-channel latent mean and std for VAEs that declare them; SD 3's one shift for all channels (its VAE's
+    ``shift_factor``); else the identity (0, 1)."""
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is None or std is None:
-        return 0.0, 1.0
+        shift = getattr(vae.config, "shift_factor", None)
+        return (float(shift) if shift else 0.0), 1.0
     shape = (1, len(mean), 1, 1)
     return (torch.tensor(mean).view(shape).to(like.device, like.dtype),
             torch.tensor(std).view(shape).to(like.device, like.dtype))

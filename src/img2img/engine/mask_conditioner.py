@@ -24,6 +24,7 @@ from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step
 from img2img.engine.diffusion import draw_noise, posterior_sample
+from img2img.engine.samplers import add_noise
 
 INPAINTING_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
 
@@ -76,7 +77,7 @@ class MaskConditioner(Conditioner):
             return latents
         kept = step.start.clean
         if step.next_timestep is not None:
-            kept = step.scheduler.add_noise(kept, step.start.noise, step.next_timestep.reshape(1))
+            kept = add_noise(step.scheduler, kept, step.start.noise, step.next_timestep)
         return (1 - self.latent_mask) * kept + self.latent_mask * latents
 
     def metadata(self) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from PIL import Image
 
 from img2img.engine.conditioning import Conditioner
+from img2img.engine.denoiser import denoiser
 from img2img.engine.diffusion import DiffusionJob, DiffusionSession, LatentsCallback
 from img2img.engine.edit import EDIT_CHANNELS, EditConditioner
 from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
@@ -154,7 +155,7 @@ def _loopback(
     """
     strengths = [cell.strength * cell.loop_decay**loop for loop in range(cell.loops)]
     job = to_job(cell, prepared.model.family)
-    channels = session.pipeline.unet.config.in_channels
+    channels = denoiser(session.pipeline).config.in_channels
     if prepared.mask is not None or channels == INPAINTING_CHANNELS:
         # An inpainting model given no mask repaints the whole picture, as A1111 runs it.
         mask = MaskConditioner(prepared.mask.working_weights, prepared.mask.inpaint.masked_content, channels) \

@@ -135,6 +135,7 @@ class GenerationRecord:
             "Seed": self.seed, "Size": f"{self.working_width}x{self.working_height}",
             "Model hash": self.model_hash[:10], "Model": self.model,
             "Denoising strength": _number(self.strength),
+            "Model family": self.model_family,  # ours: the kind of model that painted it (SD 1.x ... SD 3.x)
         }
         if self.request.image_cfg is not None:  # edit models' image guidance, as A1111 names it
             fields["Image CFG scale"] = _number(self.request.image_cfg)

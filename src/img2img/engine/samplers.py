@@ -1,16 +1,23 @@
 """Samplers by the names users know from A1111, each a diffusers scheduler built from the model's own config.
 
-The table is the whole registry: a name maps to a scheduler class and the options that make it that sampler.
+The tables are the whole registry: a name maps to a scheduler class and the options that make it that sampler.
+Flow-matching models (SD 3.x, whose own scheduler is a ``FlowMatch...`` one) have their own, smaller table: the
+same names, built on sigmas that run straight from noise (1) to the picture (0).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from img2img.errors import InvalidArgument
 
+if TYPE_CHECKING:
+    import torch
+
 DEFAULT_SAMPLER = "DPM++ 2M Karras"
+FLOW_DEFAULT_SAMPLER = "Euler"
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,25 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 
+# A flow-matching model's samplers. The multistep solvers take the model's shift as their ``flow_shift``.
+FLOW_SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler": SamplerSpec("FlowMatchEulerDiscreteScheduler"),
+    "Heun": SamplerSpec("FlowMatchHeunDiscreteScheduler"),
+    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler",
+                            {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}),
+}
+
+
+def is_flow_config(model_scheduler_config: dict[str, Any]) -> bool:
+    """Whether a model's scheduler config is a flow-matching one: SD 3.x ships FlowMatchEulerDiscreteScheduler's,
+    with its ``shift`` (a config taken from a scheduler built in memory has no class name), or a multistep solver's
+    with flow sigmas."""
+    config = model_scheduler_config
+    return str(config.get("_class_name", "")).startswith("FlowMatch") or "shift" in config or bool(
+        config.get("use_flow_sigmas"))
+
+
 def sampler_names() -> list[str]:
     return list(SAMPLERS)
 
@@ -70,7 +96,10 @@ def build_scheduler(name: str, model_scheduler_config: dict[str, Any], seed: int
     """
     import diffusers  # heavy; imported only when a sampler is built
 
-    spec = SAMPLERS[canonical_sampler_name(name)]
+    name = canonical_sampler_name(name)
+    if is_flow_config(model_scheduler_config):
+        return _flow_scheduler(name, model_scheduler_config)
+    spec = SAMPLERS[name]
     scheduler_class = getattr(diffusers, spec.scheduler_class)
     options = dict(spec.options)
     if spec.scheduler_class == "DPMSolverSDEScheduler" and seed is not None:
@@ -81,3 +110,32 @@ def build_scheduler(name: str, model_scheduler_config: dict[str, Any], seed: int
         if stale not in options:
             config.pop(stale, None)
     return scheduler_class.from_config(config, **options)
+
+
+def _flow_scheduler(name: str, model_scheduler_config: dict[str, Any]) -> Any:
+    """A flow-matching model's sampler ``name``, with the model's shift; other names are refused in one line."""
+    import diffusers
+
+    if name not in FLOW_SAMPLERS:
+        raise InvalidArgument("sampler", f"one of {', '.join(FLOW_SAMPLERS)} for a flow-matching model (SD 3.x)", name)
+    spec = FLOW_SAMPLERS[name]
+    scheduler_class = getattr(diffusers, spec.scheduler_class)
+    config = {k: v for k, v in model_scheduler_config.items() if not k.startswith("_")}
+    config.setdefault("shift", config.get("flow_shift", 1.0))  # a multistep solver's name for it
+    if spec.scheduler_class.startswith("FlowMatch"):  # the model's own options, those this one takes
+        known = inspect.signature(scheduler_class.__init__).parameters
+        return scheduler_class.from_config({k: v for k, v in config.items() if k in known})
+    options = {**spec.options, "flow_shift": float(config["shift"])}
+    return scheduler_class.from_config({"num_train_timesteps": config.get("num_train_timesteps", 1000)}, **options)
+
+
+def add_noise(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """``clean`` latents noised to ``timestep``'s level: the sampler's own forward process, or for a flow-matching
+    sampler the point ``sigma * noise + (1 - sigma) * clean`` on the straight path, sigma being the schedule's at
+    that timestep (diffusers' ``scale_noise``, which reads it from the sampler's step counter instead)."""
+    if not hasattr(scheduler, "scale_noise"):
+        return scheduler.add_noise(clean, noise, timestep.reshape(1))
+    found = (scheduler.timesteps.to(timestep.device) == timestep).nonzero()
+    sigma = scheduler.sigmas[int(found[0, 0])] if len(found) else timestep / scheduler.config.num_train_timesteps
+    sigma = sigma.to(clean.device, clean.dtype)
+    return sigma * noise + (1.0 - sigma) * clean

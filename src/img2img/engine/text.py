@@ -54,7 +54,7 @@ def encode_text(pipeline: Any, prompt: str, negative_prompt: str, guided: bool, 
     return TextConditioner(embeddings, added, None)
 
 
-def _encoders(pipeline: Any) -> list[tuple[Any, Any]]:
+def text_encoders(pipeline: Any) -> list[tuple[Any, Any]]:
     pairs = [(getattr(pipeline, "tokenizer", None), getattr(pipeline, "text_encoder", None)),
              (getattr(pipeline, "tokenizer_2", None), getattr(pipeline, "text_encoder_2", None))]
     return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
@@ -65,17 +65,17 @@ def _encode(pipeline: Any, text: str, syntax: str, clip_skip: int, xl: bool
     """One text's embeddings, chunk by chunk and encoder by encoder, and SDXL's pooled embedding."""
     parsed = parse(text) if syntax == "a1111" else None
     per_encoder, pooled = [], None
-    for tokenizer, encoder in _encoders(pipeline):
-        expand = _embedding_tokens(pipeline, tokenizer)
+    for tokenizer, encoder in text_encoders(pipeline):
+        expand = embedding_tokens(pipeline, tokenizer)
         pieces = chunks(tokenizer, parsed, expand) if parsed is not None else [plain(tokenizer, text)[0]]
-        encoded = [_encode_chunk(encoder, tokenizer, chunk, clip_skip, xl) for chunk in pieces]
+        encoded = [encode_chunk(encoder, tokenizer, chunk, clip_skip, xl) for chunk in pieces]
         per_encoder.append(torch.cat([hidden for hidden, _ in encoded], dim=1))
         pooled = encoded[0][1] if encoded[0][1] is not None else pooled  # the last encoder's, from the first chunk
     embeddings = torch.cat(per_encoder, dim=-1) if xl else per_encoder[0]
     return embeddings.to(device=pipeline.unet.device), pooled
 
 
-def _embedding_tokens(pipeline: Any, tokenizer: Any) -> Any:
+def embedding_tokens(pipeline: Any, tokenizer: Any) -> Any:
     """Text to text with each loaded embedding's name spelled as its tokens (one per vector), or None."""
     if not pipeline.__dict__.get("img2img_embeddings"):
         return None
@@ -84,7 +84,7 @@ def _embedding_tokens(pipeline: Any, tokenizer: Any) -> Any:
     return lambda text: spell(pipeline, tokenizer, text)
 
 
-def _encode_chunk(encoder: Any, tokenizer: Any, chunk: Chunk, clip_skip: int, xl: bool
+def encode_chunk(encoder: Any, tokenizer: Any, chunk: Chunk, clip_skip: int, xl: bool
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk through one encoder: (1, 77, C) hidden states, weighted; and its pooled output (SDXL's second)."""
     ids = list(chunk.ids)

@@ -54,13 +54,13 @@ class ModelCache:
         files: ModelFiles = inspect_model(
             Path(entry.path), name=entry.name, allow_pickle=entry.allow_pickle, prediction=entry.prediction
         )
-        key = (str(files.path), files.family, entry.config, placement)
+        key = (str(files.path), files.family, entry.config, entry.t5, placement)
         if key in self._loaded:
             self._loaded.move_to_end(key)
             return self._loaded[key]
         while len(self._loaded) >= self.capacity:
             self._loaded.popitem(last=False)  # free the oldest before loading, so peak memory holds one model
-        model = load_model(files, placement, Path(entry.config) if entry.config else None)
+        model = load_model(files, placement, Path(entry.config) if entry.config else None, entry.t5)
         self._loaded[key] = model
         return model
 

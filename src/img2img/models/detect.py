@@ -74,6 +74,8 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
         )
     index = _read_json(index_path)
     pipeline_class = str(index.get("_class_name", ""))
+    if pipeline_class.startswith("StableDiffusion3"):
+        return _inspect_sd3_folder(path, name, allow_pickle)
     unet = _read_json(path / "unet" / "config.json")
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
     if "XL" in pipeline_class:
@@ -85,7 +87,7 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
         )
     else:
         raise UnknownModelFormat(
-            f"model should be a Stable Diffusion 1.x, 2.x or SDXL pipeline, but {path} is a "
+            f"model should be a Stable Diffusion 1.x, 2.x, SDXL or 3.x pipeline, but {path} is a "
             f"{pipeline_class or 'pipeline of unknown class'}"
         )
     if base == "sdxl" and index.get("text_encoder_2") in (None, [None, None]):
@@ -106,6 +108,32 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
             "pickles can run code when loaded: pass --allow-pickle only if you trust the file"
         )
     return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=pickled)
+
+
+def _inspect_sd3_folder(path: Path, name: str, allow_pickle: bool) -> ModelFiles:
+    """An SD 3 or 3.5 diffusers folder: a flow-matching transformer (the T5 encoder may be left out)."""
+    transformer = _read_json(path / "transformer" / "config.json")
+    if int(transformer.get("in_channels", 16)) != 16:
+        raise UnknownModelFormat(f"model's transformer should take 16 latent channels, but {path} takes "
+                                 f"{transformer.get('in_channels')}")
+    if not list((path / "transformer").glob("*.safetensors")) and not allow_pickle:
+        raise PickleRefused(
+            f"model weights should be .safetensors, but {path / 'transformer'} has only pickled weights; "
+            "pickles can run code when loaded: pass --allow-pickle only if you trust the file"
+        )
+    family = Family(base="sd3", prediction="flow", distillation=distillation_from_name(name, str(path)))
+    pickled = not list((path / "transformer").glob("*.safetensors"))
+    return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=pickled)
+
+
+def max_working_side(files: ModelFiles) -> int | None:
+    """The longest side in pixels a model can paint, where its architecture has one: SD 3's transformer places
+    its patches on a grid of ``pos_embed_max_size`` (192 patches of 2x2 latents: 3072 px); None for UNets."""
+    if files.family.base != "sd3" or files.layout != "diffusers":
+        return None
+    config = _read_json(files.path / "transformer" / "config.json")
+    grid = config.get("pos_embed_max_size")
+    return int(grid) * int(config.get("patch_size", 2)) * 8 if grid else None
 
 
 def _inspect_file(path: Path, name: str, allow_pickle: bool, prediction: Prediction | None) -> ModelFiles:

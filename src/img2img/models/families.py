@@ -6,11 +6,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from img2img.engine.samplers import DEFAULT_SAMPLER
+from img2img.engine.samplers import DEFAULT_SAMPLER, FLOW_DEFAULT_SAMPLER, FLOW_SAMPLERS, SAMPLERS
 
-Base = Literal["sd1", "sd2", "sdxl"]
+Base = Literal["sd1", "sd2", "sdxl", "sd3"]
 Distillation = Literal["turbo", "lcm"] | None
-Prediction = Literal["epsilon", "v_prediction"]
+Prediction = Literal["epsilon", "v_prediction", "flow"]  # "flow": a flow-matching model predicts the velocity
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Family:
     @property
     def label(self) -> str:
         """A short human name, e.g. "SD 2.x (v-prediction)", "SDXL turbo", "SD 1.x inpainting" or "SD 1.x edit"."""
-        name = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}[self.base]
+        name = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x"}[self.base]
         if self.prediction == "v_prediction":
             name += " (v-prediction)"
         if self.distillation:
@@ -36,9 +36,15 @@ class Family:
         return name
 
     @property
+    def flow(self) -> bool:
+        """Whether the model is a flow-matching one (SD 3.x): its start is a point on the straight path between the
+        source's latents and noise, and its samplers are the flow-matching ones (``img2img.engine.samplers``)."""
+        return self.prediction == "flow"
+
+    @property
     def native_side(self) -> int:
         """The side in pixels of the square the family was trained at."""
-        if self.base == "sdxl":
+        if self.base in ("sdxl", "sd3"):
             return 1024
         if self.base == "sd2" and self.prediction == "v_prediction" and self.distillation is None:
             return 768
@@ -46,6 +52,8 @@ class Family:
 
     @property
     def default_steps(self) -> int:
+        if self.flow:
+            return 4 if self.distillation else 28  # SD 3.5 Large Turbo's 4; SD 3's reference 28
         return {"turbo": 2, "lcm": 4, None: 25}[self.distillation]
 
     @property
@@ -55,7 +63,14 @@ class Family:
 
     @property
     def default_sampler(self) -> str:
+        if self.flow:
+            return FLOW_DEFAULT_SAMPLER
         return {"turbo": "Euler a", "lcm": "LCM", None: DEFAULT_SAMPLER}[self.distillation]
+
+    @property
+    def samplers(self) -> list[str]:
+        """The sampler names this family runs with (a flow-matching model has its own, shorter table)."""
+        return list(FLOW_SAMPLERS if self.flow else SAMPLERS)
 
     @property
     def default_image_guidance(self) -> float | None:

@@ -33,7 +33,7 @@ class LoadedModel:
     name: str
     family: Family
     sha256: str
-    pipeline: Any  # a diffusers StableDiffusion(XL)Img2ImgPipeline; its components are what the engine uses
+    pipeline: Any  # a diffusers StableDiffusion(XL|3)Img2ImgPipeline; its components are what the engine uses
     placement: Placement
 
     @property
@@ -46,13 +46,17 @@ class LoadedModel:
         return dict(self.pipeline.scheduler.config)
 
 
-def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None = None) -> LoadedModel:
+def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None = None, t5: bool = True
+               ) -> LoadedModel:
     """Load ``files`` in ``placement``'s dtype onto its device.
 
     ``config_dir`` is a diffusers-format folder of component configs for a single-file checkpoint whose
     architecture differs from the family's standard one; by default the shipped config of the family is used.
+    ``t5`` False leaves an SD 3.x model's T5 encoder out (zeros in its place, as diffusers runs it without).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never reaches the network, whatever it is given
+    if files.family.flow and placement.backend == "openvino":
+        placement = replace(placement, backend="torch")  # OpenVINO's graphs are traced from UNets only
     pipeline_class = _pipeline_class(files.family)
     sha256 = weights_sha256(files.path)
     options: dict[str, Any] = {"local_files_only": True}
@@ -60,17 +64,23 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, variant)
     if openvino_ready and files.layout == "diffusers":
         options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
-    if files.family.base != "sdxl":
+    if files.family.base == "sd3" and not (t5 and _has_t5(files)):
+        options |= {"text_encoder_3": None, "tokenizer_3": None}  # SD 3 runs without T5 (zeros in its place)
+    if files.family.base in ("sd1", "sd2"):
         options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
         pipeline = _read_pipeline(pipeline_class, files, placement, config_dir, options)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(f"model {files.name} ({files.family.label}) could not be loaded from {files.path}: "
                          f"{str(exc).splitlines()[0]}") from exc
-    if pipeline.scheduler.config.get("prediction_type") != files.family.prediction:
+    if not files.family.flow and pipeline.scheduler.config.get("prediction_type") != files.family.prediction:
         pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(placement.device)
+    if placement.quantize == "int8" and getattr(pipeline, "text_encoder_3", None) is not None:
+        from img2img.models.text_int8 import quantize_linear_layers
+
+        quantize_linear_layers(pipeline.text_encoder_3)  # SD 3's T5 with 8-bit weights (--quantize int8)
     if placement.device == "cpu":  # resident only while they encode
         mapped_weights.map_weights(pipeline, cache_dir() / "tmp")
     if placement.backend == "openvino":
@@ -87,7 +97,8 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         gc.collect()  # the PyTorch UNet and VAE, if they were loaded, are garbage now
     elif placement.device == "cpu":
         # oneDNN's convolutions are fastest on NHWC tensors; the modules accept NCHW input either way.
-        pipeline.unet.to(memory_format=torch.channels_last)
+        if getattr(pipeline, "unet", None) is not None:
+            pipeline.unet.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
     return LoadedModel(
         name=files.name, family=files.family, sha256=sha256, pipeline=pipeline,
@@ -97,19 +108,20 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
 
 def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement, config_dir: Path | None,
                    options: dict[str, Any]) -> Any:
-    """The pipeline in ``placement``'s dtype. Files of a narrower dtype (fp16 or bf16 weights for a float32
-    placement) are read as they are, which maps them without copying, then each module is widened while the
-    files' mapped pages are given back as they are read (``pagecache.releasing``): the peak is the float32 model,
-    not the model plus the files (SD 1.5's first float32 load: 5.56 GiB before). Widening is exact, so the
-    weights are the ones a direct float32 load gives."""
+    """The pipeline in ``placement``'s dtype. Files of another float dtype than a CPU placement's (fp16 files for
+    float32 or bf16, float32 files for bf16) are read as they are, which maps them without copying, then each module
+    is converted while the files' mapped pages are given back as they are read (``pagecache.releasing``): the peak
+    is the converted model, not the model plus the files (SD 1.5's first float32 load: 5.56 GiB before). The
+    conversion is the one diffusers' own load does (``Tensor.to``), so the weights are the same; fp16 placements
+    read directly, as diffusers keeps some modules of some encoders in float32 there (T5's ``wo``)."""
     stored = _stored_dtype(files)
-    if stored is None or placement.dtype != torch.float32 or stored.itemsize >= 4:
+    if stored is None or stored == placement.dtype or placement.dtype not in (torch.float32, torch.bfloat16):
         return _read(pipeline_class, files, placement.dtype, config_dir, options)
     pipeline = _read(pipeline_class, files, stored, config_dir, options)
-    with pagecache.releasing(_weight_files(files), unwritten=True):  # nothing writes to weights being widened
+    with pagecache.releasing(_weight_files(files), unwritten=True):  # nothing writes to weights being converted
         for component in pipeline.components.values():
             if isinstance(component, torch.nn.Module):
-                component.to(torch.float32)
+                component.to(placement.dtype)
     return pipeline
 
 
@@ -120,6 +132,14 @@ def _read(pipeline_class: Any, files: ModelFiles, dtype: torch.dtype, config_dir
                                               use_safetensors=None if files.pickled else True, **options)
     configs = config_dir or prepared_config_dir(files.family)
     return pipeline_class.from_single_file(str(files.path), config=str(configs), torch_dtype=dtype, **options)
+
+
+def _has_t5(files: ModelFiles) -> bool:
+    """Whether an SD 3.x folder holds its T5 encoder (it may be left out: saved without it, or not downloaded)."""
+    if files.layout != "diffusers":
+        return False
+    index = json.loads((files.path / "model_index.json").read_text())
+    return index.get("text_encoder_3") not in (None, [None, None]) and (files.path / "text_encoder_3").is_dir()
 
 
 def _weight_files(files: ModelFiles) -> list[Path]:
@@ -176,6 +196,8 @@ def _pipeline_class(family: Family) -> Any:
 
     if family.base == "sdxl":
         return diffusers.StableDiffusionXLImg2ImgPipeline
+    if family.base == "sd3":
+        return diffusers.StableDiffusion3Img2ImgPipeline
     return diffusers.StableDiffusionImg2ImgPipeline
 
 

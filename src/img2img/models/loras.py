@@ -63,7 +63,7 @@ def activate(pipeline: Any, uses: tuple[LoraUse, ...]) -> None:
     """
     from img2img.models.ov_unet import OpenVinoUNet
 
-    openvino = isinstance(pipeline.unet, OpenVinoUNet)
+    openvino = isinstance(getattr(pipeline, "unet", None), OpenVinoUNet)
     loaded = _loaded(pipeline)
     if openvino:
         _patch_unet(pipeline, uses)

@@ -76,7 +76,7 @@ def map_weights(pipeline: Any, folder: Path) -> None:
     if not sys.platform.startswith("linux"):
         return
     mapped = []
-    for part in ("text_encoder", "text_encoder_2"):
+    for part in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipeline, part, None)
         if isinstance(encoder, torch.nn.Module):
             try:

@@ -351,7 +351,8 @@ def models(_who: CallerDep, svc: ServiceDep) -> dict[str, Any]:
 
 
 def _family_of(entry: Any) -> dict[str, Any]:
-    """A registered model's family, as the studio shows it (an edit model's image guidance control among them)."""
+    """A registered model's family, as the studio shows it (an edit model's image guidance control, a flow-matching
+    model's samplers)."""
     from pathlib import Path
 
     from img2img.models.detect import inspect_model
@@ -361,9 +362,9 @@ def _family_of(entry: Any) -> dict[str, Any]:
                                prediction=entry.prediction).family
     except Img2ImgError as exc:
         return {"family": None, "unusable": str(exc)}
-    return {"family": family.label, "edit": family.edit, "defaults": {
-        "steps": family.default_steps, "guidance_scale": family.default_guidance, "sampler": family.default_sampler,
-        "image_cfg": family.default_image_guidance}}
+    return {"family": family.label, "edit": family.edit, "flow": family.flow, "samplers": family.samplers,
+            "defaults": {"steps": family.default_steps, "guidance_scale": family.default_guidance,
+                         "sampler": family.default_sampler, "image_cfg": family.default_image_guidance}}
 
 
 @router.get("/fields")

@@ -159,11 +159,17 @@ function showModelControls() {
   $("builtin-prompt").hidden = !builtin;
   $("diffusion-prompt").hidden = builtin;
   $("advanced").hidden = builtin;
-  $("control-panel").hidden = builtin;
-  $("image-prompt-model").hidden = builtin;
+  const model = selectedModel();
+  // ControlNets and IP-Adapters are made for UNets: a flow-matching model (SD 3.x) takes neither.
+  $("control-panel").hidden = builtin || Boolean(model.flow);
+  $("image-prompt-model").hidden = builtin || Boolean(model.flow);
   const edit = isEdit();
-  if (edit && $("image-cfg-panel").hidden) setImageCfg(selectedModel().defaults.image_cfg);
+  if (edit && $("image-cfg-panel").hidden) setImageCfg(model.defaults.image_cfg);
   $("image-cfg-panel").hidden = !edit;
+  for (const option of $("sampler").options) {
+    option.disabled = Boolean(model.samplers && option.value && !model.samplers.includes(option.value));
+  }
+  if ($("sampler").selectedOptions[0]?.disabled) $("sampler").value = "";
 }
 
 function selectedModel() {
