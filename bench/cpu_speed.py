@@ -33,6 +33,10 @@ JOBS: dict[str, dict[str, Any]] = {
     # A 2048x2048 source at strength 0.3 with SD 1.5, for memory (tiled VAE): 4 steps so 1 runs, one cold call.
     "sd15-2048": {"model": "sd15", "side": 2048, "strength": 0.3, "steps": 4, "cfg": 7.5, "sampler": "DPM++ 2M Karras",
                   "impls": ("stock", "ours"), "warmup": False},
+    # SD 3 Medium's architecture (without T5, for both) at 512x512, strength 0.6 of 10 steps (6 run), CFG 7; its
+    # transformer calls take tens of seconds in fp32, so one cold call each.
+    "sd3": {"model": "sd3", "side": 512, "strength": 0.6, "steps": 10, "cfg": 7.0, "sampler": "Euler",
+            "impls": ("stock", "ours"), "warmup": False},
 }
 IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-f32", "ours-int8", "ours-cache3", "ours-taesd",
                    "ours-fast", "ours-cache3-int8", "ours-tome", "ours-tome-taesd")
@@ -130,7 +134,7 @@ def worker(job: str, impl: str, repeats: int, out: Path) -> dict[str, Any]:
     run, pipeline, dtype = (stock_runner if impl == "stock" else ours_runner)(folder, spec, source, impl)
     load_s = time.perf_counter() - started
     timers = {"unet": Timer(), "encode": Timer(), "decode": Timer()}
-    timers["unet"].wrap(pipeline.unet, "forward")
+    timers["unet"].wrap(getattr(pipeline, "unet", None) or pipeline.transformer, "forward")  # SD 3's denoiser
     timers["encode"].wrap(pipeline.vae, "encode")
     timers["decode"].wrap(pipeline.vae, "decode")
     if repeats == 0:  # only load (and convert, the first time); a mode's own graphs convert on its first call
@@ -167,16 +171,20 @@ def stock_runner(folder: Path, spec: dict[str, Any], source: Any, impl: str) -> 
 
     from img2img.engine.samplers import build_scheduler
 
-    xl = spec["model"] == "sdxl"
-    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusionImg2ImgPipeline
-    extra = {} if xl else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    xl, sd3 = spec["model"] == "sdxl", spec["model"] == "sd3"
+    pipeline_class = diffusers.StableDiffusionXLImg2ImgPipeline if xl else diffusers.StableDiffusion3Img2ImgPipeline \
+        if sd3 else diffusers.StableDiffusionImg2ImgPipeline
+    extra: dict[str, Any] = {"text_encoder_3": None, "tokenizer_3": None} if sd3 else {} if xl else {
+        "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     pipeline = pipeline_class.from_pretrained(folder, torch_dtype=torch.float32, **extra)
+    size = {"height": spec["side"], "width": spec["side"]} if sd3 else {}  # SD 3's default is its 1024
     pipeline.scheduler = build_scheduler(spec["sampler"], dict(pipeline.scheduler.config), SEED)
     pipeline.set_progress_bar_config(disable=True)
 
     def run() -> Any:
         return pipeline(prompt=PROMPT, image=source, strength=spec["strength"], guidance_scale=spec["cfg"],
-                        num_inference_steps=spec["steps"], generator=torch.Generator().manual_seed(SEED)).images[0]
+                        num_inference_steps=spec["steps"], generator=torch.Generator().manual_seed(SEED),
+                        **size).images[0]
 
     return run, pipeline, "float32"
 

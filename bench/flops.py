@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/flops.py sd15
 
-Prints {"unet_tflop": ..., "vae_encode_tflop": ..., "vae_decode_tflop": ...}: one UNet evaluation at the job's
+Prints {"unet_tflop": ..., "vae_encode_tflop": ..., "vae_decode_tflop": ...}: one UNet (SD 3: transformer)
+evaluation at the job's
 batch (2 with classifier-free guidance, else 1), one VAE encode and one decode at the job's size. On the meta
 device attention runs as plain matrix multiplies, so it is counted in full (the CPU flash-attention kernel is not
 in the counter's table and would be missed).
@@ -19,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 def main(job: str) -> None:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from diffusers.models.attention_processor import AttnProcessor
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -29,33 +30,55 @@ def main(job: str) -> None:
     from random_models import ARCHITECTURES
 
     spec = JOBS[job]
-    configs = prepared_config_dir(Family(ARCHITECTURES[spec["model"]]))  # type: ignore[arg-type]
-    with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
-    unet.set_attn_processor(AttnProcessor())  # explicit matmuls: every attention FLOP is visible to the counter
-    vae.set_attn_processor(AttnProcessor())
+    base = ARCHITECTURES[spec["model"]]
+    configs = prepared_config_dir(Family(base, prediction="flow" if base == "sd3" else "epsilon"))  # type: ignore[arg-type]
     batch = 2 if spec["cfg"] > 1 else 1
     side, latent_side = spec["side"], spec["side"] // 8
-    text_width = unet.config.cross_attention_dim
-    unet_inputs = {
-        "sample": torch.empty(batch, 4, latent_side, latent_side, device="meta"),
-        "timestep": torch.tensor(500, device="meta"),
-        "encoder_hidden_states": torch.empty(batch, 77, text_width, device="meta"),
-    }
-    if unet.config.addition_embed_type == "text_time":  # SDXL's pooled text and size conditioning
-        unet_inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, 1280, device="meta"),
-                                            "time_ids": torch.empty(batch, 6, device="meta")}
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae"))
+        unet, unet_inputs = _sd3_inputs(configs, batch, latent_side) if base == "sd3" else _unet_inputs(
+            configs, batch, latent_side)
+    vae.set_attn_processor(AttnProcessor())
+    channels = vae.config.latent_channels
     figures = {}
     with torch.no_grad():
         for name, call in (("unet", lambda: unet(**unet_inputs)),
                            ("vae_encode", lambda: vae.encode(torch.empty(1, 3, side, side, device="meta"))),
-                           ("vae_decode", lambda: vae.decode(torch.empty(1, 4, latent_side, latent_side,
+                           ("vae_decode", lambda: vae.decode(torch.empty(1, channels, latent_side, latent_side,
                                                                          device="meta")))):
             with FlopCounterMode(display=False) as counter:
                 call()
             figures[f"{name}_tflop"] = round(counter.get_total_flops() / 1e12, 3)
     print(json.dumps(figures))
+
+
+def _unet_inputs(configs: Path, batch: int, latent_side: int) -> tuple[torch.nn.Module, dict[str, object]]:
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
+    unet.set_attn_processor(AttnProcessor())  # explicit matmuls: every attention FLOP is visible to the counter
+    inputs: dict[str, object] = {
+        "sample": torch.empty(batch, 4, latent_side, latent_side),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.empty(batch, 77, unet.config.cross_attention_dim),
+    }
+    if unet.config.addition_embed_type == "text_time":  # SDXL's pooled text and size conditioning
+        inputs["added_cond_kwargs"] = {"text_embeds": torch.empty(batch, 1280), "time_ids": torch.empty(batch, 6)}
+    return unet, inputs
+
+
+def _sd3_inputs(configs: Path, batch: int, latent_side: int) -> tuple[torch.nn.Module, dict[str, object]]:
+    """SD 3's transformer with its text sequence: 77 CLIP tokens and T5's 256 (zeros without T5: the same work).
+    Its joint attention stays scaled_dot_product_attention, whose FLOPs the counter knows on the meta device."""
+    from diffusers import SD3Transformer2DModel
+
+    transformer = SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(configs / "transformer"))
+    config = transformer.config
+    return transformer, {
+        "hidden_states": torch.empty(batch, 16, latent_side, latent_side), "timestep": torch.full((batch,), 500.0),
+        "encoder_hidden_states": torch.empty(batch, 77 + 256, config.joint_attention_dim),
+        "pooled_projections": torch.empty(batch, config.pooled_projection_dim), "return_dict": False}
 
 
 if __name__ == "__main__":

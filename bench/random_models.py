@@ -1,9 +1,9 @@
 """Full-size Stable Diffusion architectures with random weights, saved once as diffusers folders.
 
 Speed does not depend on weight values, so the benchmark builds the real architectures from the configs that
-img2img ships (SD 1.5, SD 2.1 for the turbo-class job, SDXL) and fills them with random weights from a fixed
-seed. The folders are written to ``$IMG2IMG_BENCH_DIR`` (default ``~/.cache/img2img/bench``) in fp16 and reused.
-"""
+img2img ships (SD 1.5, SD 2.1 for the turbo-class job, SDXL, SD 3 Medium without its T5 encoder) and fills them
+with random weights from a fixed seed. The folders are written to ``$IMG2IMG_BENCH_DIR`` (default
+``~/.cache/img2img/bench``) in fp16 and reused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-ARCHITECTURES = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl", "sd15-inpainting": "sd1"}
+ARCHITECTURES = {"sd15": "sd1", "sd21": "sd2", "sdxl": "sdxl", "sd15-inpainting": "sd1", "sd3": "sd3"}
 INPAINTING = ("sd15-inpainting",)  # the same architecture with a 9-channel UNet
 
 
@@ -34,22 +34,29 @@ def random_model(name: str) -> Path:
         AutoencoderTiny().save_pretrained(target.with_name(".taesd-staging"), safe_serialization=True)
         target.with_name(".taesd-staging").rename(target)
         return target
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, SD3Transformer2DModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from img2img.models.families import Family
     from img2img.models.loading import prepared_config_dir
 
-    configs = prepared_config_dir(Family(ARCHITECTURES[name], inpainting=name in INPAINTING))  # type: ignore[arg-type]
+    base = ARCHITECTURES[name]
+    family = Family(base, prediction="flow" if base == "sd3" else "epsilon", inpainting=name in INPAINTING)  # type: ignore[arg-type]
+    configs = prepared_config_dir(family)
     staging = target.with_name(f".{name}-staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(configs, staging)
     torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection if base == "sd3" else CLIPTextModel
     components = {
-        "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet")),
         "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(configs / "vae")),
-        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(configs / "text_encoder")),
+        "text_encoder": text_encoder(CLIPTextConfig.from_pretrained(configs / "text_encoder")),
     }
+    if base == "sd3":  # the MMDiT; the model runs without T5, whose tokenizer cannot be shipped
+        components["transformer"] = SD3Transformer2DModel.from_config(
+            SD3Transformer2DModel.load_config(configs / "transformer"))
+    else:
+        components["unet"] = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(configs / "unet"))
     if (configs / "text_encoder_2").is_dir():
         components["text_encoder_2"] = CLIPTextModelWithProjection(
             CLIPTextConfig.from_pretrained(configs / "text_encoder_2"))

@@ -131,7 +131,7 @@ def test_what_was_made_for_unets_is_refused_in_one_line(engine: Engine, tiny_sd3
              ({"cache_steps": 2}, r"^cache_steps should be 1 with SD 3\.x models"),
              ({"merge_tokens": 0.5}, r"^merge_tokens should be 0 with SD 3\.x models"),
              ({"prompt": "a cat <lora:style:0.8>"}, r"^prompt should be no LoRA tags with SD 3\.x models"),
-             ({"sampler": "LMS"}, r"^sampler should be one of Euler, Heun, DPM\+\+ 2M, UniPC for a flow-matching")]
+             ({"sampler": "LMS"}, r"^sampler should be one of Euler, Heun, DPM\+\+ 2M, UniPC for SD 3\.x models")]
     for change, message in cases:
         with pytest.raises(InvalidArgument, match=message):
             engine.generate(GenerationRequest(**{**common, **change}))  # type: ignore[arg-type]
@@ -150,7 +150,7 @@ def test_the_cli_runs_an_sd3_model_and_lists_its_family(tiny_sd3: Path, photo: P
     assert img2img("models", "add", "sd3", str(tiny_sd3)).returncode == 0
     assert "SD 3.x (28 steps, CFG 7, Euler)" in img2img("models", "list").stdout
     assert_one_line_error(img2img("run", str(photo), PROMPT, "--model", "sd3", "--sampler", "DDIM"), "sampler",
-                          "flow-matching")
+                          "for SD 3.x models")
 
 
 def test_quantize_int8_loads_t5_with_8_bit_weights(tiny_sd3: Path, photo: Path) -> None:

@@ -304,3 +304,33 @@ def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
     pipeline.save_pretrained(folder)
     return folder
+
+
+def build_tiny_flux(folder: Path, guidance: bool = True) -> Path:
+    """Save a tiny FLUX.1-shaped pipeline as a diffusers folder at ``folder``: a transformer with double- and
+    single-stream blocks over 2x2 patches of a 16-channel latent, guidance as an input ([dev]; ``guidance`` False:
+    [schnell]), CLIP-L and T5 encoders, a VAE that divides the size by 8 with Flux's scaling and shift, and the
+    flow-matching Euler scheduler that shifts by image size as [dev]'s does."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=96,
+                                         pooled_projection_dim=32, guidance_embeds=guidance, axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKL(block_out_channels=[16, 16, 32, 32], in_channels=3, out_channels=3, latent_channels=16,
+                        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+                        sample_size=64, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                        use_post_quant_conv=False, norm_num_groups=8)
+    tokenizer_2 = _t5_tokenizer()
+    text_encoder_2 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=96, d_kv=8, d_ff=37, num_layers=2,
+                                             num_heads=4, relative_attention_num_buckets=8, decoder_start_token_id=0,
+                                             pad_token_id=0, eos_token_id=1))
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0 if guidance else 1.0, use_dynamic_shifting=guidance,
+                                                base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                                                max_image_seq_len=4096)
+    pipeline = FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+                            text_encoder=CLIPTextModel(_text_config()), tokenizer=_tokenizer("<|endoftext|>"),
+                            text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
+    pipeline.save_pretrained(folder)
+    return folder

@@ -40,7 +40,7 @@ from img2img.models.cache import ModelCache, resolve_reference
 from img2img.models.detect import ModelFiles, inspect_model, max_working_side
 from img2img.models.device import Placement, choose_placement
 from img2img.models.families import Family
-from img2img.models.loading import LoadedModel, weights_sha256
+from img2img.models.loading import LoadedModel, t5_encoder, weights_sha256
 from img2img.models.loras import resolve as resolve_loras
 from img2img.models.memory import check_fits, diffusion_peak_bytes, memory_budget, style_peak_bytes, weight_files_bytes
 from img2img.models.parts import PartCache
@@ -369,10 +369,11 @@ def flow_notes(loaded: LoadedModel, placement: Placement) -> list[str]:
     if placement.backend == "openvino":
         notes.append(f"{loaded.family.label} models run with PyTorch (OpenVINO's graphs are traced from UNets); "
                      "this one did")
+    label = loaded.family.label
     if placement.quantize == "int8":
-        t5 = getattr(loaded.pipeline, "text_encoder_3", None)
-        notes.append("quantize int8 with SD 3.x: the T5 encoder's weights are 8-bit, the transformer computes in "
-                     f"{placement.dtype_name}" if t5 is not None else "quantize int8 with SD 3.x acts on its T5 "
+        t5 = t5_encoder(loaded.pipeline)
+        notes.append(f"quantize int8 with {label}: the T5 encoder's weights are 8-bit, the transformer computes "
+                     f"in {placement.dtype_name}" if t5 is not None else f"quantize int8 with {label} acts on its T5 "
                      "encoder, and this model runs without one: nothing was quantized")
     return notes
 
@@ -392,6 +393,8 @@ def check_flow_request(cells: list[GenerationRequest], placement: Placement, fam
         ("merge_tokens", next((c.merge_tokens for c in cells if c.merge_tokens > 0), None),
          f"0 with {family.label} models (token merging patches a UNet's attention)"),
     ]
+    sampler = next((c.sampler for c in cells if c.sampler is not None and c.sampler not in family.samplers), None)
+    refused.append(("sampler", sampler, f"one of {', '.join(family.samplers)} for {family.label} models"))
     tags = [tag.name for found in prompt_loras(cells).values() for tag in found]
     refused.append(("prompt", ", ".join(f"<lora:{name}>" for name in tags) or None, f"no LoRA tags with "
                     f"{family.label} models (LoRAs for SD 1.x, 2.x and SDXL UNets)"))

@@ -1,4 +1,5 @@
-"""The network that denoises, as the loop sees it: a UNet, or an SD 3.x transformer (MMDiT) called the UNet's way.
+"""The network that denoises, as the loop sees it: a UNet, or an SD 3.x transformer (MMDiT) called the UNet's way
+(FLUX.1's: ``img2img.engine.flux``).
 
 The loop (``img2img.engine.diffusion.denoise``) calls ``denoiser(pipeline)(sample, timestep, **inputs)`` and reads
 its ``device``, ``dtype`` and ``config``. A UNet is that already. SD 3.x's transformer takes its inputs by other
@@ -54,7 +55,18 @@ class TransformerDenoiser:
 def denoiser(pipeline: Any) -> Any:
     """``pipeline``'s UNet, or its transformer behind the UNet's call (the wrapper holds nothing of its own)."""
     unet = getattr(pipeline, "unet", None)
-    return unet if unet is not None else TransformerDenoiser(pipeline.transformer)
+    if unet is not None:
+        return unet
+    if is_flux(pipeline):
+        from img2img.engine.flux import FluxDenoiser
+
+        return FluxDenoiser(pipeline.transformer)
+    return TransformerDenoiser(pipeline.transformer)
+
+
+def is_flux(pipeline: Any) -> bool:
+    """Whether ``pipeline`` denoises with a FLUX.1 transformer."""
+    return type(getattr(pipeline, "transformer", None)).__name__ == "FluxTransformer2DModel"
 
 
 def is_transformer(pipeline: Any) -> bool:

@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step, TextConditioner, unet_inputs
-from img2img.engine.denoiser import denoiser, is_transformer
+from img2img.engine.denoiser import denoiser, is_flux, is_transformer
+from img2img.engine.flux import encode_text_flux, guidance_input, schedule_options
 from img2img.engine.samplers import add_noise, build_scheduler, is_flow_config
 from img2img.engine.seeds import cpu_generator
 from img2img.engine.step_cache import StepCache
@@ -88,7 +89,9 @@ class DiffusionSession:
         width, height = self.source.size
 
         # 1. Guidance and prompt.
-        guided = job.guidance_scale > 1 and denoiser(pipeline).config.time_cond_proj_dim is None
+        config = denoiser(pipeline).config  # LCM and Flux take guidance as an input, in one row
+        guided = job.guidance_scale > 1 and config.time_cond_proj_dim is None and not getattr(
+            config, "distilled_guidance", False)
         text = self.text(job, guided)
 
         # 2. Steps: where strength becomes timesteps.
@@ -108,7 +111,7 @@ class DiffusionSession:
             for index, seed in enumerate(job.seeds):
                 generator = cpu_generator(seed)
                 scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
-                timesteps = set_timesteps(scheduler, plan, device)
+                timesteps = set_timesteps(scheduler, plan, device, self.schedule_options(scheduler, plan))
                 start_sigma = sigma_at(scheduler, plan.start_index * scheduler.order, timesteps[0])
                 steps_run = plan.steps_to_run
 
@@ -139,6 +142,14 @@ class DiffusionSession:
         flow = is_flow_config(dict(self.pipeline.scheduler.config))
         return plan_steps(job.steps, job.strength, job.steps_mode, train_steps, flow)  # type: ignore[arg-type]
 
+    def schedule_options(self, scheduler: Any, plan: StepPlan) -> dict[str, Any]:
+        """A Flux schedule's own sigmas and size shift (``img2img.engine.flux``); nothing for other models."""
+        if not is_flux(self.pipeline):
+            return {}
+        scale = self.pipeline.vae_scale_factor
+        latent = (self.source.size[1] // scale, self.source.size[0] // scale)
+        return schedule_options(scheduler, plan.schedule_steps, latent)
+
     def latent_dist(self) -> Any:
         """The source's latent distribution (``encode``'s "source", which conditioners may ask for too)."""
         return self.encode("source", self.pipeline.image_processor.preprocess(self.source))
@@ -168,7 +179,9 @@ class DiffusionSession:
         if key not in self._texts:
             if hasattr(self.pipeline.vae, "release_decoder_buffers"):  # the last request's, under the text encoder's
                 self.pipeline.vae.release_decoder_buffers()
-            if is_transformer(self.pipeline):
+            if is_flux(self.pipeline):
+                self._texts[key] = encode_text_flux(self.pipeline, job.prompt, job.prompt_syntax)
+            elif is_transformer(self.pipeline):
                 self._texts[key] = encode_text_sd3(self.pipeline, job.prompt, job.negative_prompt, guided,
                                                    job.prompt_syntax, job.clip_skip)
             else:
@@ -245,6 +258,8 @@ def _encode_pixels(vae: Any, pixels: torch.Tensor, scale: int) -> Any:
 
 def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | None:
     """LCM's guidance-scale embedding for UNets distilled with one (``time_cond_proj_dim``), else None."""
+    if is_flux(pipeline):
+        return guidance_input(pipeline.transformer, guidance_scale)
     network = denoiser(pipeline)
     dimension = network.config.time_cond_proj_dim
     if dimension is None:
@@ -254,9 +269,11 @@ def guidance_embedding(pipeline: Any, guidance_scale: float) -> torch.Tensor | N
     return embedding.to(device=network.device, dtype=network.dtype)
 
 
-def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device) -> torch.Tensor:
-    """Build the schedule of ``plan.schedule_steps`` and keep the part that runs."""
-    scheduler.set_timesteps(plan.schedule_steps, device=device)
+def set_timesteps(scheduler: Any, plan: StepPlan, device: torch.device, options: dict[str, Any] | None = None
+                  ) -> torch.Tensor:
+    """Build the schedule of ``plan.schedule_steps`` (with a model's own ``options``: Flux's sigmas and shift)
+    and keep the part that runs."""
+    scheduler.set_timesteps(plan.schedule_steps, device=device, **(options or {}))
     first = plan.start_index * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(first)

@@ -130,6 +130,9 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
     unused = [] if prepared.model.family.edit or all(cell.image_cfg is None for cell in cells) else [
         f"image_cfg acts with edit models (InstructPix2Pix) only, and {prepared.model.name} is "
         f"{prepared.model.family_label}; ignored"]
+    if prepared.model.family.base == "flux" and any(cell.negative_prompt for cell in cells):
+        unused.append(f"negative_prompt: {prepared.model.family_label} runs one pass per step, with no "
+                      "unconditional one to steer away from; ignored")
     return GenerationResult(images, records, sum(seconds), seconds,
                             [*prepared.source.notes, *_prompt_notes(cells), *unused])
 

@@ -37,7 +37,7 @@ def encode_text_sd3(pipeline: Any, prompt: str, negative_prompt: str, guided: bo
                  pooled) for hidden, pooled in clip]
     rows = []
     for text, (hidden, _) in zip(texts, clip, strict=True):
-        t5 = _t5(pipeline, _words(text) if syntax == "a1111" else text)
+        t5 = _t5(pipeline, words(text) if syntax == "a1111" else text)
         hidden = torch.nn.functional.pad(hidden, (0, t5.shape[-1] - hidden.shape[-1]))
         rows.append(torch.cat([hidden, t5.to(hidden.dtype)], dim=1))
     pooled = torch.cat([pooled for _, pooled in clip])
@@ -69,6 +69,6 @@ def _t5(pipeline: Any, text: str) -> torch.Tensor:
     return encoder(ids.to(encoder.device))[0].to(device)
 
 
-def _words(text: str) -> str:
+def words(text: str) -> str:
     """The prompt's words with A1111's weight brackets and BREAKs taken out (T5 reads no weights)."""
     return " ".join(" ".join(piece.text.split()) for piece in parse(text).pieces if piece.text.strip())

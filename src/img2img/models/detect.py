@@ -76,6 +76,8 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
     pipeline_class = str(index.get("_class_name", ""))
     if pipeline_class.startswith("StableDiffusion3"):
         return _inspect_sd3_folder(path, name, allow_pickle)
+    if pipeline_class.startswith("Flux"):
+        return _inspect_flux_folder(path, name, allow_pickle, pipeline_class)
     unet = _read_json(path / "unet" / "config.json")
     scheduler = _read_json(path / "scheduler" / "scheduler_config.json")
     if "XL" in pipeline_class:
@@ -87,7 +89,7 @@ def _inspect_folder(path: Path, name: str, allow_pickle: bool, prediction: Predi
         )
     else:
         raise UnknownModelFormat(
-            f"model should be a Stable Diffusion 1.x, 2.x, SDXL or 3.x pipeline, but {path} is a "
+            f"model should be a Stable Diffusion 1.x, 2.x, SDXL or 3.x or a FLUX.1 pipeline, but {path} is a "
             f"{pipeline_class or 'pipeline of unknown class'}"
         )
     if base == "sdxl" and index.get("text_encoder_2") in (None, [None, None]):
@@ -124,6 +126,23 @@ def _inspect_sd3_folder(path: Path, name: str, allow_pickle: bool) -> ModelFiles
     family = Family(base="sd3", prediction="flow", distillation=distillation_from_name(name, str(path)))
     pickled = not list((path / "transformer").glob("*.safetensors"))
     return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=pickled)
+
+
+def _inspect_flux_folder(path: Path, name: str, allow_pickle: bool, pipeline_class: str) -> ModelFiles:
+    """A FLUX.1 diffusers folder: [dev] takes guidance as an input, [schnell] does not."""
+    if pipeline_class not in ("FluxPipeline", "FluxImg2ImgPipeline"):
+        raise UnknownModelFormat(f"model should be a FLUX.1 [dev] or [schnell] pipeline, but {path} is a "
+                                 f"{pipeline_class}, which is not supported yet")
+    transformer = _read_json(path / "transformer" / "config.json")
+    weights = list((path / "transformer").glob("*.safetensors"))
+    if not weights and not allow_pickle:
+        raise PickleRefused(
+            f"model weights should be .safetensors, but {path / 'transformer'} has only pickled weights; "
+            "pickles can run code when loaded: pass --allow-pickle only if you trust the file"
+        )
+    schnell = not transformer.get("guidance_embeds", False)
+    family = Family(base="flux", prediction="flow", distillation="turbo" if schnell else None)
+    return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=not weights)
 
 
 def max_working_side(files: ModelFiles) -> int | None:

@@ -8,7 +8,7 @@ from typing import Literal
 
 from img2img.engine.samplers import DEFAULT_SAMPLER, FLOW_DEFAULT_SAMPLER, FLOW_SAMPLERS, SAMPLERS
 
-Base = Literal["sd1", "sd2", "sdxl", "sd3"]
+Base = Literal["sd1", "sd2", "sdxl", "sd3", "flux"]
 Distillation = Literal["turbo", "lcm"] | None
 Prediction = Literal["epsilon", "v_prediction", "flow"]  # "flow": a flow-matching model predicts the velocity
 
@@ -24,6 +24,8 @@ class Family:
     @property
     def label(self) -> str:
         """A short human name, e.g. "SD 2.x (v-prediction)", "SDXL turbo", "SD 1.x inpainting" or "SD 1.x edit"."""
+        if self.base == "flux":  # [schnell] was distilled to few steps; [dev] takes guidance as an input
+            return "FLUX.1 [schnell]" if self.distillation else "FLUX.1 [dev]"
         name = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x"}[self.base]
         if self.prediction == "v_prediction":
             name += " (v-prediction)"
@@ -44,7 +46,7 @@ class Family:
     @property
     def native_side(self) -> int:
         """The side in pixels of the square the family was trained at."""
-        if self.base in ("sdxl", "sd3"):
+        if self.base in ("sdxl", "sd3", "flux"):
             return 1024
         if self.base == "sd2" and self.prediction == "v_prediction" and self.distillation is None:
             return 768
@@ -58,6 +60,8 @@ class Family:
 
     @property
     def default_guidance(self) -> float:
+        if self.base == "flux":  # [dev]'s distilled guidance; [schnell] has none
+            return 0.0 if self.distillation else 3.5
         # Turbo models were distilled without guidance; LCM folds guidance into the UNet.
         return {"turbo": 0.0, "lcm": 1.0, None: 7.0}[self.distillation]
 
@@ -70,6 +74,8 @@ class Family:
     @property
     def samplers(self) -> list[str]:
         """The sampler names this family runs with (a flow-matching model has its own, shorter table)."""
+        if self.base == "flux":  # its schedule (sigmas shifted by image size) is built for Euler's step
+            return [FLOW_DEFAULT_SAMPLER]
         return list(FLOW_SAMPLERS if self.flow else SAMPLERS)
 
     @property

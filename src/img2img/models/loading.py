@@ -77,10 +77,11 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
     pipeline.set_progress_bar_config(disable=True)
     pipeline.to(placement.device)
-    if placement.quantize == "int8" and getattr(pipeline, "text_encoder_3", None) is not None:
+    t5 = t5_encoder(pipeline)
+    if placement.quantize == "int8" and t5 is not None:
         from img2img.models.text_int8 import quantize_linear_layers
 
-        quantize_linear_layers(pipeline.text_encoder_3)  # SD 3's T5 with 8-bit weights (--quantize int8)
+        quantize_linear_layers(t5)  # SD 3's or Flux's T5 with 8-bit weights (--quantize int8)
     if placement.device == "cpu":  # resident only while they encode
         mapped_weights.map_weights(pipeline, cache_dir() / "tmp")
     if placement.backend == "openvino":
@@ -132,6 +133,15 @@ def _read(pipeline_class: Any, files: ModelFiles, dtype: torch.dtype, config_dir
                                               use_safetensors=None if files.pickled else True, **options)
     configs = config_dir or prepared_config_dir(files.family)
     return pipeline_class.from_single_file(str(files.path), config=str(configs), torch_dtype=dtype, **options)
+
+
+def t5_encoder(pipeline: Any) -> Any:
+    """The pipeline's T5 encoder (SD 3's third text encoder, Flux's second), or None."""
+    for name in ("text_encoder_3", "text_encoder_2"):
+        encoder = getattr(pipeline, name, None)
+        if type(encoder).__name__ == "T5EncoderModel":
+            return encoder
+    return None
 
 
 def _has_t5(files: ModelFiles) -> bool:
@@ -198,6 +208,8 @@ def _pipeline_class(family: Family) -> Any:
         return diffusers.StableDiffusionXLImg2ImgPipeline
     if family.base == "sd3":
         return diffusers.StableDiffusion3Img2ImgPipeline
+    if family.base == "flux":
+        return diffusers.FluxImg2ImgPipeline
     return diffusers.StableDiffusionImg2ImgPipeline
 
 

@@ -1,0 +1,97 @@
+"""FLUX.1 ([dev] and [schnell]): detection, parity with diffusers' FluxImg2ImgPipeline and FluxPipeline, the
+strength contract on its size-shifted schedule, guidance as an input, and one-line refusals."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from img2img import Engine, GenerationRequest
+from img2img.engine.diffusion import DiffusionJob, run_diffusion
+from img2img.errors import InvalidArgument
+from img2img.models.detect import inspect_model
+
+PROMPT = "a painting of a cat in winter"
+
+
+@pytest.fixture(scope="module")
+def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux-dev")
+
+
+@pytest.fixture(scope="module")
+def tiny_schnell(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tiny_models import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("models") / "tiny-flux-schnell", guidance=False)
+
+
+def _pipeline(folder: Path) -> diffusers.FluxImg2ImgPipeline:
+    pipe = diffusers.FluxImg2ImgPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_dev_and_schnell_are_detected_with_their_defaults(tiny_flux: Path, tiny_schnell: Path) -> None:
+    dev, schnell = inspect_model(tiny_flux).family, inspect_model(tiny_schnell).family
+    assert (dev.label, dev.defaults_text, dev.samplers) == ("FLUX.1 [dev]", "28 steps, CFG 3.5, Euler", ["Euler"])
+    assert (schnell.label, schnell.defaults_text) == ("FLUX.1 [schnell]", "4 steps, CFG 0, Euler")
+
+
+@pytest.mark.parametrize(("model", "strength", "guidance"), [("dev", 0.6, 3.5), ("dev", 0.35, 5.0),
+                                                              ("schnell", 0.75, 0.0)])
+def test_img2img_matches_diffusers(tiny_flux: Path, tiny_schnell: Path, photo: Path, model: str, strength: float,
+                                   guidance: float) -> None:
+    folder = tiny_flux if model == "dev" else tiny_schnell
+    source = Image.open(photo).convert("RGB")
+    pipe = _pipeline(folder)
+    reference = pipe(PROMPT, image=source, strength=strength, num_inference_steps=8, guidance_scale=guidance,
+                     height=48, width=64, generator=torch.Generator("cpu").manual_seed(21), output_type="np").images
+    ours = run_diffusion(pipe, DiffusionJob(PROMPT, "", strength, guidance, 8, "Euler", (21,)), source).images
+    assert ours.shape == reference.shape == (1, 48, 64, 3)
+    assert ours.std() > 0.01, "a constant image would match trivially"
+    assert np.abs(ours - reference).max() <= 2 / 255
+
+
+def test_strength_one_is_text_to_image_and_guidance_is_an_input(tiny_flux: Path, photo: Path) -> None:
+    source = Image.open(photo).convert("RGB")
+    pipe = _pipeline(tiny_flux)
+    reference = diffusers.FluxPipeline.from_pipe(pipe)(
+        PROMPT, height=48, width=64, num_inference_steps=5, guidance_scale=3.5,
+        generator=torch.Generator("cpu").manual_seed(8), output_type="np").images
+    full = run_diffusion(pipe, DiffusionJob(PROMPT, "", 1.0, 3.5, 5, "Euler", (8,)), source)
+    assert np.abs(full.images - reference).max() <= 2 / 255
+    assert (full.steps_run, full.start_sigma) == (5, 1.0)
+    other = run_diffusion(pipe, DiffusionJob(PROMPT, "", 1.0, 3.5, 5, "Euler", (8,)), Image.new("RGB", (64, 48)))
+    assert full.images.tobytes() == other.images.tobytes()
+    stronger = run_diffusion(pipe, DiffusionJob(PROMPT, "", 1.0, 7.0, 5, "Euler", (8,)), source)
+    assert stronger.images.tobytes() != full.images.tobytes()  # the guidance input acts, in one pass per step
+
+
+def test_the_engine_runs_records_and_reproduces(tiny_flux: Path) -> None:
+    engine = Engine(device="cpu")
+    photo = Image.open(Path(__file__).parent.parent / "examples" / "astronaut.png").convert("RGB").resize((130, 97))
+    request = GenerationRequest(source=photo, prompt=PROMPT, negative_prompt="blurry", strength=0.6, steps=4,
+                                seed=5, model=str(tiny_flux))
+    result = engine.generate(request)
+    record = result.record
+    assert result.images[0].size == (130, 97)
+    assert (record.model_family, record.sampler, record.guidance_scale, record.steps_run) == (
+        "FLUX.1 [dev]", "Euler", 3.5, 3)
+    assert any(note.startswith("negative_prompt: FLUX.1 [dev] runs one pass per step") for note in result.notes)
+    again = engine.generate(replace(record.to_request(photo), model=str(tiny_flux)))
+    assert again.images[0].tobytes() == result.images[0].tobytes()
+    odd = engine.generate(replace(request, size=(72, 64), negative_prompt=""))
+    assert odd.images[0].size == (72, 64) and np.asarray(odd.images[0]).std() > 1
+    with pytest.raises(InvalidArgument, match=r"^sampler should be one of Euler for FLUX\.1 \[dev\] models"):
+        engine.generate(replace(request, sampler="DPM++ 2M"))
+    with pytest.raises(InvalidArgument, match=r"^cache_steps should be 1 with FLUX\.1 \[dev\] models"):
+        engine.generate(replace(request, cache_steps=2))
