@@ -95,3 +95,29 @@ def test_the_engine_runs_records_and_reproduces(tiny_flux: Path) -> None:
         engine.generate(replace(request, sampler="DPM++ 2M"))
     with pytest.raises(InvalidArgument, match=r"^cache_steps should be 1 with FLUX\.1 \[dev\] models"):
         engine.generate(replace(request, cache_steps=2))
+
+
+def test_kontext_reads_the_source_as_tokens_as_diffusers_does(tmp_path: Path, photo: Path) -> None:
+    """Strength 1 is diffusers' FluxKontextPipeline (at the source's own size); below 1 the source is also noised
+    partway."""
+    from tiny_models import build_tiny_flux
+
+    model = build_tiny_flux(tmp_path / "tiny-kontext", kontext=True)
+    family = inspect_model(model).family
+    assert (family.label, family.edit, family.defaults_text) == ("FLUX.1 Kontext", True, "28 steps, CFG 2.5, Euler")
+    source = Image.open(photo).convert("RGB").resize((80, 64))  # our smallest working side is 64
+    pipe = diffusers.FluxKontextPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(image=source, prompt="make it winter", num_inference_steps=5, guidance_scale=2.5, height=64,
+                     width=80, max_area=80 * 64, _auto_resize=False, generator=torch.Generator("cpu").manual_seed(4),
+                     output_type="np").images
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    request = GenerationRequest(source=source, prompt="make it winter", strength=1.0, steps=5, seed=4,
+                                model=str(model))
+    ours = engine.generate(request)
+    assert ours.record.model_family == "FLUX.1 Kontext" and ours.record.guidance_scale == 2.5
+    assert np.abs(np.asarray(ours.images[0], float) / 255 - reference[0]).max() <= 2 / 255
+    other = engine.generate(replace(request, source=Image.new("RGB", (80, 64), "orange")))
+    assert other.images[0].tobytes() != ours.images[0].tobytes()  # the source is read even from pure noise
+    partway = engine.generate(replace(request, strength=0.5))
+    assert partway.record.steps_run == 3 and partway.images[0].tobytes() != ours.images[0].tobytes()

@@ -306,12 +306,19 @@ def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
     return folder
 
 
-def build_tiny_flux(folder: Path, guidance: bool = True) -> Path:
+def build_tiny_flux(folder: Path, guidance: bool = True, kontext: bool = False) -> Path:
     """Save a tiny FLUX.1-shaped pipeline as a diffusers folder at ``folder``: a transformer with double- and
     single-stream blocks over 2x2 patches of a 16-channel latent, guidance as an input ([dev]; ``guidance`` False:
     [schnell]), CLIP-L and T5 encoders, a VAE that divides the size by 8 with Flux's scaling and shift, and the
-    flow-matching Euler scheduler that shifts by image size as [dev]'s does."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    flow-matching Euler scheduler that shifts by image size as [dev]'s does (``kontext``: saved as a Kontext
+    pipeline, the same architecture)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
@@ -329,7 +336,7 @@ def build_tiny_flux(folder: Path, guidance: bool = True) -> Path:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0 if guidance else 1.0, use_dynamic_shifting=guidance,
                                                 base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                                 max_image_seq_len=4096)
-    pipeline = FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler,
+    pipeline = (FluxKontextPipeline if kontext else FluxPipeline)(transformer=transformer, vae=vae, scheduler=scheduler,
                             text_encoder=CLIPTextModel(_text_config()), tokenizer=_tokenizer("<|endoftext|>"),
                             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2)
     pipeline.save_pretrained(folder)

@@ -48,25 +48,43 @@ class FluxDenoiser:
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *, encoder_hidden_states: torch.Tensor,
                  added_cond_kwargs: dict[str, torch.Tensor], timestep_cond: torch.Tensor | None = None,
-                 return_dict: bool = False) -> tuple[torch.Tensor]:
+                 reference_latents: torch.Tensor | None = None, return_dict: bool = False) -> tuple[torch.Tensor]:
+        """``reference_latents``: Kontext's reference picture (``img2img.engine.kontext``), as tokens after the
+        image's, at positions whose first coordinate is 1; their predictions are dropped."""
         batch, channels, height, width = sample.shape
-        padded = torch.nn.functional.pad(sample, (0, width % 2, 0, height % 2), mode="replicate")
-        rows, columns = padded.shape[-2] // 2, padded.shape[-1] // 2
-        packed = padded.view(batch, channels, rows, 2, columns, 2).permute(0, 2, 4, 1, 3, 5)
-        packed = packed.reshape(batch, rows * columns, channels * 4)
+        tokens, rows, columns = pack(sample)
+        positions = patch_positions(rows, columns, sample.device, sample.dtype)
+        if reference_latents is not None:
+            reference, reference_rows, reference_columns = pack(reference_latents.to(sample.dtype))
+            tokens = torch.cat([tokens, reference.expand(batch, -1, -1)], dim=1)
+            positions = torch.cat([positions, patch_positions(reference_rows, reference_columns, sample.device,
+                                                              sample.dtype, first=1.0)])
         guidance = None if timestep_cond is None else timestep_cond.to(torch.float32).expand(batch)
         output = self.transformer(
-            hidden_states=packed, timestep=timestep.expand(batch).to(sample.dtype) / 1000, guidance=guidance,
+            hidden_states=tokens, timestep=timestep.expand(batch).to(sample.dtype) / 1000, guidance=guidance,
             pooled_projections=added_cond_kwargs["pooled_projections"], encoder_hidden_states=encoder_hidden_states,
             txt_ids=torch.zeros(encoder_hidden_states.shape[1], 3, device=sample.device, dtype=sample.dtype),
-            img_ids=patch_positions(rows, columns, sample.device, sample.dtype), return_dict=False)[0]
-        unpacked = output.view(batch, rows, columns, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
+            img_ids=positions, return_dict=False)[0][:, :rows * columns]
+        unpacked = output.reshape(batch, rows, columns, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return (unpacked.reshape(batch, channels, rows * 2, columns * 2)[..., :height, :width],)
 
 
-def patch_positions(rows: int, columns: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Each patch's (0, row, column), row by row: the positions Flux's rotary embedding reads."""
+def pack(latents: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(batch, channels, h, w) latents as (batch, patches, channels x 4) 2x2 patches, row by row, an odd side
+    padded by repeating its edge; with the patch grid's rows and columns."""
+    batch, channels, height, width = latents.shape
+    padded = torch.nn.functional.pad(latents, (0, width % 2, 0, height % 2), mode="replicate")
+    rows, columns = padded.shape[-2] // 2, padded.shape[-1] // 2
+    packed = padded.view(batch, channels, rows, 2, columns, 2).permute(0, 2, 4, 1, 3, 5)
+    return packed.reshape(batch, rows * columns, channels * 4), rows, columns
+
+
+def patch_positions(rows: int, columns: int, device: torch.device, dtype: torch.dtype, first: float = 0.0
+                    ) -> torch.Tensor:
+    """Each patch's (first, row, column), row by row: the positions Flux's rotary embedding reads (Kontext's
+    reference picture has 1 as its first coordinate)."""
     positions = torch.zeros(rows, columns, 3)
+    positions[..., 0] = first
     positions[..., 1] = torch.arange(rows)[:, None]
     positions[..., 2] = torch.arange(columns)[None, :]
     return positions.reshape(rows * columns, 3).to(device=device, dtype=dtype)

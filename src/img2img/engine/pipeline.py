@@ -28,6 +28,7 @@ from img2img.engine.edit import EDIT_CHANNELS, EditConditioner
 from img2img.engine.image_prompt import KIND as IMAGE_PROMPT_KIND
 from img2img.engine.image_prompt import Reference
 from img2img.engine.inpaint import ALPHA
+from img2img.engine.kontext import KontextConditioner
 from img2img.engine.mask_conditioner import INPAINTING_CHANNELS, MaskConditioner
 from img2img.engine.masking import MaskPlan
 from img2img.engine.preview import latent_preview
@@ -127,7 +128,8 @@ def run_diffusion(cells: list[GenerationRequest], prepared: Prepared, pipeline: 
     finally:
         if session is not None and prepared.loras:
             deactivate_loras(session.pipeline)
-    unused = [] if prepared.model.family.edit or all(cell.image_cfg is None for cell in cells) else [
+    takes_image_cfg = prepared.model.family.default_image_guidance is not None
+    unused = [] if takes_image_cfg or all(cell.image_cfg is None for cell in cells) else [
         f"image_cfg acts with edit models (InstructPix2Pix) only, and {prepared.model.name} is "
         f"{prepared.model.family_label}; ignored"]
     if prepared.model.family.base == "flux" and any(cell.negative_prompt for cell in cells):
@@ -167,6 +169,8 @@ def _loopback(
         job = replace(job, conditions=(*job.conditions, mask))
     if channels == EDIT_CHANNELS:
         job = replace(job, conditions=(*job.conditions, edit_conditioner(cell, prepared.model.family)))
+    if prepared.model.family.base == "flux" and prepared.model.family.edit:  # Kontext reads the source as tokens
+        job = replace(job, conditions=(*job.conditions, KontextConditioner()))
     totals = [session.plan(replace(job, strength=strength)).steps_to_run for strength in strengths]
     reference, record, picture = session.source, None, session.source
     for loop, strength in enumerate(strengths):
@@ -279,8 +283,8 @@ def make_record(cell: GenerationRequest, job: DiffusionJob, prepared: Prepared, 
     resolved = replace(cell, source="", style_image=None, conditions=(), num_images=1, prompt=job.prompt,
                        negative_prompt=job.negative_prompt, strength=job.strength, steps=job.steps,
                        guidance_scale=job.guidance_scale, sampler=job.sampler, seed=job.seeds[0], model=model.name,
-                       image_cfg=_default(cell.image_cfg, model.family.default_image_guidance) if model.family.edit
-                       else None,
+                       image_cfg=_default(cell.image_cfg, model.family.default_image_guidance)
+                       if model.family.default_image_guidance is not None else None,
                        inpaint=inpaint, control=(), image_prompts=())  # units and pictures: as conditioners
     return GenerationRecord(
         request=resolved, engine="diffusion", steps_run=steps_run, start_sigma=round(start_sigma, 6),

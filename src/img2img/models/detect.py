@@ -129,9 +129,10 @@ def _inspect_sd3_folder(path: Path, name: str, allow_pickle: bool) -> ModelFiles
 
 
 def _inspect_flux_folder(path: Path, name: str, allow_pickle: bool, pipeline_class: str) -> ModelFiles:
-    """A FLUX.1 diffusers folder: [dev] takes guidance as an input, [schnell] does not."""
-    if pipeline_class not in ("FluxPipeline", "FluxImg2ImgPipeline"):
-        raise UnknownModelFormat(f"model should be a FLUX.1 [dev] or [schnell] pipeline, but {path} is a "
+    """A FLUX.1 diffusers folder: [dev] takes guidance as an input, [schnell] does not; Kontext (an edit model)
+    is [dev]'s architecture, known by its pipeline class."""
+    if pipeline_class not in ("FluxPipeline", "FluxImg2ImgPipeline", "FluxKontextPipeline"):
+        raise UnknownModelFormat(f"model should be a FLUX.1 [dev], [schnell] or Kontext pipeline, but {path} is a "
                                  f"{pipeline_class}, which is not supported yet")
     transformer = _read_json(path / "transformer" / "config.json")
     weights = list((path / "transformer").glob("*.safetensors"))
@@ -141,7 +142,8 @@ def _inspect_flux_folder(path: Path, name: str, allow_pickle: bool, pipeline_cla
             "pickles can run code when loaded: pass --allow-pickle only if you trust the file"
         )
     schnell = not transformer.get("guidance_embeds", False)
-    family = Family(base="flux", prediction="flow", distillation="turbo" if schnell else None)
+    family = Family(base="flux", prediction="flow", distillation="turbo" if schnell else None,
+                    edit=pipeline_class == "FluxKontextPipeline")
     return ModelFiles(name=name, path=path, layout="diffusers", family=family, pickled=not weights)
 
 

@@ -19,13 +19,13 @@ class Family:
     prediction: Prediction = "epsilon"
     distillation: Distillation = None
     inpainting: bool = False  # a 9-channel UNet, trained to take the mask and the masked source beside its latents
-    edit: bool = False  # an 8-channel UNet that takes the source's latents beside its own: InstructPix2Pix
+    edit: bool = False  # takes the source beside its latents: InstructPix2Pix (an 8-channel UNet), Flux Kontext
 
     @property
     def label(self) -> str:
         """A short human name, e.g. "SD 2.x (v-prediction)", "SDXL turbo", "SD 1.x inpainting" or "SD 1.x edit"."""
         if self.base == "flux":  # [schnell] was distilled to few steps; [dev] takes guidance as an input
-            return "FLUX.1 [schnell]" if self.distillation else "FLUX.1 [dev]"
+            return "FLUX.1 Kontext" if self.edit else "FLUX.1 [schnell]" if self.distillation else "FLUX.1 [dev]"
         name = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x"}[self.base]
         if self.prediction == "v_prediction":
             name += " (v-prediction)"
@@ -60,8 +60,8 @@ class Family:
 
     @property
     def default_guidance(self) -> float:
-        if self.base == "flux":  # [dev]'s distilled guidance; [schnell] has none
-            return 0.0 if self.distillation else 3.5
+        if self.base == "flux":  # [dev]'s distilled guidance (Kontext's: BFL's 2.5); [schnell] has none
+            return 0.0 if self.distillation else 2.5 if self.edit else 3.5
         # Turbo models were distilled without guidance; LCM folds guidance into the UNet.
         return {"turbo": 0.0, "lcm": 1.0, None: 7.0}[self.distillation]
 
@@ -82,7 +82,7 @@ class Family:
     def default_image_guidance(self) -> float | None:
         """An edit model's image guidance (how closely it keeps the source; InstructPix2Pix's own default), else
         None: other models take the source only as their start."""
-        return 1.5 if self.edit else None
+        return 1.5 if self.edit and self.base != "flux" else None  # Kontext reads the source without one
 
     @property
     def defaults_text(self) -> str:

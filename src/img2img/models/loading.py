@@ -209,7 +209,7 @@ def _pipeline_class(family: Family) -> Any:
     if family.base == "sd3":
         return diffusers.StableDiffusion3Img2ImgPipeline
     if family.base == "flux":
-        return diffusers.FluxImg2ImgPipeline
+        return diffusers.FluxKontextPipeline if family.edit else diffusers.FluxImg2ImgPipeline
     return diffusers.StableDiffusionImg2ImgPipeline
 
 

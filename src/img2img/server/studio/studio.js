@@ -177,7 +177,8 @@ function selectedModel() {
 }
 
 function isEdit() {
-  return Boolean(selectedModel().edit);
+  const model = selectedModel();  // an edit model with image guidance (InstructPix2Pix; Kontext has none)
+  return Boolean(model.edit) && model.defaults?.image_cfg != null;
 }
 
 function setImageCfg(value) {
