@@ -532,6 +532,7 @@ def test_an_edit_model_shows_image_guidance(page: Any, server: ServerProcess, bi
     assert job["request"]["image_cfg"] == 2.5 and "Image CFG scale: 2.5" in job["images"][0]["parameters"]
 
 
+@pytest.mark.slow  # 18 s; CI runs it with -m slow
 def test_an_sd3_model_offers_its_own_samplers_and_no_control_units(page: Any, server: ServerProcess, big_photo: Path,
                                                                    tiny_sd3: Path) -> None:
     from img2img.models.registry import ModelEntry, ModelRegistry
