@@ -179,6 +179,11 @@ def _inspect_file(path: Path, name: str, allow_pickle: bool, prediction: Predict
 def _family_from_keys(
     path: Path, shapes: dict[str, list[int]], metadata: dict[str, str], prediction: Prediction | None, name: str
 ) -> Family:
+    transformer = _single_file_transformer(shapes)
+    if transformer is not None:
+        raise UnknownModelFormat(
+            f"model should be a diffusers folder for {transformer} (or its repo in the Hugging Face cache), but "
+            f"{path.name} is a single-file {transformer} checkpoint, which is not supported yet")
     if SDXL_TEXT_KEY in shapes:
         base = "sdxl"
     elif SD2_TEXT_KEY in shapes:
@@ -207,6 +212,18 @@ def _family_from_keys(
     channels = shapes.get(UNET_INPUT_KEY, [0, 4])[1]
     return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title),  # type: ignore[arg-type]
                   **kind_from_channels(channels, base, path.name))  # type: ignore[arg-type]
+
+
+def _single_file_transformer(shapes: dict[str, list[int]]) -> str | None:
+    """The family of a single-file transformer checkpoint (SD 3's joint blocks, Flux's double-stream blocks in
+    BFL's or ComfyUI's layout), or None."""
+    for key in shapes:
+        name = key.removeprefix(UNET_PREFIX)
+        if name.startswith("joint_blocks."):
+            return "SD 3.x"
+        if name.startswith("double_blocks."):
+            return "FLUX.1"
+    return None
 
 
 def _safetensors_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:
