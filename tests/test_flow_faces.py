@@ -44,7 +44,7 @@ def test_the_a1111_api_runs_sd3_and_flux(server: ServerProcess, photo: Path) -> 
     flux = api.img2img(images=[source], prompt="a watercolor", denoising_strength=0.6, seed=9, cfg_scale=3.5,
                        sampler_name="Euler", width=64, height=64, override_settings={"sd_model_checkpoint": "flux"})
     assert "Model family: FLUX.1 [dev]" in flux.info["infotexts"][0] and flux.image.tobytes() != sd3.image.tobytes()
-    with pytest.raises(RuntimeError, match=r"sampler should be one of Euler for FLUX\.1 \[dev\] models"):
+    with pytest.raises(RuntimeError, match=r"sampler should be one of Euler, DPM\+\+ 2M for FLUX\.1 \[dev\] models"):
         api.img2img(images=[source], prompt="x", sampler_name="Heun", width=64, height=64,
                     override_settings={"sd_model_checkpoint": "flux"})
 

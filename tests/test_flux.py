@@ -43,7 +43,8 @@ def _pipeline(folder: Path) -> diffusers.FluxImg2ImgPipeline:
 
 def test_dev_and_schnell_are_detected_with_their_defaults(tiny_flux: Path, tiny_schnell: Path) -> None:
     dev, schnell = inspect_model(tiny_flux).family, inspect_model(tiny_schnell).family
-    assert (dev.label, dev.defaults_text, dev.samplers) == ("FLUX.1 [dev]", "28 steps, CFG 3.5, Euler", ["Euler"])
+    assert (dev.label, dev.defaults_text, dev.samplers) == ("FLUX.1 [dev]", "28 steps, CFG 3.5, Euler",
+                                                           ["Euler", "DPM++ 2M"])
     assert (schnell.label, schnell.defaults_text) == ("FLUX.1 [schnell]", "4 steps, CFG 0, Euler")
 
 
@@ -92,8 +93,8 @@ def test_the_engine_runs_records_and_reproduces(tiny_flux: Path) -> None:
     assert again.images[0].tobytes() == result.images[0].tobytes()
     odd = engine.generate(replace(request, size=(72, 64), negative_prompt=""))
     assert odd.images[0].size == (72, 64) and np.asarray(odd.images[0]).std() > 1
-    with pytest.raises(InvalidArgument, match=r"^sampler should be one of Euler for FLUX\.1 \[dev\] models"):
-        engine.generate(replace(request, sampler="DPM++ 2M"))
+    with pytest.raises(InvalidArgument, match=r"^sampler should be one of Euler, DPM\+\+ 2M for FLUX\.1 \[dev\]"):
+        engine.generate(replace(request, sampler="Heun"))
     with pytest.raises(InvalidArgument, match=r"^cache_steps should be 1 with FLUX\.1 \[dev\] models"):
         engine.generate(replace(request, cache_steps=2))
 
@@ -136,3 +137,17 @@ def test_single_file_transformer_checkpoints_are_named_and_refused(tmp_path: Pat
     with pytest.raises(UnknownModelFormat, match=rf"^model should be a diffusers folder for {re.escape(family)} .*"
                        rf"is a single-file {re.escape(family)} checkpoint"):
         inspect_model(path)
+
+
+def test_dpm_solver_runs_flux_on_its_own_shifted_sigmas(tiny_flux: Path, photo: Path) -> None:
+    """DPM++ 2M on flow sigmas with [dev]'s size shift: the strength contract holds (steps, a start sigma below 1
+    that grows with the strength) and it paints otherwise than Euler."""
+    source = Image.open(photo).convert("RGB")
+    pipe = _pipeline(tiny_flux)
+    runs = {(sampler, strength): run_diffusion(pipe, DiffusionJob(PROMPT, "", strength, 3.5, 8, sampler, (3,)), source)
+            for sampler in ("Euler", "DPM++ 2M") for strength in (0.4, 0.8)}
+    for sampler in ("Euler", "DPM++ 2M"):
+        low, high = runs[sampler, 0.4], runs[sampler, 0.8]
+        assert (low.steps_run, high.steps_run) == (4, 7)  # 3.2 and 6.4, rounded up
+        assert 0.0 < low.start_sigma < high.start_sigma < 1.0
+    assert runs["Euler", 0.8].images.tobytes() != runs["DPM++ 2M", 0.8].images.tobytes()

@@ -7,11 +7,13 @@
   side is padded by one latent and cropped back, as for SD 3.
 - The prompt: CLIP-L's pooled embedding (of the first 77-token chunk with A1111's syntax) and T5's 512 tokens.
 - The schedule: sigmas evenly spaced from 1 to 1/steps, shifted by the image's token count where the model asks
-  for it (``use_dynamic_shifting``: [dev]), as diffusers' Flux pipelines build it.
+  for it (``use_dynamic_shifting``: [dev]), as diffusers' Flux pipelines build it for Euler; DPM++ 2M spaces its
+  own flow sigmas and takes the same shift.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,9 +98,12 @@ def guidance_input(transformer: Any, guidance_scale: float) -> torch.Tensor | No
 
 
 def schedule_options(scheduler: Any, steps: int, latent_size: tuple[int, int]) -> dict[str, Any]:
-    """``set_timesteps`` keywords for a Flux schedule of ``steps`` at a latent size: sigmas from 1 to 1/steps, and
-    the shift ``mu`` for the image's token count (2x2 patches) when the model shifts by size."""
-    options: dict[str, Any] = {"sigmas": np.linspace(1.0, 1 / steps, steps)}
+    """``set_timesteps`` keywords for a Flux schedule of ``steps`` at a latent size: sigmas from 1 to 1/steps (for
+    Euler; the multistep solvers space their own flow sigmas), and the shift ``mu`` for the image's token count
+    (2x2 patches) when the model shifts by size."""
+    options: dict[str, Any] = {}
+    if "sigmas" in inspect.signature(scheduler.set_timesteps).parameters:
+        options["sigmas"] = np.linspace(1.0, 1 / steps, steps)
     if scheduler.config.get("use_dynamic_shifting"):
         tokens = ((latent_size[0] + 1) // 2) * ((latent_size[1] + 1) // 2)
         config = scheduler.config

@@ -125,7 +125,9 @@ def _flow_scheduler(name: str, model_scheduler_config: dict[str, Any]) -> Any:
     if spec.scheduler_class.startswith("FlowMatch"):  # the model's own options, those this one takes
         known = inspect.signature(scheduler_class.__init__).parameters
         return scheduler_class.from_config({k: v for k, v in config.items() if k in known})
-    options = {**spec.options, "flow_shift": float(config["shift"])}
+    # Flux shifts by image size: the solver then takes its shift from set_timesteps' ``mu`` (img2img.engine.flux)
+    options = {**spec.options, "flow_shift": float(config["shift"]),
+               "use_dynamic_shifting": bool(config.get("use_dynamic_shifting", False))}
     return scheduler_class.from_config({"num_train_timesteps": config.get("num_train_timesteps", 1000)}, **options)
 
 

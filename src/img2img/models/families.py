@@ -74,8 +74,8 @@ class Family:
     @property
     def samplers(self) -> list[str]:
         """The sampler names this family runs with (a flow-matching model has its own, shorter table)."""
-        if self.base == "flux":  # its schedule (sigmas shifted by image size) is built for Euler's step
-            return [FLOW_DEFAULT_SAMPLER]
+        if self.base == "flux":  # Euler on Flux's own sigmas; DPM++ 2M on its own, shifted alike
+            return [FLOW_DEFAULT_SAMPLER, "DPM++ 2M"]
         return list(FLOW_SAMPLERS if self.flow else SAMPLERS)
 
     @property
