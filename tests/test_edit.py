@@ -180,6 +180,7 @@ def test_the_cli_takes_image_cfg_and_lists_the_family(tiny_sd_edit: Path, photo:
     ran = img2img("run", str(photo), PROMPT, "--model", str(tiny_sd_edit), "--strength", "1", "--steps", "2",
                   "--image-cfg", "2.5", "--seed", "4", "-o", str(out))
     assert ran.returncode == 0, ran.stderr
+    assert "cfg 7, image cfg 2.5," in " ".join((ran.stdout + ran.stderr).split()), ran.stdout  # the summary
     info = img2img("info", str(out))
     assert info.returncode == 0 and "Image CFG scale: 2.5" in info.stdout, info.stdout
     assert img2img("models", "add", "pix", str(tiny_sd_edit)).returncode == 0

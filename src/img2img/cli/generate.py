@@ -346,8 +346,9 @@ def summary(record: GenerationRecord) -> str:
         extra = f" and {named}" if record.prompt and (record.style_image_sha256 or pictures) else ""
         return (f"restyled with {style}{extra} by builtin-style at strength {record.strength:g}, "
                 f"{record.working_width}x{record.working_height}{loops}")
+    image_cfg = f", image cfg {record.request.image_cfg:g}" if record.request.image_cfg is not None else ""
     return (f"{record.steps_run} of {record.steps} steps from sigma {record.start_sigma:.3g}, {record.sampler}, "
-            f"cfg {record.guidance_scale:g}, {record.working_width}x{record.working_height}{loops}")
+            f"cfg {record.guidance_scale:g}{image_cfg}, {record.working_width}x{record.working_height}{loops}")
 
 
 def save(image: object, path: Path, record: GenerationRecord, quality: int, overwrite: bool) -> Path:
