@@ -97,8 +97,11 @@ def test_what_is_not_a_model_is_named(tmp_path) -> None:
         inspect_model(weights)
     flux = tmp_path / "flux"
     flux.mkdir()
-    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(UnknownModelFormat, match="FluxPipeline"):
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "FluxFillPipeline"}))  # [dev] and Kontext run
+    with pytest.raises(UnknownModelFormat, match="FluxFillPipeline, which is not supported yet"):
+        inspect_model(flux)
+    (flux / "model_index.json").write_text(json.dumps({"_class_name": "PixArtSigmaPipeline"}))
+    with pytest.raises(UnknownModelFormat, match="PixArtSigmaPipeline"):
         inspect_model(flux)
     with pytest.raises(ModelNotFound, match="does not exist"):
         inspect_model(tmp_path / "missing.safetensors")
