@@ -133,6 +133,9 @@ def test_short_of_memory_the_unet_graph_is_freed_before_decoding(tiny_sd, photo,
     assert sum("only 0.2 GB of memory was free to decode in" in note for note in short.notes) == 2, short.notes
     unet = engine.load(str(tiny_sd)).pipeline.unet
     assert unet._request._compiled is None  # freed before the last decode
-    monkeypatch.setattr(diffusion, "available_memory", lambda: None)  # unknown: nothing is freed
+    monkeypatch.setattr(diffusion, "available_memory", lambda: None)  # unknown: the float32 path's own release
     calm = engine.generate(_request(photo, tiny_sd))
-    assert not any("free to decode" in note for note in calm.notes) and unet._request._compiled is not None
+    assert not any("free to decode" in note for note in calm.notes) and unet._request._compiled is None
+    unet.release_before_decoding = False  # a bf16 path's: kept while decoding
+    kept = engine.generate(_request(photo, tiny_sd))
+    assert kept.images[0].tobytes() == calm.images[0].tobytes() and unet._request._compiled is not None

@@ -30,6 +30,7 @@ class OpenVinoUNet:
         self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
         self.control_failed = self.prompts_failed = self.cached_failed = False
         self.torch_only = False  # while tokens are merged: every call runs with PyTorch
+        self.release_before_decoding = False  # the float32 graphs: freed before each decode (engine.diffusion)
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
         return self.forward(*args, **kwargs)
@@ -53,16 +54,17 @@ class OpenVinoUNet:
             finally:
                 self.torch_only = False
 
-    def release_graphs(self, note: str) -> None:
-        """Free every compiled UNet graph (its repacked weights: SD 1.5 3.4 GB in float32) with a note on the
-        result; the next step compiles what it needs again."""
+    def release_graphs(self, note: str | None) -> None:
+        """Free every compiled UNet graph (its repacked weights: SD 1.5 3.4 GB in float32), with a note on the
+        result unless ``note`` is None; the next step compiles what it needs again."""
         self._request.drop()
         for graph in (self.control, self.prompts):
             if graph is not None and graph.request is not None:
                 graph.request.drop()
         if self.cached is not None:
             self.cached.drop()
-        self.fallback.notes.append(note)
+        if note is not None:
+            self.fallback.notes.append(note)
 
     def set_weights_patch(self, key: Any, patcher: Callable[[Any], None] | None) -> None:
         """Run with changed weights (LoRAs) from the next call; ``key`` None with no patcher: the model's own."""
