@@ -23,14 +23,14 @@ class DenoiserConfig:
 
     in_channels: int
     time_cond_proj_dim: int | None = None  # LCM's guidance embedding: never for a transformer
+    distilled_guidance: bool = False  # guidance is the model's own input (Flux): no classifier-free rows
 
 
-class TransformerDenoiser:
-    """An SD 3.x ``SD3Transformer2DModel`` behind the UNet's call."""
+class TransformerCall:
+    """What the loop reads of a transformer behind the UNet's call: its config, device and dtype."""
 
-    def __init__(self, transformer: Any) -> None:
-        self.transformer = transformer
-        self.config = DenoiserConfig(int(transformer.config.in_channels))
+    def __init__(self, transformer: Any, config: DenoiserConfig) -> None:
+        self.transformer, self.config = transformer, config
 
     @property
     def device(self) -> torch.device:
@@ -39,6 +39,13 @@ class TransformerDenoiser:
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
+
+
+class TransformerDenoiser(TransformerCall):
+    """An SD 3.x ``SD3Transformer2DModel`` behind the UNet's call."""
+
+    def __init__(self, transformer: Any) -> None:
+        super().__init__(transformer, DenoiserConfig(int(transformer.config.in_channels)))
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *, encoder_hidden_states: torch.Tensor,
                  added_cond_kwargs: dict[str, torch.Tensor], timestep_cond: torch.Tensor | None = None,

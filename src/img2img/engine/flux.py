@@ -14,39 +14,24 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from img2img.engine.conditioning import TextConditioner
+from img2img.engine.denoiser import DenoiserConfig, TransformerCall
 from img2img.engine.prompt_syntax import chunks, extract_loras, parse, plain
 
 FLUX_T5_TOKENS = 512  # diffusers' max_sequence_length for Flux
 
 
-@dataclass(frozen=True)
-class FluxDenoiserConfig:
-    in_channels: int  # the latents' channels (the transformer's input is four times as wide: 2x2 patches)
-    time_cond_proj_dim: int | None = None
-    distilled_guidance: bool = True  # no classifier-free guidance rows: guidance is the model's own input
-
-
-class FluxDenoiser:
-    """A ``FluxTransformer2DModel`` behind the UNet's call: (1, 16, h, w) latents in, the velocity out."""
+class FluxDenoiser(TransformerCall):
+    """A ``FluxTransformer2DModel`` behind the UNet's call: (1, 16, h, w) latents in, the velocity out. Its input
+    is four times as wide as the latents' channels (2x2 patches); guidance is its own input, in one row."""
 
     def __init__(self, transformer: Any) -> None:
-        self.transformer = transformer
-        self.config = FluxDenoiserConfig(int(transformer.config.in_channels) // 4)
-
-    @property
-    def device(self) -> torch.device:
-        return self.transformer.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        super().__init__(transformer, DenoiserConfig(int(transformer.config.in_channels) // 4, distilled_guidance=True))
 
     def __call__(self, sample: torch.Tensor, timestep: torch.Tensor, *, encoder_hidden_states: torch.Tensor,
                  added_cond_kwargs: dict[str, torch.Tensor], timestep_cond: torch.Tensor | None = None,
