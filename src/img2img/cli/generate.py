@@ -330,10 +330,12 @@ def announce_model(console: Console, engine: Engine, request: GenerationRequest)
         if engine.placement.backend == "openvino" else ""
     with console.status(f"Loading model…{converting}"):
         loaded = engine.load(request.model)
-    backend = " with OpenVINO" if engine.placement.backend == "openvino" else ""
-    backend += ", int8 weights" if engine.placement.quantize == "int8" else ""
-    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.family.label}) on {engine.placement.device}, "
-                  f"{engine.placement.dtype_name}{backend}", highlight=False)
+    placement = loaded.placement  # where this model runs (SD 3 and Flux: PyTorch, whatever the engine's backend)
+    backend = " with OpenVINO" if placement.backend == "openvino" else " with PyTorch" if loaded.family.flow else ""
+    backend += (", T5 in int8 weights" if loaded.family.flow else ", int8 weights") if placement.quantize == "int8" \
+        else ""
+    console.print(f"model [bold]{loaded.name}[/bold] ({loaded.family.label}) on {placement.device}, "
+                  f"{placement.dtype_name}{backend}", highlight=False)
 
 
 def summary(record: GenerationRecord) -> str:
