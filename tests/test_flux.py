@@ -151,3 +151,22 @@ def test_dpm_solver_runs_flux_on_its_own_shifted_sigmas(tiny_flux: Path, photo: 
         assert (low.steps_run, high.steps_run) == (4, 7)  # 3.2 and 6.4, rounded up
         assert 0.0 < low.start_sigma < high.start_sigma < 1.0
     assert runs["Euler", 0.8].images.tobytes() != runs["DPM++ 2M", 0.8].images.tobytes()
+
+
+def test_a_photo_size_with_a_mask_keeps_the_working_size(tiny_flux: Path) -> None:
+    """451x300 works at 448x296, 37 latents high: Flux's own image processor would round it to 448x288 (16-px
+    steps), so the decoded picture would not match the mask's working size."""
+    from PIL import ImageDraw
+
+    from img2img.engine.inpaint import Inpaint
+
+    photo = Image.open(Path(__file__).parent.parent / "examples" / "astronaut.png").convert("RGB").resize((451, 300))
+    mask = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(mask).rectangle((100, 50, 300, 200), fill=255)
+    result = Engine(device="cpu").generate(GenerationRequest(source=photo, prompt=PROMPT, strength=0.7, steps=3,
+                                                             seed=1, model=str(tiny_flux), inpaint=Inpaint(mask=mask)))
+    record = result.record
+    assert (record.working_width, record.working_height) == (448, 296) and result.images[0].size == (451, 300)
+    kept, source = np.asarray(result.images[0], int), np.asarray(photo, int)
+    assert np.abs(kept[260:] - source[260:]).max() == 0  # outside the mask: the photo
+    assert np.abs(kept[80:180, 150:250] - source[80:180, 150:250]).mean() > 5  # inside: painted

@@ -152,7 +152,7 @@ class DiffusionSession:
 
     def latent_dist(self) -> Any:
         """The source's latent distribution (``encode``'s "source", which conditioners may ask for too)."""
-        return self.encode("source", self.pipeline.image_processor.preprocess(self.source))
+        return self.encode("source", source_pixels(self.pipeline, self.source))
 
     def begin(self, conditioners: tuple[Conditioner, ...], scheduler: Any, first_timestep: torch.Tensor,
               generator: torch.Generator, start: StartLatents) -> tuple[tuple[Conditioner, ...], StartLatents]:
@@ -189,6 +189,18 @@ class DiffusionSession:
                                                self.source.size[::-1], job.prompt_syntax, job.clip_skip)
             mapped_weights.release(self.pipeline)
         return replace(self._texts[key], timestep_cond=guidance_embedding(self.pipeline, job.guidance_scale))
+
+
+def source_pixels(pipeline: Any, picture: Image.Image) -> torch.Tensor:
+    """``picture`` in [-1, 1] for the VAE, at its own size. Flux's pipelines round pictures to 16 px (their 2x2
+    patches of an eighth-size latent), which would squash a 448x296 working size to 448x288; our Flux denoiser pads
+    odd latents instead, so a processor of the VAE's own factor, 8, keeps every working size as it is."""
+    processor = pipeline.image_processor
+    if processor.config.vae_scale_factor != pipeline.vae_scale_factor:
+        from diffusers.image_processor import VaeImageProcessor
+
+        processor = VaeImageProcessor(vae_scale_factor=pipeline.vae_scale_factor)
+    return processor.preprocess(picture)
 
 
 def token_merging(unet: Any, ratio: float) -> contextlib.AbstractContextManager[None]:

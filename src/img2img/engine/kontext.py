@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step
+from img2img.engine.diffusion import source_pixels
 
 KIND = "kontext"
 
@@ -29,8 +30,8 @@ class KontextConditioner(Conditioner):
 
     def begin(self, begin: Begin) -> tuple[Conditioner, StartLatents]:
         pipeline = begin.pipeline
-        pixels = pipeline.image_processor.preprocess(begin.source)
-        mean = begin.encode("source", pixels).mean.float()  # the mode: Kontext reads the source, draws nothing
+        # The distribution's mode: Kontext reads the source and draws nothing.
+        mean = begin.encode("source", source_pixels(pipeline, begin.source)).mean.float()
         vae = pipeline.vae.config
         reference = (mean - (vae.shift_factor or 0.0)) * vae.scaling_factor
         return replace(self, reference=reference), begin.start

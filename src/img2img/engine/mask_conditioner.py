@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from img2img.engine.conditioning import Begin, Conditioner, StartLatents, Step
-from img2img.engine.diffusion import draw_noise, posterior_sample
+from img2img.engine.diffusion import draw_noise, posterior_sample, source_pixels
 from img2img.engine.samplers import add_noise
 
 INPAINTING_CHANNELS = 9  # latents 4 + mask 1 + masked-image latents 4
@@ -60,7 +60,7 @@ class MaskConditioner(Conditioner):
             start = replace(start, clean=clean, noised=noised)
         channels = None
         if self.inpainting_unet:  # diffusers draws the masked image's latents after the noise, from one generator
-            pixels = begin.pipeline.image_processor.preprocess(begin.source)
+            pixels = source_pixels(begin.pipeline, begin.source)
             distribution = begin.encode("masked source", pixels * keep)
             masked = posterior_sample(distribution, begin.generator)
             channels = torch.cat([latent_mask, masked * begin.pipeline.vae.config.scaling_factor], dim=1)
