@@ -270,11 +270,12 @@ def _t5_tokenizer():
     return T5TokenizerFast(vocab=pieces, extra_ids=0)
 
 
-def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
+def build_tiny_sd3(folder: Path, t5: bool = True, single_file: bool = False) -> Path:
     """Save a tiny Stable Diffusion 3-shaped pipeline as a diffusers folder at ``folder``: an MMDiT transformer with
     2x2 patches, CLIP-L and CLIP-G shaped encoders with projections, a T5 encoder unless ``t5`` is False, a
     16-channel VAE that divides the size by 8 with SD3's scaling and shift, and the flow-matching Euler scheduler
-    with SD3's shift of 3."""
+    with SD3's shift of 3. ``single_file``: shaped as Stability's single files can hold it, CLIP-G wider than CLIP-L
+    (diffusers tells the two apart by width) and CLIP-L's projection the identity (the files have none)."""
     from diffusers import (
         AutoencoderKL,
         FlowMatchEulerDiscreteScheduler,
@@ -284,9 +285,11 @@ def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
+    clip_g = _text_config(hidden_size=48, projection_dim=48) if single_file else _text_config()
     transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
                                         attention_head_dim=8, num_attention_heads=4, joint_attention_dim=96,
-                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=96)
+                                        caption_projection_dim=32, pos_embed_max_size=96,
+                                        pooled_projection_dim=32 + clip_g.projection_dim)
     vae = AutoencoderKL(block_out_channels=[16, 16, 32, 32], in_channels=3, out_channels=3, latent_channels=16,
                         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                         sample_size=64, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False,
@@ -297,10 +300,13 @@ def build_tiny_sd3(folder: Path, t5: bool = True) -> Path:
         text_encoder_3 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=96, d_kv=8, d_ff=37,
                                                  num_layers=2, num_heads=4, relative_attention_num_buckets=8,
                                                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    clip_l = CLIPTextModelWithProjection(_text_config())
+    if single_file:
+        torch.nn.init.eye_(clip_l.text_projection.weight)
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        text_encoder=CLIPTextModelWithProjection(_text_config()), tokenizer=_tokenizer("<|endoftext|>"),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config()), tokenizer_2=_tokenizer("!"),
+        text_encoder=clip_l, tokenizer=_tokenizer("<|endoftext|>"),
+        text_encoder_2=CLIPTextModelWithProjection(clip_g), tokenizer_2=_tokenizer("!"),
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
     pipeline.save_pretrained(folder)
     return folder

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -150,8 +151,11 @@ def _inspect_flux_folder(path: Path, name: str, allow_pickle: bool, pipeline_cla
 def max_working_side(files: ModelFiles) -> int | None:
     """The longest side in pixels a model can paint, where its architecture has one: SD 3's transformer places
     its patches on a grid of ``pos_embed_max_size`` (192 patches of 2x2 latents: 3072 px); None for UNets."""
-    if files.family.base != "sd3" or files.layout != "diffusers":
+    if files.family.base != "sd3":
         return None
+    if files.layout == "single_file":  # the grid's positions, as the file stores them
+        positions = file_shapes(files.path).get(f"{UNET_PREFIX}pos_embed")
+        return math.isqrt(positions[1]) * 2 * 8 if positions else None
     config = _read_json(files.path / "transformer" / "config.json")
     grid = config.get("pos_embed_max_size")
     return int(grid) * int(config.get("patch_size", 2)) * 8 if grid else None
@@ -179,11 +183,14 @@ def _inspect_file(path: Path, name: str, allow_pickle: bool, prediction: Predict
 def _family_from_keys(
     path: Path, shapes: dict[str, list[int]], metadata: dict[str, str], prediction: Prediction | None, name: str
 ) -> Family:
+    title = " ".join(metadata.get(k, "") for k in ("modelspec.title", "modelspec.architecture"))
     transformer = _single_file_transformer(shapes)
-    if transformer is not None:
-        raise UnknownModelFormat(
-            f"model should be a diffusers folder for {transformer} (or its repo in the Hugging Face cache), but "
-            f"{path.name} is a single-file {transformer} checkpoint, which is not supported yet")
+    if transformer == "sd3":
+        return Family(base="sd3", prediction="flow", distillation=distillation_from_name(name, title))
+    if transformer == "flux":  # [schnell] has no guidance input; Kontext is [dev]'s architecture, known by name
+        schnell = not any(key.removeprefix(UNET_PREFIX).startswith("guidance_in.") for key in shapes)
+        return Family(base="flux", prediction="flow", distillation="turbo" if schnell else None,
+                      edit="kontext" in f"{name} {title}".lower())
     if SDXL_TEXT_KEY in shapes:
         base = "sdxl"
     elif SD2_TEXT_KEY in shapes:
@@ -208,22 +215,26 @@ def _family_from_keys(
             prediction = "epsilon"
         else:
             prediction = "v_prediction"  # most SD 2.x checkpoints are the 768-px v-prediction kind
-    title = " ".join(metadata.get(k, "") for k in ("modelspec.title", "modelspec.architecture"))
     channels = shapes.get(UNET_INPUT_KEY, [0, 4])[1]
     return Family(base=base, prediction=prediction, distillation=distillation_from_name(name, title),  # type: ignore[arg-type]
                   **kind_from_channels(channels, base, path.name))  # type: ignore[arg-type]
 
 
 def _single_file_transformer(shapes: dict[str, list[int]]) -> str | None:
-    """The family of a single-file transformer checkpoint (SD 3's joint blocks, Flux's double-stream blocks in
-    BFL's or ComfyUI's layout), or None."""
+    """The family of a single-file transformer checkpoint: "sd3" (SD 3's joint blocks) or "flux" (Flux's
+    double-stream blocks, in BFL's or ComfyUI's layout), or None."""
     for key in shapes:
         name = key.removeprefix(UNET_PREFIX)
         if name.startswith("joint_blocks."):
-            return "SD 3.x"
+            return "sd3"
         if name.startswith("double_blocks."):
-            return "FLUX.1"
+            return "flux"
     return None
+
+
+def file_shapes(path: Path) -> dict[str, list[int]]:
+    """Every tensor's shape in a checkpoint file, read without loading the weights."""
+    return _safetensors_shapes(path)[0] if path.suffix.lower() == ".safetensors" else _pickle_shapes(path)
 
 
 def _safetensors_shapes(path: Path) -> tuple[dict[str, list[int]], dict[str, str]]:

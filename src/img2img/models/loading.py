@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from img2img.errors import ModelError
-from img2img.models import mapped_weights, ov_runtime, pagecache
-from img2img.models.detect import ModelFiles
+from img2img.models import flow_files, mapped_weights, ov_runtime, pagecache
+from img2img.models.detect import ModelFiles, file_shapes
 from img2img.models.device import Placement
 from img2img.models.families import Family
 from img2img.models.paths import cache_dir
@@ -55,6 +55,7 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     ``t5`` False leaves an SD 3.x model's T5 encoder out (zeros in its place, as diffusers runs it without).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # loading never reaches the network, whatever it is given
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
     if files.family.flow and placement.backend == "openvino":
         placement = replace(placement, backend="torch")  # OpenVINO's graphs are traced from UNets only
     pipeline_class = _pipeline_class(files.family)
@@ -64,18 +65,21 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, variant)
     if openvino_ready and files.layout == "diffusers":
         options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
-    if files.family.base == "sd3" and not (t5 and _has_t5(files)):
+    if files.family.base == "sd3" and files.layout == "diffusers" and not (t5 and _has_t5(files)):
         options |= {"text_encoder_3": None, "tokenizer_3": None}  # SD 3 runs without T5 (zeros in its place)
     if files.family.base in ("sd1", "sd2"):
         options |= {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
     try:
-        pipeline = _read_pipeline(pipeline_class, files, placement, config_dir, options)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        pipeline = _read_pipeline(pipeline_class, files, placement, config_dir, options, t5)
+    except (OSError, ValueError, KeyError, RuntimeError, SingleFileComponentError) as exc:
         raise ModelError(f"model {files.name} ({files.family.label}) could not be loaded from {files.path}: "
                          f"{str(exc).splitlines()[0]}") from exc
     if not files.family.flow and pipeline.scheduler.config.get("prediction_type") != files.family.prediction:
         pipeline.scheduler.register_to_config(prediction_type=files.family.prediction)
     pipeline.set_progress_bar_config(disable=True)
+    for component in pipeline.components.values():  # diffusers leaves a single file's T5 in training mode, where
+        if isinstance(component, torch.nn.Module):  # its dropout makes every prompt's encoding random
+            component.eval()
     pipeline.to(placement.device)
     t5 = t5_encoder(pipeline)
     if placement.quantize == "int8" and t5 is not None:
@@ -108,7 +112,7 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
 
 
 def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement, config_dir: Path | None,
-                   options: dict[str, Any]) -> Any:
+                   options: dict[str, Any], t5: bool) -> Any:
     """The pipeline in ``placement``'s dtype. Files of another float dtype than a CPU placement's (fp16 files for
     float32 or bf16, float32 files for bf16) are read as they are, which maps them without copying, then each module
     is converted while the files' mapped pages are given back as they are read (``pagecache.releasing``): the peak
@@ -117,8 +121,8 @@ def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement,
     read directly, as diffusers keeps some modules of some encoders in float32 there (T5's ``wo``)."""
     stored = _stored_dtype(files)
     if stored is None or stored == placement.dtype or placement.dtype not in (torch.float32, torch.bfloat16):
-        return _read(pipeline_class, files, placement.dtype, config_dir, options)
-    pipeline = _read(pipeline_class, files, stored, config_dir, options)
+        return _read(pipeline_class, files, placement.dtype, config_dir, options, t5)
+    pipeline = _read(pipeline_class, files, stored, config_dir, options, t5)
     with pagecache.releasing(_weight_files(files), unwritten=True):  # nothing writes to weights being converted
         for component in pipeline.components.values():
             if isinstance(component, torch.nn.Module):
@@ -127,11 +131,20 @@ def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement,
 
 
 def _read(pipeline_class: Any, files: ModelFiles, dtype: torch.dtype, config_dir: Path | None,
-          options: dict[str, Any]) -> Any:
+          options: dict[str, Any], t5: bool) -> Any:
     if files.layout == "diffusers":
         return pipeline_class.from_pretrained(str(files.path), dtype=dtype,
                                               use_safetensors=None if files.pickled else True, **options)
+    if files.family.base == "flux":  # the transformer from the file, the rest from the user's FLUX.1 folder
+        transformer = flow_files.flux_transformer(files, config_dir, dtype)
+        pipeline = pipeline_class.from_pretrained(str(config_dir), transformer=transformer, dtype=dtype,
+                                                  use_safetensors=True, **options)
+        flow_files.match_flux_schedule(pipeline.scheduler, schnell=files.family.distillation is not None)
+        return pipeline
     configs = config_dir or prepared_config_dir(files.family)
+    if files.family.base == "sd3":
+        options = options | flow_files.sd3_components(files, file_shapes(files.path), configs,
+                                                      config_dir is not None, t5, dtype)
     return pipeline_class.from_single_file(str(files.path), config=str(configs), torch_dtype=dtype, **options)
 
 

@@ -60,6 +60,11 @@ class ModelRegistry:
         if not entry.t5 and files.family.base != "sd3":
             raise InvalidArgument("t5", f"left on for {files.family.label} models (only SD 3.x has a T5 encoder)",
                                   "off")
+        if files.layout == "single_file" and files.family.flow:  # what the file lacks must be in --config
+            from img2img.models.detect import file_shapes
+            from img2img.models.flow_files import check_parts
+
+            check_parts(files, file_shapes(path), Path(entry.config) if entry.config else None)
         data = self._load()
         config = str(Path(entry.config).resolve()) if entry.config else None
         data["models"][entry.name] = asdict(
