@@ -75,6 +75,11 @@ def test_what_an_sd3_file_lacks_comes_from_the_folder_or_is_refused(sd3_files, t
         assert _picture(name, photo, registry) == folder
     registry.add(ModelEntry("no-t5", str(sd3_files["all"]), config=str(tiny_sd3), t5=False))
     assert _picture("no-t5", photo, registry) != folder  # zeros for T5, as a folder saved without it
+    no_tokenizer = tmp_path / "no-tokenizer"  # T5's weights are in the file, but nothing can read a prompt for it
+    shutil.copytree(tiny_sd3, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer_3"))
+    registry.add(ModelEntry("untokenized", str(sd3_files["all"]), config=str(no_tokenizer)))
+    assert registry.get("bare").t5 and not registry.get("untokenized").t5  # listed as "without T5"
+    assert _picture("untokenized", photo, registry) == _picture("no-t5", photo, registry)
 
 
 @pytest.mark.parametrize("config", [

@@ -3,7 +3,6 @@ strength contract on its size-shifted schedule, guidance as an input, and one-li
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,20 +122,6 @@ def test_kontext_reads_the_source_as_tokens_as_diffusers_does(tmp_path: Path, ph
     assert other.images[0].tobytes() != ours.images[0].tobytes()  # the source is read even from pure noise
     partway = engine.generate(replace(request, strength=0.5))
     assert partway.record.steps_run == 3 and partway.images[0].tobytes() != ours.images[0].tobytes()
-
-
-@pytest.mark.parametrize(("key", "family"), [("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "SD 3.x"),
-                                             ("double_blocks.0.img_attn.qkv.weight", "FLUX.1")])
-def test_single_file_transformer_checkpoints_are_named_and_refused(tmp_path: Path, key: str, family: str) -> None:
-    from safetensors.torch import save_file
-
-    from img2img.errors import UnknownModelFormat
-
-    path = tmp_path / "model.safetensors"
-    save_file({key: torch.zeros(6, 2)}, str(path))
-    with pytest.raises(UnknownModelFormat, match=rf"^model should be a diffusers folder for {re.escape(family)} .*"
-                       rf"is a single-file {re.escape(family)} checkpoint"):
-        inspect_model(path)
 
 
 def test_dpm_solver_runs_flux_on_its_own_shifted_sigmas(tiny_flux: Path, photo: Path) -> None:

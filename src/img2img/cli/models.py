@@ -25,7 +25,9 @@ def models_add(
     name: Annotated[str, typer.Argument(help="A short name for the model.")],
     path: Annotated[Path, typer.Argument(help="A diffusers folder or a .safetensors checkpoint, LoRA, embedding, "
                                               "VAE, ControlNet or T2I-Adapter.")],
-    config: Annotated[Path | None, typer.Option(help="Diffusers config folder for an unusual checkpoint.")] = None,
+    config: Annotated[Path | None, typer.Option(help="A diffusers folder for a single file: configs for an unusual "
+                                                "checkpoint, and what the file lacks (an SD 3 file's text encoders, "
+                                                "all but a FLUX.1 file's transformer).")] = None,
     prediction: Annotated[str | None, typer.Option(help="epsilon or v_prediction, if detection is wrong.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Allow a pickled checkpoint (it can run code).")] = False,
     t5: Annotated[bool, typer.Option("--t5/--no-t5", help="SD 3.x: load its T5 text encoder (--no-t5 leaves it "
@@ -51,7 +53,8 @@ def models_add(
     if default:
         registry.set_default(name)
     marker = " (default)" if registry.default_name() == name else ""
-    without = "" if t5 else " without T5"
+    added = registry.get(name)
+    without = "" if added is None or added.t5 else " without T5"
     typer.echo(f"added {name}: {family.label}{without} at {Path(path).resolve()}{marker}")
 
 

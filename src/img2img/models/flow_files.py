@@ -115,8 +115,7 @@ def sd3_components(files: ModelFiles, shapes: dict[str, list[int]], configs: Pat
     folder = configs if user_folder else None
     check_parts(files, shapes, folder)
     options: dict[str, Any] = sd3_architecture(shapes, _folder_head_dim(configs))
-    tokenizer = folder is not None and any((folder / "tokenizer_3").glob("*"))
-    t5 = t5 and tokenizer and (SD3_T5_KEY in shapes or has_weights(folder, "text_encoder_3"))
+    t5 = t5 and sd3_has_t5(shapes, folder)
     from_folder = {"vae": (AutoencoderKL, not has_vae(shapes)),
                    "text_encoder": (CLIPTextModelWithProjection, SD3_CLIP_KEYS["text_encoder"] not in shapes),
                    "text_encoder_2": (CLIPTextModelWithProjection, SD3_CLIP_KEYS["text_encoder_2"] not in shapes),
@@ -128,6 +127,12 @@ def sd3_components(files: ModelFiles, shapes: dict[str, list[int]], configs: Pat
     if not t5:
         options |= {"text_encoder_3": None, "tokenizer_3": None}  # runs without T5: zeros in its place
     return options
+
+
+def sd3_has_t5(shapes: dict[str, list[int]], folder: Path | None) -> bool:
+    """Whether a single SD 3 file can run with T5: its tokenizer in the folder, its weights there or in the file."""
+    tokenizer = folder is not None and any((folder / "tokenizer_3").glob("*"))
+    return tokenizer and (SD3_T5_KEY in shapes or has_weights(folder, "text_encoder_3"))
 
 
 def flux_transformer(files: ModelFiles, configs: Path | None, dtype: torch.dtype) -> Any:

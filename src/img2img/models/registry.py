@@ -9,7 +9,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from img2img.errors import InvalidArgument, ModelError, ModelNotFound
@@ -62,9 +62,12 @@ class ModelRegistry:
                                   "off")
         if files.layout == "single_file" and files.family.flow:  # what the file lacks must be in --config
             from img2img.models.detect import file_shapes
-            from img2img.models.flow_files import check_parts
+            from img2img.models.flow_files import check_parts, sd3_has_t5
 
-            check_parts(files, file_shapes(path), Path(entry.config) if entry.config else None)
+            shapes, folder = file_shapes(path), Path(entry.config) if entry.config else None
+            check_parts(files, shapes, folder)
+            if files.family.base == "sd3" and not sd3_has_t5(shapes, folder):
+                entry = replace(entry, t5=False)  # recorded, so that listings say it runs without T5
         data = self._load()
         config = str(Path(entry.config).resolve()) if entry.config else None
         data["models"][entry.name] = asdict(
