@@ -33,7 +33,7 @@ def measure(trace_side: int, sizes: list[tuple[int, int]]) -> dict[str, object]:
         requires_safety_checker=False)
     key = f"{trace_side:02d}" * 32
     started = time.perf_counter()
-    ov_runtime.export_ir(pipeline, key, "bf16")
+    ov_runtime.export_ir(lambda part: getattr(pipeline, part), key, "bf16")
     figures: dict[str, object] = {"traced_at": trace_side, "convert_s": round(time.perf_counter() - started, 1)}
 
     def unavailable(part: str) -> torch.nn.Module:

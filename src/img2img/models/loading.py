@@ -63,6 +63,10 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     options: dict[str, Any] = {"local_files_only": True}
     variant = ov_runtime.ir_variant(placement.dtype, placement.quantize)
     openvino_ready = placement.backend == "openvino" and ov_runtime.has_ir(sha256, variant)
+    if placement.backend == "openvino" and not openvino_ready and files.layout == "diffusers" \
+            and placement.quantize != "int8":  # converted first, from the UNet and then the VAE alone
+        _convert(files, lambda part: _float_component(files, part), sha256, variant)
+        openvino_ready = True
     if openvino_ready and files.layout == "diffusers":
         options |= {"unet": None, "vae": None}  # the compiled IR replaces them: never load them
     if files.family.base == "sd3" and files.layout == "diffusers" and not (t5 and _has_t5(files)):
@@ -89,13 +93,8 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
     if placement.device == "cpu":  # resident only while they encode
         mapped_weights.map_weights(pipeline, cache_dir() / "tmp")
     if placement.backend == "openvino":
-        if not openvino_ready:
-            try:
-                ov_runtime.export_ir(pipeline, sha256, variant)
-            except (RuntimeError, ValueError, TypeError, OSError) as exc:
-                raise ModelError(f"model {files.name} could not be converted for OpenVINO "
-                                 f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
-                                 ) from exc
+        if not openvino_ready:  # a single file, or int8, which calibrates on the pipeline's text encoders
+            _convert(files, lambda part: getattr(pipeline, part), sha256, variant, pipeline)
         float_placement = replace(placement, dtype=torch.float32)
         ov_runtime.attach(pipeline, sha256, variant, _torch_loader(files, placement, config_dir),
                           lambda: _torch_loader(files, float_placement, config_dir)("unet"))
@@ -109,6 +108,34 @@ def load_model(files: ModelFiles, placement: Placement, config_dir: Path | None 
         name=files.name, family=files.family, sha256=sha256, pipeline=pipeline,
         placement=placement,
     )
+
+
+def _convert(files: ModelFiles, components: Any, sha256: str, variant: str, pipeline: Any = None) -> None:
+    try:
+        ov_runtime.export_ir(components, sha256, variant, pipeline)
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
+        raise ModelError(f"model {files.name} could not be converted for OpenVINO "
+                         f"({(str(exc).splitlines() or [type(exc).__name__])[0]}); run it with --backend torch"
+                         ) from exc
+
+
+def _float_component(files: ModelFiles, part: str) -> torch.nn.Module:
+    """A diffusers folder's UNet or VAE in float32, for converting it alone: fp16 or bf16 files are read as they
+    are and converted while their mapped pages are given back (as ``_read_pipeline`` does for the pipeline)."""
+    import diffusers
+
+    component = diffusers.UNet2DConditionModel if part == "unet" else diffusers.AutoencoderKL
+    stored = _stored_dtype(files) or torch.float32
+    try:
+        module = component.from_pretrained(str(files.path), subfolder=part, torch_dtype=stored,
+                                           local_files_only=True, use_safetensors=None if files.pickled else True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"model {files.name}: its {part} could not be loaded from {files.path}: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    if stored != torch.float32:
+        with pagecache.releasing(sorted((files.path / part).glob("*.safetensors")), unwritten=True):
+            module.to(torch.float32)
+    return module.eval()
 
 
 def _read_pipeline(pipeline_class: Any, files: ModelFiles, placement: Placement, config_dir: Path | None,
