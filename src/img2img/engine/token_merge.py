@@ -22,55 +22,78 @@ from typing import Any
 
 import torch
 
-SIMILARITY_CHUNK = 2048  # sources compared at a time (a 2048x2048 image has 49,152 sources and 16,384 destinations)
+SIMILARITY_CHUNKS = 24  # sources compared in this many slices: 2,048 of a 2048x2048 image's 49,152 at a time
+RATIO_PARTS = 10_000  # a ratio counted in parts per this many, so that every count of tokens is exact integer math
 
 
-def merge_plan(tokens: torch.Tensor, height: int, width: int, ratio: float
+def merge_plan(tokens: torch.Tensor, height: Any, width: Any, ratio: float | torch.Tensor
                ) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
     """How to merge ``tokens`` (batch, height x width, channels) and how to spread the merged result back.
 
     Returns (merge, unmerge): merge maps (batch, N, C) to (batch, N - r, C); unmerge maps attention's output on
-    the merged tokens back to (batch, N, C).
+    the merged tokens back to (batch, N, C). Written in tensor operations only, so that tracing (the OpenVINO
+    graph, ``img2img.models.ov_merge``) keeps every size and ``ratio`` dynamic: ``height``, ``width`` and the
+    token count may be traced sizes, and ``ratio`` a graph input: its parts per ``RATIO_PARTS`` (an int64 tensor).
     """
     count, device = tokens.shape[1], tokens.device
-    grid = torch.arange(count, device=device).view(height, width)
-    cells = grid[: height - height % 2: 2, : width - width % 2: 2].reshape(-1)  # each 2x2 cell's top-left token
-    is_destination = torch.zeros(count, dtype=torch.bool, device=device)
-    is_destination[cells] = True
-    destinations, sources = cells, torch.nonzero(~is_destination).squeeze(1)
-    merged_count = min(int(count * ratio), sources.numel())
+    destinations, sources = _split(count, height, width, device)
+    source_count, destination_count = count - destinations.shape[0], destinations.shape[0]
+    parts = ratio if isinstance(ratio, torch.Tensor) else torch.tensor(round(ratio * RATIO_PARTS))
+    merged_count = torch.minimum(parts * count // RATIO_PARTS, torch.as_tensor(source_count))
 
     with torch.no_grad():
         metric = tokens / tokens.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         targets = metric[:, destinations].transpose(1, 2)
+        rows = (source_count + SIMILARITY_CHUNKS - 1) // SIMILARITY_CHUNKS
         best, partner = [], []
-        for chunk in sources.split(SIMILARITY_CHUNK):  # (batch, chunk, destinations) at a time: bounded memory
-            value, index = (metric[:, chunk] @ targets).max(dim=-1)
+        for index in range(SIMILARITY_CHUNKS):  # (batch, rows, destinations) at a time: bounded memory
+            chunk = sources[index * rows: (index + 1) * rows]
+            value, nearest = (metric[:, chunk] @ targets).max(dim=-1)
             best.append(value)
-            partner.append(index)
-        order = torch.cat(best, dim=1).argsort(dim=-1, descending=True, stable=True)
+            partner.append(nearest)
+        order = torch.cat(best, dim=1).argsort(dim=-1, descending=True, stable=True)  # most similar first
     partner = torch.cat(partner, dim=1)
     merged, kept = order[:, :merged_count], order[:, merged_count:]  # indices into ``sources``
     partner_of_merged = partner.gather(1, merged)  # indices into ``destinations``
+    # Where each token's output is in attention's: a kept source at its place, the rest at their destination's.
+    kept_count, rank = source_count - merged_count, torch.arange(source_count, device=device).expand_as(order)
+    place = torch.where(rank < merged_count, kept_count + partner.gather(1, order), rank - merged_count)
+    batch = tokens.shape[0]
+    source_place = torch.zeros_like(place).scatter(1, order, place)
+    destination_place = kept_count + torch.arange(destination_count, device=device).expand(batch, -1)
+    position = torch.zeros(batch, count, dtype=torch.long, device=device).scatter(
+        1, sources.expand(batch, -1), source_place).scatter(1, destinations.expand(batch, -1), destination_place)
 
     def merge(x: torch.Tensor) -> torch.Tensor:
         source_values, destination_values = x[:, sources], x[:, destinations]
         moved = source_values.gather(1, _rows(merged, x))
-        destination_values = destination_values.scatter_reduce(1, _rows(partner_of_merged, x), moved, reduce="mean",
-                                                               include_self=True)
-        return torch.cat([source_values.gather(1, _rows(kept, x)), destination_values], dim=1)
+        total = destination_values.scatter_add(1, _rows(partner_of_merged, x), moved)
+        members = torch.ones_like(destination_values[..., :1]).scatter_add(
+            1, partner_of_merged.unsqueeze(-1), torch.ones_like(moved[..., :1]))  # each destination and its merged
+        return torch.cat([source_values.gather(1, _rows(kept, x)), total / members], dim=1)
 
     def unmerge(y: torch.Tensor) -> torch.Tensor:
-        staying, destination_values = y[:, : kept.shape[1]], y[:, kept.shape[1]:]
-        out = y.new_zeros(y.shape[0], count, y.shape[-1])
-        out[:, destinations] = destination_values
-        source_out = y.new_zeros(y.shape[0], sources.numel(), y.shape[-1])
-        source_out.scatter_(1, _rows(kept, y), staying)
-        source_out.scatter_(1, _rows(merged, y), destination_values.gather(1, _rows(partner_of_merged, y)))
-        out[:, sources] = source_out
-        return out
+        return y.gather(1, _rows(position, y))
 
     return merge, unmerge
+
+
+def _split(count: Any, height: Any, width: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The destinations (the top-left token of every whole 2x2 cell) and the sources (every other token), each in
+    raster order, by arithmetic alone: every shape follows from the latent's size, which keeps a traced graph's
+    shapes static once its input's are."""
+    cell_rows, cell_columns = height // 2, width // 2
+    destinations = ((torch.arange(cell_rows, device=device) * (2 * width)).unsqueeze(1)
+                    + torch.arange(cell_columns, device=device) * 2).reshape(-1)
+    token = torch.arange(count, device=device)
+    row, column = token // width, token % width
+    is_destination = (row % 2 == 0) & (column % 2 == 0) & (row < 2 * cell_rows) & (column < 2 * cell_columns)
+    source_count = count - destinations.shape[0]
+    # Each source's place among the sources (counted in int64: a traced boolean sum would wrap at 256); the
+    # destinations all go to one spare place, dropped.
+    slot = torch.where(is_destination, source_count, torch.cumsum((~is_destination).long(), 0) - 1)
+    sources = torch.zeros(source_count + 1, dtype=torch.long, device=device).scatter(0, slot, token)[:source_count]
+    return destinations, sources
 
 
 def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -115,7 +138,7 @@ def merging_tokens(unet: Any, ratio: float) -> Iterator[None]:
 
     def remember(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = args[0] if args else kwargs["sample"]
-        latent[0] = (int(sample.shape[-2]), int(sample.shape[-1]))
+        latent[0] = (sample.shape[-2], sample.shape[-1])  # traced sizes while tracing, so they stay dynamic
 
     own = unet.attn_processors
     level = first_attention_level(unet)

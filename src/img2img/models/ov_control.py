@@ -54,12 +54,16 @@ class _ControlledUNetExport(ov_runtime._UNetExport):
 
 
 def _convert(module: torch.nn.Module, shapes: list[tuple[int, ...]], example: list[torch.Tensor]) -> Any:
+    """``module`` traced on ``example`` as an OpenVINO model whose inputs have ``shapes`` (-1: dynamic); each input
+    float32, or int64 where its example is."""
     import openvino as ov
 
+    types = [ov.Type.i64 if tensor.dtype == torch.int64 else ov.Type.f32 for tensor in example]
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         return ov.convert_model(module.eval(), example_input=tuple(example),
-                                input=[([max(side, -1) for side in shape], ov.Type.f32) for shape in shapes])
+                                input=[([max(side, -1) for side in shape], kind)
+                                       for shape, kind in zip(shapes, types, strict=True)])
 
 
 def _save(model: Any, xml: Path, variant: str, int8: bool) -> None:

@@ -134,11 +134,13 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     """Put stand-ins for the cached IR in ``pipeline.unet`` and ``pipeline.vae``; each compiles on first use and
     falls back to the PyTorch component (from ``fallback``) for what OpenVINO cannot run. ``float_unet`` loads the
     float32 PyTorch UNet, for converting the graphs that take ControlNet residuals (``ov_control``), image
-    prompts' keys and values (``ov_image_prompt``) and step caching's features (``ov_step_cache``) on first need."""
+    prompts' keys and values (``ov_image_prompt``), step caching's features (``ov_step_cache``) and token merging
+    (``ov_merge``) on first need."""
     import openvino as ov
 
     from img2img.models.ov_control import ControlGraph
     from img2img.models.ov_image_prompt import ImagePromptGraph
+    from img2img.models.ov_merge import MergeGraph
     from img2img.models.ov_step_cache import StepCacheGraphs
     from img2img.models.ov_unet import OpenVinoUNet
 
@@ -154,9 +156,10 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     control = ControlGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
     prompts = ImagePromptGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
     cached = StepCacheGraphs(core, folder, options, turn, variant, float_unet, configs["unet"])
-    object.__setattr__(pipeline, "unet", OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback,
-                                                                                                    notes), control,
-                                                      prompts, cached))
+    merged = MergeGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
+    unet = OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback, notes), control, prompts,
+                        cached, merged)
+    object.__setattr__(pipeline, "unet", unet)
     pipeline.unet.release_before_decoding = variant.split("-")[0] == "f32"  # 3.4 GB for SD 1.5: not beside the VAE
     object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],
                                                     _Fallback("vae", fallback, notes)))

@@ -1,10 +1,12 @@
 """The OpenVINO UNet's stand-in: called like diffusers' UNet2DConditionModel, it runs the model's own graph, the
 graph that takes ControlNet residuals (``ov_control``) or the one that takes image prompts' keys and values
 (``ov_image_prompt``), one compiled at a time, and hands any other call to the PyTorch UNet (with a note). Step
-caching's calls (``deep`` and ``shallow``) run on two graphs of their own (``ov_step_cache``)."""
+caching's calls (``deep`` and ``shallow``) run on two graphs of their own (``ov_step_cache``); while a run merges
+tokens, its plain calls run on the graph that merges (``ov_merge``) and its others with PyTorch, merging too."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -23,13 +25,15 @@ class OpenVinoUNet:
     takes_image_prompts = True  # image tokens arrive beside the text; the graph takes their keys and values
 
     def __init__(self, request: _Request, config: dict[str, Any], fallback: _Fallback, control: Any = None,
-                 prompts: Any = None, cached: Any = None) -> None:
+                 prompts: Any = None, cached: Any = None, merged: Any = None) -> None:
         self.config = _Config(config)
         self._request, self.fallback, self.control, self.prompts = request, fallback, control, prompts
         self.cached = cached  # the step-caching graphs (ov_step_cache.StepCacheGraphs)
+        self.merged = merged  # the graph that merges tokens (ov_merge.MergeGraph)
         self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
-        self.control_failed = self.prompts_failed = self.cached_failed = False
-        self.torch_only = False  # while tokens are merged: every call runs with PyTorch
+        self.control_failed = self.prompts_failed = self.cached_failed = self.merged_failed = False
+        self.merge_ratio = 0.0  # while a run merges tokens: the share merged
+        self._merge_noted = False  # whether this run's note on merging with PyTorch is written
         self.release_before_decoding = False  # the float32 graphs: freed before each decode (engine.diffusion)
 
     def __call__(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor]:
@@ -37,32 +41,55 @@ class OpenVinoUNet:
 
     @contextmanager
     def merging_tokens(self, ratio: float) -> Iterator[None]:
-        """Token merging for a run (``img2img.engine.token_merge``): the traced graphs have no place for it, so
-        the run's UNet calls go to the PyTorch UNet with its attention patched, with a note."""
+        """Token merging for a run (``img2img.engine.token_merge``): plain calls run on the graph that merges,
+        calls with other inputs (ControlNets, image prompts, step caching) with PyTorch's UNet, merging too."""
+        self.merge_ratio, self._merge_noted = ratio, False
+        try:
+            yield
+        finally:
+            self.merge_ratio = 0.0
+
+    def _merged(self, inputs: list[np.ndarray]) -> torch.Tensor | None:
+        """A plain step through the graph that merges tokens; None when it cannot run (then PyTorch does)."""
+        if self.merged is None or self.merged_failed or self.fallback.failed:
+            return None
+        try:
+            self._keep_compiled(self.merged.request)
+            return self.merged.run(inputs, self.merge_ratio, self._patch)
+        except OpenVinoFailure as failure:
+            self.merged_failed = True
+            self.fallback.notes.append(f"OpenVINO could not run the UNet that merges tokens ({failure}); it runs "
+                                       "with PyTorch instead")
+            return None
+
+    def _keep_compiled(self, keep: Any) -> None:
+        """Free every compiled UNet graph but ``keep``'s: one full copy of the weights is resident at a time."""
+        for graph in (self._request, *(g.request for g in (self.control, self.prompts, self.merged) if g)):
+            if graph is not None and graph is not keep:
+                graph.drop()
+        if self.cached is not None:
+            self.cached.drop()
+
+    def _torch_merging(self) -> contextlib.AbstractContextManager[None]:
+        """The PyTorch UNet merging tokens for a call while the run merges (with a note, once a run), else as is."""
         from img2img.engine.token_merge import merging_tokens
         from img2img.errors import InvalidArgument
 
+        if not self.merge_ratio:
+            return contextlib.nullcontext()
         if self._patch[1] is not None:  # LoRAs live in the graphs' weights here, not in the PyTorch UNet's
-            raise InvalidArgument("merge_tokens", "0 with LoRAs on the OpenVINO backend (run --backend torch to merge "
-                                  "tokens with LoRAs)", ratio)
-        self.fallback.notes.append("OpenVINO's UNet graphs do not merge tokens; this request's UNet runs with "
-                                   "PyTorch")
-        with merging_tokens(self.fallback.module, ratio):
-            self.torch_only = True
-            try:
-                yield
-            finally:
-                self.torch_only = False
+            raise InvalidArgument("merge_tokens", "0 with LoRAs and other inputs on the OpenVINO backend (run "
+                                  "--backend torch to merge tokens with them)", self.merge_ratio)
+        if not self._merge_noted:
+            self._merge_noted = True
+            self.fallback.notes.append("OpenVINO's UNet graphs merge tokens only in plain steps; this request's "
+                                       "other steps run with PyTorch")
+        return merging_tokens(self.fallback.module, self.merge_ratio)
 
     def release_graphs(self, note: str | None) -> None:
         """Free every compiled UNet graph (its repacked weights: SD 1.5 3.4 GB in float32), with a note on the
         result unless ``note`` is None; the next step compiles what it needs again."""
-        self._request.drop()
-        for graph in (self.control, self.prompts):
-            if graph is not None and graph.request is not None:
-                graph.request.drop()
-        if self.cached is not None:
-            self.cached.drop()
+        self._keep_compiled(None)
         if note is not None:
             self.fallback.notes.append(note)
 
@@ -78,7 +105,7 @@ class OpenVinoUNet:
         if self.control is None or self.control_failed or down is None or mid is None or len(others) != 2:
             return None
         try:
-            self._request.drop()  # one UNet graph compiled at a time
+            self._keep_compiled(self.control.request)
             return self.control.run(inputs, list(down), mid, self._patch)
         except OpenVinoFailure as failure:
             self.control_failed = True
@@ -92,7 +119,11 @@ class OpenVinoUNet:
         """``others``: inputs the traced graph does not take (a conditioner's); given any, this call runs with
         PyTorch rather than drop them."""
         others = {name: value for name, value in others.items() if value is not None}
-        if self.torch_only and not isinstance(encoder_hidden_states, tuple):
+        if self.merge_ratio and not isinstance(encoder_hidden_states, tuple):
+            merged = None if others else self._merged(_own_inputs(sample, timestep, encoder_hidden_states,
+                                                                  timestep_cond, added_cond_kwargs))
+            if merged is not None:
+                return (merged,)
             return self._in_torch(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
         if isinstance(encoder_hidden_states, tuple):  # image prompts' tokens beside the text
             return self._prompted(sample, timestep, encoder_hidden_states, timestep_cond, added_cond_kwargs, others)
@@ -103,11 +134,7 @@ class OpenVinoUNet:
                 return (controlled,)
         if not self.fallback.failed and not others:
             try:
-                for graph in (self.control, self.prompts):  # one UNet graph compiled at a time
-                    if graph is not None and graph.request is not None:
-                        graph.request.drop()
-                if self.cached is not None:
-                    self.cached.drop()
+                self._keep_compiled(self._request)
                 return (self._request(inputs),)
             except OpenVinoFailure as failure:
                 self.fallback.take_over(failure)
@@ -122,14 +149,12 @@ class OpenVinoUNet:
 
         text, tokens = encoder_hidden_states
         if not self.fallback.failed and not self.prompts_failed and not others and self.prompts is not None \
-                and not self.torch_only:
+                and not self.merge_ratio:
             inputs = _own_inputs(sample, timestep, text, timestep_cond, added_cond_kwargs)
             try:
                 layers = [f"{name}.processor" for name, _ in self.prompts.layers()]
                 key_values = tokens.key_values(layers, self.config)
-                self._request.drop()  # one UNet graph compiled at a time
-                if self.control is not None and self.control.request is not None:
-                    self.control.request.drop()
+                self._keep_compiled(self.prompts.request)
                 return (self.prompts.run(inputs, key_values, self._patch),)
             except OpenVinoFailure as failure:
                 self.prompts_failed = True
@@ -154,7 +179,7 @@ class OpenVinoUNet:
             except OpenVinoFailure as failure:
                 self._cache_failed(failure)
         dtype, extra = self.fallback.dtype, _extra(timestep_cond, added_cond_kwargs, self.fallback.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._torch_merging():
             output, feature = deep(self.fallback.module, sample.to(dtype), timestep,
                                    encoder_hidden_states=encoder_hidden_states.to(dtype), **extra)
         return output.float(), feature
@@ -172,18 +197,15 @@ class OpenVinoUNet:
             except OpenVinoFailure as failure:
                 self._cache_failed(failure)
         dtype, extra = self.fallback.dtype, _extra(timestep_cond, added_cond_kwargs, self.fallback.dtype)
-        with torch.no_grad():
+        with torch.no_grad(), self._torch_merging():
             return shallow(self.fallback.module, sample.to(dtype), timestep, feature.to(dtype),
                            encoder_hidden_states.to(dtype), **extra).float()
 
     def _caching(self) -> bool:
         """Whether the step-caching graphs run this call (else PyTorch does); the other UNet graphs are dropped."""
-        if self.fallback.failed or self.cached_failed or self.cached is None or self.torch_only:
+        if self.fallback.failed or self.cached_failed or self.cached is None or self.merge_ratio:
             return False
-        self._request.drop()
-        for graph in (self.control, self.prompts):
-            if graph is not None and graph.request is not None:
-                graph.request.drop()
+        self._keep_compiled(None)
         return True
 
     def _cache_failed(self, failure: OpenVinoFailure) -> None:
@@ -199,8 +221,9 @@ class OpenVinoUNet:
         dtype, unet = self.fallback.dtype, self.fallback.module
         extra = {} if added_cond_kwargs is None else {"added_cond_kwargs": _to_dtype(added_cond_kwargs, dtype)}
         extra |= {name: _to_dtype(value, dtype) for name, value in others.items()}
-        output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
-                      timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
+        with self._torch_merging():
+            output = unet(sample.to(dtype), timestep, _to_dtype(encoder_hidden_states, dtype), return_dict=False,
+                          timestep_cond=None if timestep_cond is None else timestep_cond.to(dtype), **extra)[0]
         return (output.float(),)
 
 
