@@ -50,10 +50,24 @@ def test_the_shallow_branch_on_fresh_features_is_the_whole_unet(model_fixture, r
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])  # openvino: 19 s
-def test_cached_steps_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd, photo) -> None:
+def test_cached_steps_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd, photo,
+                                                                      monkeypatch) -> None:
+    from img2img.models import ov_runtime
+
+    compiled: list[str] = []
+    own_compile = ov_runtime._Request._compile
+
+    def counting(request, shapes):
+        compiled.append(request._xml.stem)
+        own_compile(request, shapes)
+
+    monkeypatch.setattr(ov_runtime._Request, "_compile", counting)
     engine = Engine(device="cpu", dtype="float32", backend=backend)
     plain = engine.generate(_request(photo, tiny_sd))
+    compiled.clear()
     cached = engine.generate(_request(photo, tiny_sd, cache_steps=3))
+    if backend == "openvino":  # the deep and shallow graphs stay compiled while the run alternates between them
+        assert sorted(name for name in compiled if name.startswith("unet")) == ["unet", "unet_shallow"], compiled
     again = Engine(device="cpu", dtype="float32", backend=backend).generate(_request(photo, tiny_sd, cache_steps=3))
     assert cached.images[0].tobytes() == again.images[0].tobytes()
     assert cached.images[0].tobytes() != plain.images[0].tobytes()

@@ -10,8 +10,8 @@ and afterwards every merged source takes its destination's output. Ratio 0.5 hal
 costs about a quarter. Nothing is random: the same request gives the same bytes. The result is an approximation and
 is recorded.
 
-A PyTorch UNet gets the merging as attention processors for the run; the OpenVINO stand-in runs such requests with
-its PyTorch fallback (``merging_tokens``), since its traced graphs have no place for it.
+A PyTorch UNet gets the merging as attention processors for the run; the OpenVINO stand-in runs a UNet graph traced
+with the same processors (``img2img.models.ov_merge``), which is why ``merge_plan`` is written for tracing.
 """
 
 from __future__ import annotations

@@ -63,11 +63,12 @@ class OpenVinoUNet:
             return None
 
     def _keep_compiled(self, keep: Any) -> None:
-        """Free every compiled UNet graph but ``keep``'s: one full copy of the weights is resident at a time."""
+        """Free every compiled UNet graph but ``keep`` (a request, or the step-caching pair): one full copy of the
+        weights is resident at a time."""
         for graph in (self._request, *(g.request for g in (self.control, self.prompts, self.merged) if g)):
             if graph is not None and graph is not keep:
                 graph.drop()
-        if self.cached is not None:
+        if self.cached is not None and self.cached is not keep:
             self.cached.drop()
 
     def _torch_merging(self) -> contextlib.AbstractContextManager[None]:
@@ -205,7 +206,7 @@ class OpenVinoUNet:
         """Whether the step-caching graphs run this call (else PyTorch does); the other UNet graphs are dropped."""
         if self.fallback.failed or self.cached_failed or self.cached is None or self.merge_ratio:
             return False
-        self._keep_compiled(None)
+        self._keep_compiled(self.cached)
         return True
 
     def _cache_failed(self, failure: OpenVinoFailure) -> None:
