@@ -12,9 +12,6 @@ mode's logarithmic ramp and nothing else in PyTorch, exactly as diffusers' ``Con
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,7 @@ import torch
 
 from img2img.models import ov_runtime
 from img2img.models.control_models import residual_shapes
+from img2img.models.ov_graphs import Shape, UNetGraph, convert, examples, save
 from img2img.models.paths import cache_dir
 
 CONTROL_IR_VERSION = "1"
@@ -53,73 +51,22 @@ class _ControlledUNetExport(ov_runtime._UNetExport):
         return self.unet(sample, timestep, encoder_hidden_states=text, return_dict=False, **options)[0]
 
 
-def _convert(module: torch.nn.Module, shapes: list[tuple[int, ...]], example: list[torch.Tensor]) -> Any:
-    """``module`` traced on ``example`` as an OpenVINO model whose inputs have ``shapes`` (-1: dynamic); each input
-    float32, or int64 where its example is."""
-    import openvino as ov
+class ControlGraph(UNetGraph):
+    """The UNet graph that takes ControlNet residuals."""
 
-    types = [ov.Type.i64 if tensor.dtype == torch.int64 else ov.Type.f32 for tensor in example]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return ov.convert_model(module.eval(), example_input=tuple(example),
-                                input=[([max(side, -1) for side in shape], kind)
-                                       for shape, kind in zip(shapes, types, strict=True)])
-
-
-def _save(model: Any, xml: Path, variant: str, int8: bool) -> None:
-    """Save ``model`` as ``xml`` atomically (a reader sees the whole IR or none); its matrix multiplies in 8 bits
-    for an int8 variant."""
-    import openvino as ov
-
-    staging = Path(tempfile.mkdtemp(dir=xml.parent, prefix=".staging-"))
-    try:
-        ov.save_model(model, staging / xml.name, compress_to_fp16=variant.startswith("bf16"))
-        if int8:
-            quantized = ov_runtime._int8_weights(ov.Core().read_model(staging / xml.name))
-            ov.save_model(quantized, staging / f"int8-{xml.name}", compress_to_fp16=False)
-            for suffix in (".xml", ".bin"):
-                (staging / f"int8-{xml.stem}{suffix}").replace(staging / f"{xml.stem}{suffix}")
-        (staging / xml.with_suffix(".bin").name).replace(xml.with_suffix(".bin"))
-        (staging / xml.name).replace(xml)  # last: the .xml's presence means the IR is complete
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-class ControlGraph:
-    """The UNet graph that takes ControlNet residuals, converted on first need and compiled for its calls."""
-
-    def __init__(self, core: Any, folder: Path, options: dict[str, str], turn: Any, variant: str,
-                 float_unet: Callable[[], torch.nn.Module], config: dict[str, Any]) -> None:
-        self._core, self._xml, self._options, self._turn = core, folder / "unet_control.xml", options, turn
-        self._variant, self._float_unet, self._config = variant, float_unet, config
-        self.request: ov_runtime._Request | None = None
+    NAME, WHAT = "unet_control.xml", "the UNet with ControlNet inputs"
 
     def run(self, inputs: list[np.ndarray], down: list[torch.Tensor], mid: torch.Tensor,
             patch: tuple[Any, Callable[[Any], None] | None]) -> torch.Tensor:
-        if self.request is None:
-            self._export()
-            self.request = ov_runtime._Request(self._core, self._xml, self._options, self._turn)
-        self.request.set_patch(*patch)
-        return self.request([*inputs, *(ov_runtime._array(r) for r in down), ov_runtime._array(mid)])
+        arrays = [*(ov_runtime._array(r) for r in down), ov_runtime._array(mid)]
+        return self._compiled(patch)([*inputs, *arrays])
 
-    def _export(self) -> None:
-        if self._xml.is_file():
-            return
-        try:
-            unet = self._float_unet()
-            xl, conditioned = ov_runtime.unet_extras(self._config)
-            own = ov_runtime.unet_input_shapes(unet)
-            residuals = residual_shapes(self._config, -1, -1, -1)
-            shapes = [*own, *[(-1, shape[1], -1, -1) for shape in residuals]]
-            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own] + _example_residuals(
-                self._config)
-            model = _convert(_ControlledUNetExport(unet, xl, conditioned, len(residuals)), shapes, example)
-            del unet
-            _save(model, self._xml, self._variant, self._variant.endswith("-int8"))
-        except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ov_runtime.OpenVinoFailure(f"the UNet with ControlNet inputs could not be converted: "
-                                             f"{detail[:160]}") from exc
+    def _build(self, unet: Any, xl: bool, conditioned: bool, own: list[Shape]
+               ) -> tuple[torch.nn.Module, list[Shape], list[torch.Tensor]]:
+        residuals = residual_shapes(self.site.config, -1, -1, -1)
+        shapes = [*own, *[(-1, shape[1], -1, -1) for shape in residuals]]
+        example = examples(own) + _example_residuals(self.site.config)
+        return _ControlledUNetExport(unet, xl, conditioned, len(residuals)), shapes, example
 
 
 def controlnet_folder(sha256: str, unet_digest: str, variant: str) -> Path:
@@ -159,10 +106,10 @@ def _export_controlnet(xml: Path, variant: str, load_float: Callable[[], Any], p
         shapes += [(-1, pooled), (-1, 6)]
     example = [torch.zeros(ov_runtime._example_shape(shape, pixels_per_latent if index == 3 else 1))
                for index, shape in enumerate(shapes)]
-    model = _convert(_ControlNetExport(net, len(shapes) > 4), shapes, example)
+    model = convert(_ControlNetExport(net, len(shapes) > 4), shapes, example)
     del net
     (xml.parent / "config.json").write_text(json.dumps(config, default=list))
-    _save(model, xml, variant, int8=False)
+    save(model, xml, variant, int8=False)
 
 
 class _ControlNetExport(torch.nn.Module):

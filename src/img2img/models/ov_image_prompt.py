@@ -12,15 +12,14 @@ adapter, variant (4 or 16 tokens) and number of pictures. Only one UNet graph is
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from img2img.models import ov_runtime
+from img2img.models.ov_graphs import Shape, UNetGraph, examples
 
 EXAMPLE_TOKENS = 4
 
@@ -94,53 +93,29 @@ def with_key_values(unet: Any) -> list[KeyValueAttention]:
     return processors
 
 
-class ImagePromptGraph:
-    """The UNet graph that takes image keys and values, converted on first need and compiled for its calls."""
+class ImagePromptGraph(UNetGraph):
+    """The UNet graph that takes image keys and values."""
 
-    def __init__(self, core: Any, folder: Path, options: dict[str, str], turn: Any, variant: str,
-                 float_unet: Callable[[], torch.nn.Module], config: dict[str, Any]) -> None:
-        self._core, self._xml, self._options, self._turn = core, folder / "unet_ip.xml", options, turn
-        self._variant, self._float_unet, self._config = variant, float_unet, config
-        self.request: ov_runtime._Request | None = None
+    NAME, WHAT = "unet_ip.xml", "the UNet with image prompt inputs"
 
     def layers(self) -> list[tuple[str, int]]:
         """The cross-attention layers whose keys and values the graph takes, in its order (converting it first)."""
         self._export()
-        return [tuple(entry) for entry in json.loads(self._xml.with_suffix(".json").read_text())]  # type: ignore[misc]
+        xml = self.site.folder / self.NAME
+        return [tuple(entry) for entry in json.loads(xml.with_suffix(".json").read_text())]  # type: ignore[misc]
 
     def run(self, inputs: list[np.ndarray], key_values: list[tuple[torch.Tensor, torch.Tensor]],
             patch: tuple[Any, Callable[[Any], None] | None]) -> torch.Tensor:
-        if self.request is None:
-            self._export()
-            self.request = ov_runtime._Request(self._core, self._xml, self._options, self._turn)
-        self.request.set_patch(*patch)
         arrays = [ov_runtime._array(tensor) for pair in key_values for tensor in pair]
-        return self.request([*inputs, *arrays])
+        return self._compiled(patch)([*inputs, *arrays])
 
-    def _export(self) -> None:
-        from img2img.models.ov_control import _convert, _save
-
-        if self._xml.is_file():
-            return
-        try:
-            unet = self._float_unet()
-            layers = cross_attention_layers(unet)
-            processors = with_key_values(unet)
-            xl, conditioned = ov_runtime.unet_extras(self._config)
-            own = ov_runtime.unet_input_shapes(unet)
-            shapes = [*own, *[(-1, -1, -1, width) for _, width in layers for _ in range(2)]]
-            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own]
-            example += [torch.zeros(1, 2, EXAMPLE_TOKENS, width) for _, width in layers for _ in range(2)]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = _convert(_ImagePromptUNetExport(unet, xl, conditioned, processors), shapes, example)
-            del unet
-            self._xml.with_suffix(".json").write_text(json.dumps(layers))
-            _save(model, self._xml, self._variant, self._variant.endswith("-int8"))
-        except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ov_runtime.OpenVinoFailure(f"the UNet with image prompt inputs could not be converted: "
-                                             f"{detail[:160]}") from exc
+    def _build(self, unet: Any, xl: bool, conditioned: bool, own: list[Shape]
+               ) -> tuple[torch.nn.Module, list[Shape], list[torch.Tensor]]:
+        layers = cross_attention_layers(unet)
+        (self.site.folder / self.NAME).with_suffix(".json").write_text(json.dumps(layers))
+        shapes = [*own, *[(-1, -1, -1, width) for _, width in layers for _ in range(2)]]
+        example = examples(own) + [torch.zeros(1, 2, EXAMPLE_TOKENS, width) for _, width in layers for _ in range(2)]
+        return _ImagePromptUNetExport(unet, xl, conditioned, with_key_values(unet)), shapes, example
 
 
 def run_in_torch(unet: Any, key_values: list[tuple[torch.Tensor, torch.Tensor]], call: Callable[[], Any]) -> Any:

@@ -139,6 +139,7 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     import openvino as ov
 
     from img2img.models.ov_control import ControlGraph
+    from img2img.models.ov_graphs import GraphSite
     from img2img.models.ov_image_prompt import ImagePromptGraph
     from img2img.models.ov_merge import MergeGraph
     from img2img.models.ov_step_cache import StepCacheGraphs
@@ -153,12 +154,9 @@ def attach(pipeline: Any, sha256: str, variant: str, fallback: TorchLoader, floa
     configs = json.loads((folder / "configs.json").read_text())
     notes: list[str] = []
     # Plain attribute assignment: a diffusers pipeline would try to register these as modules of a library.
-    control = ControlGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
-    prompts = ImagePromptGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
-    cached = StepCacheGraphs(core, folder, options, turn, variant, float_unet, configs["unet"])
-    merged = MergeGraph(core, folder, options, turn, variant, float_unet, configs["unet"])
-    unet = OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback, notes), control, prompts,
-                        cached, merged)
+    site = GraphSite(core, folder, options, turn, variant, float_unet, configs["unet"])
+    unet = OpenVinoUNet(requests["unet"], configs["unet"], _Fallback("unet", fallback, notes), ControlGraph(site),
+                        ImagePromptGraph(site), StepCacheGraphs(site), MergeGraph(site))
     object.__setattr__(pipeline, "unet", unet)
     pipeline.unet.release_before_decoding = variant.split("-")[0] == "f32"  # 3.4 GB for SD 1.5: not beside the VAE
     object.__setattr__(pipeline, "vae", OpenVinoVAE(requests["vae_encoder"], requests["vae_decoder"], configs["vae"],

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from img2img.models import ov_runtime
+from img2img.models.ov_graphs import GraphSite, Shape, examples
 
 
 def feature_channels(config: dict[str, Any]) -> int:
@@ -68,10 +68,10 @@ class _ShallowExport(ov_runtime._UNetExport):
 class StepCacheGraphs:
     """The deep and shallow UNet graphs, converted on first need and compiled for their calls."""
 
-    def __init__(self, core: Any, folder: Path, options: dict[str, str], turn: Any, variant: str,
-                 float_unet: Callable[[], torch.nn.Module], config: dict[str, Any]) -> None:
-        self._core, self._folder, self._options, self._turn = core, folder, options, turn
-        self._variant, self._float_unet, self._config = variant, float_unet, config
+    SHALLOW, WHAT = "unet_shallow.xml", "the UNet's outer layers for step caching"
+
+    def __init__(self, site: GraphSite) -> None:
+        self.site = site
         self.requests: dict[str, ov_runtime._Request] = {}
 
     def deep(self, inputs: list[np.ndarray], patch: tuple[Any, Callable[[Any], None] | None]
@@ -89,34 +89,15 @@ class StepCacheGraphs:
 
     def _request(self, part: str, patch: tuple[Any, Callable[[Any], None] | None]) -> ov_runtime._Request:
         if part not in self.requests:
-            self._export_shallow()  # first, while no UNet graph is compiled: converting loads the float32 UNet
-            if part == "deep":
-                request = ov_runtime._Request(self._core, self._folder / "unet.xml", self._options, self._turn,
-                                              edit=with_feature_output(self._config))
-            else:
-                request = ov_runtime._Request(self._core, self._folder / "unet_shallow.xml", self._options,
-                                              self._turn)
-            self.requests[part] = request
+            # First, while no UNet graph is compiled: converting loads the float32 UNet.
+            self.site.export(self.SHALLOW, self.WHAT, self._build_shallow)
+            self.requests[part] = self.site.request("unet.xml", edit=with_feature_output(self.site.config)) \
+                if part == "deep" else self.site.request(self.SHALLOW)
         request = self.requests[part]
         request.set_patch(*patch)
         return request
 
-    def _export_shallow(self) -> None:
-        from img2img.models.ov_control import _convert, _save
-
-        xml = self._folder / "unet_shallow.xml"
-        if xml.is_file():
-            return
-        try:
-            unet = self._float_unet()
-            xl, conditioned = ov_runtime.unet_extras(self._config)
-            own = ov_runtime.unet_input_shapes(unet)
-            feature = (-1, feature_channels(self._config), -1, -1)
-            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in (*own, feature)]
-            model = _convert(_ShallowExport(unet, xl, conditioned), [*own, feature], example)
-            del unet
-            _save(model, xml, self._variant, self._variant.endswith("-int8"))
-        except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ov_runtime.OpenVinoFailure(f"the UNet's outer layers for step caching could not be converted: "
-                                             f"{detail[:160]}") from exc
+    def _build_shallow(self, unet: Any, xl: bool, conditioned: bool, own: list[Shape]
+                       ) -> tuple[torch.nn.Module, list[Shape], list[torch.Tensor]]:
+        feature = (-1, feature_channels(self.site.config), -1, -1)
+        return _ShallowExport(unet, xl, conditioned), [*own, feature], examples([*own, feature])

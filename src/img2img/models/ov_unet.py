@@ -49,9 +49,12 @@ class OpenVinoUNet:
         finally:
             self.merge_ratio = 0.0
 
+    def _merged_usable(self) -> bool:
+        return self.merged is not None and not self.merged_failed and not self.fallback.failed
+
     def _merged(self, inputs: list[np.ndarray]) -> torch.Tensor | None:
         """A plain step through the graph that merges tokens; None when it cannot run (then PyTorch does)."""
-        if self.merged is None or self.merged_failed or self.fallback.failed:
+        if not self._merged_usable():
             return None
         try:
             self._keep_compiled(self.merged.request)
@@ -81,7 +84,7 @@ class OpenVinoUNet:
         if self._patch[1] is not None:  # LoRAs live in the graphs' weights here, not in the PyTorch UNet's
             raise InvalidArgument("merge_tokens", "0 with LoRAs and other inputs on the OpenVINO backend (run "
                                   "--backend torch to merge tokens with them)", self.merge_ratio)
-        if not self._merge_noted:
+        if not self._merge_noted and self._merged_usable():  # else a note says why all of it runs with PyTorch
             self._merge_noted = True
             self.fallback.notes.append("OpenVINO's UNet graphs merge tokens only in plain steps; this request's "
                                        "other steps run with PyTorch")
