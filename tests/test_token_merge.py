@@ -47,6 +47,15 @@ def test_merging_averages_similar_tokens_and_spreads_the_result_back() -> None:
     assert merge(noise).shape == (1, 35 - 17, 16) and unmerge(merge(noise)).shape == noise.shape
 
 
+def test_sources_are_ordered_most_similar_first_ties_in_raster_order() -> None:
+    from img2img.engine.token_merge import _most_similar_first
+
+    generator = torch.Generator().manual_seed(3)
+    best = (torch.rand(2, 4099, generator=generator) * 2 - 1).round(decimals=2)  # many exact ties
+    expected = best.argsort(dim=-1, descending=True, stable=True)
+    assert torch.equal(_most_similar_first(best), expected)
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=pytest.mark.slow)])  # openvino: 17 s
 def test_merged_tokens_run_on_both_backends_reproduce_and_are_recorded(backend, tiny_sd_attending, photo) -> None:
     engine = Engine(device="cpu", dtype="float32", backend=backend)
@@ -83,6 +92,25 @@ def test_token_merging_is_refused_out_of_range_and_runs_with_loras_on_both_backe
     assert "Token merging ratio: 0.5" in in_openvino.record.to_parameters_text()
     assert not [note for note in in_openvino.notes if "PyTorch" in note]  # the LoRA patched the merging graph
     assert _mean_difference(in_openvino, in_torch) < 0.05 < _mean_difference(in_openvino, plain)
+
+
+@pytest.mark.slow  # 15 s; CI runs it with -m slow
+def test_a_merging_graph_that_fails_hands_the_run_to_pytorch_with_one_note(tiny_sd_attending, photo,
+                                                                             monkeypatch) -> None:
+    from img2img.models.ov_merge import MergeGraph
+    from img2img.models.ov_runtime import OpenVinoFailure
+
+    def fail(self: MergeGraph) -> None:
+        raise OpenVinoFailure("the UNet that merges tokens could not be converted: no")
+
+    monkeypatch.setattr(MergeGraph, "_export", fail)
+    request = _request(photo, tiny_sd_attending, merge_tokens=0.5)
+    failed = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
+    in_torch = Engine(device="cpu", dtype="float32", backend="torch").generate(request)
+    assert [note for note in failed.notes if "PyTorch" in note] == [
+        "OpenVINO could not run the UNet that merges tokens (the UNet that merges tokens could not be converted: "
+        "no); it runs with PyTorch instead"]
+    assert _mean_difference(failed, in_torch) < 0.05
 
 
 def _mean_difference(one, other) -> float:

@@ -51,7 +51,7 @@ def merge_plan(tokens: torch.Tensor, height: Any, width: Any, ratio: float | tor
             value, nearest = (metric[:, chunk] @ targets).max(dim=-1)
             best.append(value)
             partner.append(nearest)
-        order = torch.cat(best, dim=1).argsort(dim=-1, descending=True, stable=True)  # most similar first
+        order = _most_similar_first(torch.cat(best, dim=1))
     partner = torch.cat(partner, dim=1)
     merged, kept = order[:, :merged_count], order[:, merged_count:]  # indices into ``sources``
     partner_of_merged = partner.gather(1, merged)  # indices into ``destinations``
@@ -94,6 +94,19 @@ def _split(count: Any, height: Any, width: Any, device: torch.device) -> tuple[t
     slot = torch.where(is_destination, source_count, torch.cumsum((~is_destination).long(), 0) - 1)
     sources = torch.zeros(source_count + 1, dtype=torch.long, device=device).scatter(0, slot, token)[:source_count]
     return destinations, sources
+
+
+def _most_similar_first(best: torch.Tensor) -> torch.Tensor:
+    """The sources' order by their best similarity (batch, sources), highest first, ties in raster order.
+
+    A stable sort of the scores would give it, but OpenVINO's stable sort takes time quadratic in the count (5.3 s
+    for a 2048x2048 image's 49,152 sources, five times a step); so each source gets a unique integer key, its score
+    on a grid as fine as int32 allows for the count (OpenVINO computes integers in 32 bits), then its place, and
+    the keys are sorted (0.02 s)."""
+    count = best.shape[1]
+    levels = 2**30 // count  # |key| < (levels + 1) x count <= 2**30 + count
+    keys = (best.clamp(-1, 1) * levels).round().long() * count + (count - 1 - torch.arange(count, device=best.device))
+    return keys.argsort(dim=-1, descending=True)
 
 
 def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """OpenVINO for token merging (``img2img.engine.token_merge``): a UNet graph that merges tokens itself.
 
-``unet_merge.xml`` is the model's UNet traced with token merging's attention at its first level with
+``unet_merge-v2.xml`` is the model's UNet traced with token merging's attention at its first level with
 self-attention, the ratio its last input (parts per ``RATIO_PARTS``, int64). The merge is written in tensor
 operations, so one graph serves every size and ratio; it is converted on the first request with ``merge_tokens``
 above 0 (from the float32 PyTorch UNet, once per model and variant, beside its other IR) and compiled while a run
@@ -10,13 +10,15 @@ merges, in place of the model's plain UNet graph.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from img2img.models import ov_runtime
+from img2img.models.ov_graphs import Shape, UNetGraph, examples
+
+MERGE_VERSION = "2"  # 2: the sources sorted on unique keys (OpenVINO's stable sort took quadratic time)
 
 
 class _MergingExport(ov_runtime._UNetExport):
@@ -36,38 +38,21 @@ def ratio_input(ratio: float) -> np.ndarray:
     return np.asarray(round(ratio * RATIO_PARTS), dtype=np.int64)
 
 
-class MergeGraph:
-    """The UNet graph that merges tokens, converted on first need and compiled for its calls."""
+class MergeGraph(UNetGraph):
+    """The UNet graph that merges tokens."""
 
-    def __init__(self, core: Any, folder: Path, options: dict[str, str], turn: Any, variant: str,
-                 float_unet: Callable[[], torch.nn.Module], config: dict[str, Any]) -> None:
-        self._core, self._xml, self._options, self._turn = core, folder / "unet_merge.xml", options, turn
-        self._variant, self._float_unet, self._config = variant, float_unet, config
-        self.request: ov_runtime._Request | None = None
+    NAME, WHAT = f"unet_merge-v{MERGE_VERSION}.xml", "the UNet that merges tokens"
 
     def run(self, inputs: list[np.ndarray], ratio: float, patch: tuple[Any, Callable[[Any], None] | None]
             ) -> torch.Tensor:
-        if self.request is None:
-            self._export()
-            self.request = ov_runtime._Request(self._core, self._xml, self._options, self._turn)
-        self.request.set_patch(*patch)
-        return self.request([*inputs, ratio_input(ratio)])
+        return self._compiled(patch)([*inputs, ratio_input(ratio)])
 
     def _export(self) -> None:
-        from img2img.models.ov_control import _convert, _save
+        super()._export()
+        for stale in self.site.folder.glob("unet_merge*.*"):  # an earlier version's graph (1.7 GB for SD 1.5)
+            if stale.stem != self.NAME.removesuffix(".xml"):
+                stale.unlink(missing_ok=True)
 
-        if self._xml.is_file():
-            return
-        try:
-            unet = self._float_unet()
-            xl, conditioned = ov_runtime.unet_extras(self._config)
-            own = ov_runtime.unet_input_shapes(unet)
-            example = [torch.zeros(ov_runtime._example_shape(shape, 1)) for shape in own]
-            model = _convert(_MergingExport(unet, xl, conditioned), [*own, ()],
-                             [*example, torch.from_numpy(ratio_input(0.5))])
-            del unet
-            _save(model, self._xml, self._variant, self._variant.endswith("-int8"))
-        except (RuntimeError, ValueError, TypeError, OSError) as exc:
-            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ov_runtime.OpenVinoFailure(f"the UNet that merges tokens could not be converted: "
-                                             f"{detail[:160]}") from exc
+    def _build(self, unet: Any, xl: bool, conditioned: bool, own: list[Shape]
+               ) -> tuple[torch.nn.Module, list[Shape], list[torch.Tensor]]:
+        return _MergingExport(unet, xl, conditioned), [*own, ()], [*examples(own), torch.from_numpy(ratio_input(0.5))]
