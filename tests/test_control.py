@@ -229,12 +229,13 @@ def test_a_unit_ending_early_runs_in_bfloat16(tiny_sd, controlnet, edges, photo)
 def test_a_controlnet_that_does_not_convert_runs_with_pytorch_and_says_so(tiny_sd, controlnet, edges, photo,
                                                                           monkeypatch) -> None:
     pytest.importorskip("openvino")
-    from img2img.models import ov_control
+    from img2img.models import ov_control, ov_graphs
 
     def fail(*_args: object) -> None:
         raise RuntimeError("unsupported operation in the traced graph")
 
-    monkeypatch.setattr(ov_control, "_convert", fail)
+    monkeypatch.setattr(ov_control, "convert", fail)  # the ControlNet's own graph
+    monkeypatch.setattr(ov_graphs, "convert", fail)  # the UNet's graph with its inputs
     request = GenerationRequest(source=photo, prompt=PROMPT, steps=3, seed=2, model=str(tiny_sd),
                                 control=(ControlUnit(model=controlnet, image=edges),))
     result = Engine(device="cpu", dtype="float32", backend="openvino").generate(request)
