@@ -113,6 +113,18 @@ def test_a_merging_graph_that_fails_hands_the_run_to_pytorch_with_one_note(tiny_
     assert _mean_difference(failed, in_torch) < 0.05
 
 
+def test_an_earlier_merging_graph_is_removed_beside_the_current_one(tmp_path) -> None:
+    from img2img.models.ov_graphs import GraphSite
+    from img2img.models.ov_merge import MergeGraph
+
+    for name in ("unet_merge.xml", "unet_merge.bin", MergeGraph.NAME, MergeGraph.NAME.replace(".xml", ".bin"),
+                 "unet.xml", "unet_control.xml"):
+        (tmp_path / name).write_text("ir")
+    MergeGraph(GraphSite(None, tmp_path, {}, None, "bf16", lambda: None, {}))._export()  # current: no conversion
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["unet.xml", "unet_control.xml", MergeGraph.NAME, MergeGraph.NAME.replace(".xml", ".bin")])
+
+
 def _mean_difference(one, other) -> float:
     return float(np.abs(np.asarray(one.images[0], float) - np.asarray(other.images[0], float)).mean())
 
