@@ -40,13 +40,14 @@ JOBS: dict[str, dict[str, Any]] = {
             "impls": ("stock", "ours"), "warmup": False},
 }
 IMPLEMENTATIONS = ("stock", "ours", "ours-torch", "ours-fp32", "ours-f32", "ours-int8", "ours-cache3", "ours-taesd",
-                   "ours-fast", "ours-cache3-int8", "ours-tome", "ours-tome-taesd")
+                   "ours-fast", "ours-cache3-int8", "ours-tome", "ours-tome-l2", "ours-tome-taesd")
 # The opt-in fast modes: the defaults with these request fields, or these engine options ("taesd": the random
 # tiny autoencoder that random_models.py builds; "fast": step caching and the tiny autoencoder together).
 MODES: dict[str, dict[str, Any]] = {"ours-int8": {"quantize": "int8"}, "ours-cache3": {"cache_steps": 3},
                                     "ours-taesd": {"vae": "taesd"}, "ours-fast": {"cache_steps": 3, "vae": "taesd"},
                                     "ours-cache3-int8": {"cache_steps": 3, "quantize": "int8"},
                                     "ours-tome": {"merge_tokens": 0.5},
+                                    "ours-tome-l2": {"merge_tokens": 0.5, "merge_levels": 2},
                                     "ours-tome-taesd": {"merge_tokens": 0.5, "vae": "taesd"}}
 CONVERT_SIDE = 512  # a mode's first call, which converts its graphs, works at this size (at 2048 it would take minutes)
 ENGINE_OPTIONS = ("quantize",)
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--impls", help="the implementations besides stock and ours (comma-separated): "
                         "ours-torch, ours-fp32, ours-int8, ours-cache3, ours-taesd, ours-fast, ours-cache3-int8, "
-                        "ours-tome, ours-tome-taesd "
+                        "ours-tome, ours-tome-l2, ours-tome-taesd "
                         "[default: all]")
     parser.add_argument("--worker", nargs=2, metavar=("JOB", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

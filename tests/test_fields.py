@@ -73,13 +73,13 @@ def test_a_record_embeds_the_request_and_reads_its_fields_through() -> None:
 
 def test_records_written_before_keep_their_meaning() -> None:
     """Read and written again, an earlier record says what it meant: its prompt was plain text, no clip skip, the
-    model's own VAE, no image prompts, every step in full, no tokens merged, no retention target, no image
-    guidance (no edit model)."""
+    model's own VAE, no image prompts, every step in full, no tokens merged (at one level when merging), no
+    retention target, no image guidance (no edit model)."""
     again = json.loads(GenerationRecord.from_json(WRITTEN_BEFORE).to_json())
     assert again == json.loads(WRITTEN_BEFORE) | {"prompt_syntax": "plain", "clip_skip": 1, "vae": None,
                                                   "ip_adapter": None, "image_prompt_mode": "both",
                                                   "image_prompt_combine": "separate", "cache_steps": 1,
-                                                  "merge_tokens": 0.0, "keep_structure": None,
+                                                  "merge_tokens": 0.0, "merge_levels": 1, "keep_structure": None,
                                                   "keep_colour": None, "keep_detail": None, "image_cfg": None}
 
 
@@ -136,5 +136,5 @@ def test_params_from_takes_every_field_but_the_new_runs_own(photo, tmp_path) -> 
     assert found == {"prompt": "starry-swirl", "negative_prompt": "", "strength": 0.3, "seed": 5,
                      "steps_mode": "diffusers", "loops": 2, "loop_decay": 0.5, "color_match": True,
                      "prompt_syntax": "a1111", "clip_skip": 1, "cache_steps": 1,
-                     "merge_tokens": 0.0}
+                     "merge_tokens": 0.0, "merge_levels": 1}
     assert not set(found) & set(NOT_TAKEN)

@@ -74,6 +74,70 @@ def test_merged_tokens_run_on_both_backends_reproduce_and_are_recorded(backend, 
     assert difference.mean() < 40
 
 
+def test_merging_at_more_levels_merges_the_lower_levels_tokens_too(tiny_sd_attending, monkeypatch) -> None:
+    """The tiny UNet's first level (attention) has a 15x15 latent's 225 tokens, its middle block 64 (8x8, the
+    second level); one level merges only the first's, two both, and the model's own attention comes back."""
+    from diffusers import UNet2DConditionModel
+
+    from img2img.engine import token_merge
+
+    merged_counts: list[int] = []
+
+    def recording(tokens: torch.Tensor, *args: object) -> object:
+        merged_counts.append(tokens.shape[1])
+        return merge_plan(tokens, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(token_merge, "merge_plan", recording)
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_attending, subfolder="unet").eval()
+    inputs = (torch.randn(1, 4, 15, 15, generator=torch.Generator().manual_seed(1)), 10, torch.zeros(1, 77, 32))
+    with torch.no_grad():
+        own = unet(*inputs).sample
+        outputs = {}
+        for levels in (1, 2):
+            merged_counts.clear()
+            with token_merge.merging_tokens(unet, 0.5, levels):
+                outputs[levels] = unet(*inputs).sample
+            assert sorted(set(merged_counts)) == ([225] if levels == 1 else [64, 225])
+        merged_counts.clear()
+        assert torch.equal(unet(*inputs).sample, own) and not merged_counts
+    assert not torch.equal(outputs[1], outputs[2]) and not torch.equal(outputs[1], own)
+
+
+def test_merging_at_two_levels_is_its_own_recorded_request(tiny_sd_attending, photo) -> None:
+    engine = Engine(device="cpu", dtype="float32", backend="torch")
+    one = engine.generate(_request(photo, tiny_sd_attending, merge_tokens=0.5))
+    two = engine.generate(_request(photo, tiny_sd_attending, merge_tokens=0.5, merge_levels=2))
+    again = engine.generate(_request(photo, tiny_sd_attending, merge_tokens=0.5, merge_levels=2))
+    assert two.images[0].tobytes() == again.images[0].tobytes() != one.images[0].tobytes()
+    assert "Token merging levels: 2" in two.record.to_parameters_text()
+    assert "Token merging levels" not in one.record.to_parameters_text()
+    with pytest.raises(InvalidArgument, match=r"^merge_levels should be in \[1, 4\], but got 5$"):
+        _request(photo, tiny_sd_attending, merge_tokens=0.5, merge_levels=5).validated()
+
+
+@pytest.mark.slow  # 40 s; CI runs it with -m slow
+def test_openvino_merges_at_two_levels_in_a_graph_of_its_own(tiny_sd_attending_8, photo) -> None:
+    """At a photo's size (a 56x37 latent, 28x19 at the second level: odd sizes round up) the graph that merges at
+    two levels gives what PyTorch does; it lives beside the one-level graph, and each runs its own requests."""
+    from PIL import Image
+
+    from img2img.models import ov_runtime
+    from img2img.models.ov_merge import MergeGraph
+
+    source = Image.open(photo).convert("RGB").resize((451, 300))
+    openvino = Engine(device="cpu", dtype="float32", backend="openvino")
+    one = openvino.generate(_request(source, tiny_sd_attending_8, merge_tokens=0.5))
+    two = openvino.generate(_request(source, tiny_sd_attending_8, merge_tokens=0.5, merge_levels=2))
+    in_torch = Engine(device="cpu", dtype="float32", backend="torch").generate(
+        _request(source, tiny_sd_attending_8, merge_tokens=0.5, merge_levels=2))
+    assert not [note for note in (*one.notes, *two.notes) if "PyTorch" in note]
+    assert _mean_difference(two, in_torch) < 0.01 < _mean_difference(two, one)
+    folder = ov_runtime.ir_folder(openvino.load(str(tiny_sd_attending_8)).sha256, "f32")
+    assert {MergeGraph.NAME, MergeGraph.NAME.replace(".xml", "-levels2.xml")} <= {p.name for p in folder.iterdir()}
+    back = openvino.generate(_request(source, tiny_sd_attending_8, merge_tokens=0.5))
+    assert back.images[0].tobytes() == one.images[0].tobytes()
+
+
 @pytest.mark.slow  # 20 s; CI runs it with -m slow
 def test_token_merging_is_refused_out_of_range_and_runs_with_loras_on_both_backends(tiny_sd_attending, photo,
                                                                                     tmp_path, monkeypatch) -> None:
@@ -117,12 +181,12 @@ def test_an_earlier_merging_graph_is_removed_beside_the_current_one(tmp_path) ->
     from img2img.models.ov_graphs import GraphSite
     from img2img.models.ov_merge import MergeGraph
 
-    for name in ("unet_merge.xml", "unet_merge.bin", MergeGraph.NAME, MergeGraph.NAME.replace(".xml", ".bin"),
-                 "unet.xml", "unet_control.xml"):
+    current = [MergeGraph.NAME.replace(".xml", suffix) for suffix in (".xml", ".bin", "-levels2.xml")]
+    for name in ("unet_merge.xml", "unet_merge.bin", "unet_merge-v1-levels2.xml", *current, "unet.xml",
+                 "unet_control.xml"):
         (tmp_path / name).write_text("ir")
     MergeGraph(GraphSite(None, tmp_path, {}, None, "bf16", lambda: None, {}))._export()  # current: no conversion
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        ["unet.xml", "unet_control.xml", MergeGraph.NAME, MergeGraph.NAME.replace(".xml", ".bin")])
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["unet.xml", "unet_control.xml", *current])
 
 
 def _mean_difference(one, other) -> float:

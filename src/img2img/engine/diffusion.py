@@ -56,6 +56,7 @@ class DiffusionJob:
     clip_skip: int = 1
     cache_steps: int = 1  # step caching (img2img.engine.step_cache): the whole UNet every N steps
     merge_tokens: float = 0.0  # token merging (img2img.engine.token_merge): the share of tokens merged
+    merge_levels: int = 1  # and at how many of the UNet's levels
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class DiffusionSession:
             for conditioner in job.conditions:
                 attached.enter_context(conditioner.attach(pipeline))
             if job.merge_tokens > 0:
-                attached.enter_context(token_merging(pipeline.unet, job.merge_tokens))
+                attached.enter_context(token_merging(pipeline.unet, job.merge_tokens, job.merge_levels))
             for index, seed in enumerate(job.seeds):
                 generator = cpu_generator(seed)
                 scheduler = build_scheduler(job.sampler, dict(pipeline.scheduler.config), seed)
@@ -203,10 +204,12 @@ def source_pixels(pipeline: Any, picture: Image.Image) -> torch.Tensor:
     return processor.preprocess(picture)
 
 
-def token_merging(unet: Any, ratio: float) -> contextlib.AbstractContextManager[None]:
-    """``unet`` merging ``ratio`` of its tokens for a run: a PyTorch UNet's attention patched, or the OpenVINO
-    stand-in's own way (``merging_tokens``)."""
-    return unet.merging_tokens(ratio) if hasattr(unet, "merging_tokens") else merging_tokens(unet, ratio)
+def token_merging(unet: Any, ratio: float, levels: int) -> contextlib.AbstractContextManager[None]:
+    """``unet`` merging ``ratio`` of its tokens at ``levels`` levels for a run: a PyTorch UNet's attention patched,
+    or the OpenVINO stand-in's own way (``merging_tokens``)."""
+    if hasattr(unet, "merging_tokens"):
+        return unet.merging_tokens(ratio, levels)
+    return merging_tokens(unet, ratio, levels)
 
 
 def run_diffusion(

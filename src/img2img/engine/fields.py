@@ -22,6 +22,7 @@ STEPS_MODES: tuple[str, ...] = ("diffusers", "exact")
 PROMPT_SYNTAXES: tuple[str, ...] = ("a1111", "plain")
 MAX_CLIP_SKIP = 12  # CLIP ViT-L has 12 layers
 MAX_MERGE_RATIO = 0.75  # token merging: ToMe for SD's quality falls off past this
+MAX_MERGE_LEVELS = 4  # token merging's levels (ToMe for SD's max_downsample 1, 2, 4, 8); SD's UNet has four
 MAX_CACHE_STEPS = 10  # step caching: past this the kept features are too stale to be worth their speed
 _KEY = "img2img.field"
 

@@ -306,7 +306,7 @@ def to_job(cell: GenerationRequest, family: Family, strength: float | None = Non
         steps=_default(cell.steps, family.default_steps), sampler=_default(cell.sampler, family.default_sampler),
         seeds=(cell.seed,), steps_mode=cell.steps_mode, conditions=cell.conditions,
         prompt_syntax=cell.prompt_syntax, clip_skip=cell.clip_skip, cache_steps=cell.cache_steps,
-        merge_tokens=cell.merge_tokens,
+        merge_tokens=cell.merge_tokens, merge_levels=cell.merge_levels,
     )
 
 

@@ -145,6 +145,8 @@ class GenerationRecord:
             fields["Cache steps"] = self.request.cache_steps
         if self.request.merge_tokens > 0:  # the name of A1111's own token merging option
             fields["Token merging ratio"] = _number(self.request.merge_tokens)
+            if self.request.merge_levels > 1:  # ours: ToMe's max_downsample, which A1111 keeps at 1
+                fields["Token merging levels"] = self.request.merge_levels
         if self.loras:
             hashes = ", ".join(f"{lora['name']}: {lora['sha256'][:12]}" for lora in self.loras)
             fields["Lora hashes"] = f'"{hashes}"'

@@ -3,12 +3,12 @@
 
 At large sizes self-attention dominates: its cost grows with the square of the latent's pixels (a 2048x2048 image
 has 65,536 tokens at SD's first level). Before each self-attention of the highest-resolution level that has any
-(SD's first, SDXL's second, as ToMe for SD's ``max_downsample`` would be set for each), the tokens
-are split into destinations (the top-left token of every 2x2 cell) and sources (the rest); the ``ratio`` x N
-sources most similar to a destination (cosine similarity) are averaged into it, attention runs on the tokens left,
-and afterwards every merged source takes its destination's output. Ratio 0.5 halves the tokens, so that attention
-costs about a quarter. Nothing is random: the same request gives the same bytes. The result is an approximation and
-is recorded.
+(SD's first, SDXL's second, as ToMe for SD's ``max_downsample`` would be set for each), and of the ``levels`` - 1
+levels below it when asked (16,384 tokens at SD's second level for a 2048 image), the tokens are split into
+destinations (the top-left token of every 2x2 cell) and sources (the rest); the ``ratio`` x N sources most similar
+to a destination (cosine similarity) are averaged into it, attention runs on the tokens left, and afterwards every
+merged source takes its destination's output. Ratio 0.5 halves the tokens, so that attention costs about a quarter.
+Nothing is random: the same request gives the same bytes. The result is an approximation and is recorded.
 
 A PyTorch UNet gets the merging as attention processors for the run; the OpenVINO stand-in runs a UNet graph traced
 with the same processors (``img2img.models.ov_merge``), which is why ``merge_plan`` is written for tracing.
@@ -115,16 +115,18 @@ def _rows(index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class MergingSelfAttention:
-    """An attention processor that merges the tokens before self-attention at one level of the UNet (``level``
-    halvings of the latent's size) and spreads the output back; at other levels it changes nothing."""
+    """An attention processor that merges the tokens before self-attention at some levels of the UNet (``levels``:
+    how many halvings of the latent's size each has had) and spreads the output back; at others it changes
+    nothing."""
 
-    def __init__(self, inner: Any, ratio: float, latent: Callable[[], tuple[int, int]], level: int) -> None:
-        self.inner, self.ratio, self.latent, self.level = inner, ratio, latent, level
+    def __init__(self, inner: Any, ratio: float, latent: Callable[[], tuple[int, int]], levels: range) -> None:
+        self.inner, self.ratio, self.latent, self.levels = inner, ratio, latent, levels
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  *args: Any, **kwargs: Any) -> torch.Tensor:
-        size = _level_size(hidden_states.shape[1], *self.latent(), self.level)
-        if encoder_hidden_states is not None or hidden_states.ndim != 3 or size is None:
+        sizes = (_level_size(hidden_states.shape[1], *self.latent(), level) for level in self.levels)
+        size = next((size for size in sizes if size is not None), None) if hidden_states.ndim == 3 else None
+        if encoder_hidden_states is not None or size is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
         merge, unmerge = merge_plan(hidden_states, *size, self.ratio)
         return unmerge(self.inner(attn, merge(hidden_states), None, *args, **kwargs))
@@ -144,9 +146,10 @@ def first_attention_level(unet: Any) -> int:
 
 
 @contextlib.contextmanager
-def merging_tokens(unet: Any, ratio: float) -> Iterator[None]:
-    """``unet`` (a PyTorch UNet2DConditionModel) with its self-attention merging ``ratio`` of the tokens, for the
-    duration; its own attention processors afterwards."""
+def merging_tokens(unet: Any, ratio: float, levels: int = 1) -> Iterator[None]:
+    """``unet`` (a PyTorch UNet2DConditionModel) with its self-attention merging ``ratio`` of the tokens at the
+    ``levels`` highest-resolution levels that have any, for the duration; its own attention processors
+    afterwards."""
     latent: list[tuple[int, int]] = [(0, 0)]
 
     def remember(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -154,8 +157,8 @@ def merging_tokens(unet: Any, ratio: float) -> Iterator[None]:
         latent[0] = (sample.shape[-2], sample.shape[-1])  # traced sizes while tracing, so they stay dynamic
 
     own = unet.attn_processors
-    level = first_attention_level(unet)
-    patched = {name: MergingSelfAttention(processor, ratio, lambda: latent[0], level)
+    first = first_attention_level(unet)
+    patched = {name: MergingSelfAttention(processor, ratio, lambda: latent[0], range(first, first + levels))
                if name.endswith("attn1.processor") else processor for name, processor in own.items()}
     handle = unet.register_forward_pre_hook(remember, with_kwargs=True)
     unet.set_attn_processor(patched)

@@ -67,7 +67,7 @@ class UNetGraph:
     WHAT: ClassVar[str]
 
     def __init__(self, site: GraphSite) -> None:
-        self.site = site
+        self.site, self.name = site, self.NAME  # a subclass may name one of several graphs of its kind
         self.request: ov_runtime._Request | None = None
 
     def _build(self, unet: Any, xl: bool, conditioned: bool, own: list[Shape]
@@ -75,13 +75,13 @@ class UNetGraph:
         raise NotImplementedError
 
     def _export(self) -> None:
-        self.site.export(self.NAME, self.WHAT, self._build)
+        self.site.export(self.name, self.WHAT, self._build)
 
     def _compiled(self, patch: tuple[Any, Callable[[Any], None] | None]) -> ov_runtime._Request:
         """The graph's request with ``patch`` (LoRAs) applied, converting the graph first when it is not there."""
         if self.request is None:
             self._export()
-            self.request = self.site.request(self.NAME)
+            self.request = self.site.request(self.name)
         self.request.set_patch(*patch)
         return self.request
 

@@ -32,7 +32,7 @@ class OpenVinoUNet:
         self.merged = merged  # the graph that merges tokens (ov_merge.MergeGraph)
         self._patch: tuple[Any, Callable[[Any], None] | None] = (None, None)
         self.control_failed = self.prompts_failed = self.cached_failed = self.merged_failed = False
-        self.merge_ratio = 0.0  # while a run merges tokens: the share merged
+        self.merge_ratio, self.merge_levels = 0.0, 1  # while a run merges tokens: the share merged, and where
         self._merge_noted = False  # whether this run's note on merging with PyTorch is written
         self.release_before_decoding = False  # the float32 graphs: freed before each decode (engine.diffusion)
 
@@ -40,10 +40,15 @@ class OpenVinoUNet:
         return self.forward(*args, **kwargs)
 
     @contextmanager
-    def merging_tokens(self, ratio: float) -> Iterator[None]:
-        """Token merging for a run (``img2img.engine.token_merge``): plain calls run on the graph that merges,
-        calls with other inputs (ControlNets, image prompts, step caching) with PyTorch's UNet, merging too."""
-        self.merge_ratio, self._merge_noted = ratio, False
+    def merging_tokens(self, ratio: float, levels: int = 1) -> Iterator[None]:
+        """Token merging for a run (``img2img.engine.token_merge``): plain calls run on the graph that merges at
+        ``levels`` levels, calls with other inputs (ControlNets, image prompts, step caching) with PyTorch's UNet,
+        merging too."""
+        self.merge_ratio, self.merge_levels, self._merge_noted = ratio, levels, False
+        if self.merged is not None and self.merged.levels != levels:  # that many levels' graph in its place
+            if self.merged.request is not None:
+                self.merged.request.drop()
+            self.merged, self.merged_failed = type(self.merged)(self.merged.site, levels), False
         try:
             yield
         finally:
@@ -88,7 +93,7 @@ class OpenVinoUNet:
             self._merge_noted = True
             self.fallback.notes.append("OpenVINO's UNet graphs merge tokens only in plain steps; this request's "
                                        "other steps run with PyTorch")
-        return merging_tokens(self.fallback.module, self.merge_ratio)
+        return merging_tokens(self.fallback.module, self.merge_ratio, self.merge_levels)
 
     def release_graphs(self, note: str | None) -> None:
         """Free every compiled UNet graph (its repacked weights: SD 1.5 3.4 GB in float32), with a note on the

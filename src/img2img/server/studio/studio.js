@@ -217,6 +217,7 @@ function fields(overrides = {}) {
     if ($("sampler").value) request.sampler = $("sampler").value;
     if ($("cache-steps").value) request.cache_steps = Number($("cache-steps").value);
     if ($("merge-tokens").value) request.merge_tokens = Number($("merge-tokens").value);
+    if ($("merge-levels").value) request.merge_levels = Number($("merge-levels").value);
     if (isEdit()) request.image_cfg = Number($("image-cfg").value);
     const units = control.request();
     if (units.length) request.control = units;
@@ -557,7 +558,7 @@ function fill(select, values, keep = []) {
 function applyFields(fields) {
   const byName = Object.fromEntries(fields.map((field) => [field.name, field]));
   const inputs = { strength: "strength", steps: "steps", guidance_scale: "guidance", seed: "seed",
-    cache_steps: "cache-steps", merge_tokens: "merge-tokens" };
+    cache_steps: "cache-steps", merge_tokens: "merge-tokens", merge_levels: "merge-levels" };
   for (const [name, id] of Object.entries(inputs)) {
     const field = byName[name];
     if (!field) continue;
