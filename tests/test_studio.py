@@ -107,6 +107,7 @@ def test_generate_shows_progress_then_compare_by_drag_and_keyboard(page: Any, ph
     page.wait_for_function("document.querySelector('#strength-value').textContent === '0.60'")
     assert page.get_attribute("#steps", "max") == "150" and page.get_attribute("#guidance", "max") == "30"
     assert page.get_attribute("#cache-steps", "max") == "10" and page.get_attribute("#merge-tokens", "max") == "0.75"
+    assert page.get_attribute("#merge-levels", "max") == "4"
     _upload(page, photo)
     assert "64 × 48 px" in page.text_content("#source-info") and "small" in page.text_content("#source-info")
     page.select_option("#model", "tiny")
